@@ -1,0 +1,240 @@
+"""The typed shape of ``params.yaml``: one model per pipeline stage.
+
+Every model forbids unknown keys and validates strictly (a string is not a number), so a
+typo in ``params.yaml`` or in an override fails loudly with the key's dotted path instead
+of being ignored. Values come from ``params.yaml`` only: the models carry no defaults
+for anything a profile decides.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Task = Literal["emotion", "au"]
+
+
+class Section(BaseModel):
+    """Base for every params section: strict types, no unknown keys, immutable."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+# --------------------------------------------------------------------------- data
+class SynthConfig(Section):
+    """FABA-Synth generation (``emola data synth``)."""
+
+    train: int = Field(ge=1, description="images in the train split")
+    test: int = Field(ge=1, description="images in the test split")
+    seed: int
+    image_size: int = Field(ge=64, le=1024, description="square image side in pixels")
+    au_only_fraction: float = Field(
+        ge=0.0, le=1.0, description="share of images with free AU combinations (AU task only)"
+    )
+    workers: int = Field(ge=1, description="processes used for rendering")
+
+
+class ReleaseFiles(Section):
+    """Annotation files of a FABA-Instruct release, relative to its root."""
+
+    emotion_train: str
+    emotion_test: str
+    au_train: str
+    au_test: str
+
+    def by_task_split(self) -> dict[tuple[str, str], str]:
+        """``{(task, split): relative path}`` for the four files."""
+        return {
+            ("emotion", "train"): self.emotion_train,
+            ("emotion", "test"): self.emotion_test,
+            ("au", "train"): self.au_train,
+            ("au", "test"): self.au_test,
+        }
+
+
+class FabaInstructImport(Section):
+    """Where the user's copy of the official FABA-Instruct release lives."""
+
+    root: str | None = Field(description="release root; required when data.source is faba-instruct")
+
+
+class DataConfig(Section):
+    """Stage ``data``: produce a release (synthesize or import) and convert it to manifests."""
+
+    source: Literal["synth", "faba-instruct"]
+    release: str = Field(description="the versioned release folder the stage writes (official layout)")
+    manifests: str = Field(description="folder of the normalized manifests")
+    files: ReleaseFiles
+    synth: SynthConfig
+    faba_instruct: FabaInstructImport
+    max_image_pixels: int = Field(ge=1, description="images above this pixel count are rejected")
+
+    @model_validator(mode="after")
+    def _import_needs_root(self) -> "DataConfig":
+        if self.source == "faba-instruct" and not self.faba_instruct.root:
+            raise ValueError(
+                "data.faba_instruct.root must name the FABA-Instruct release folder "
+                "when data.source is 'faba-instruct'"
+            )
+        return self
+
+
+# ---------------------------------------------------------------------- landmarks
+class InsightFaceConfig(Section):
+    model_path: str | None = Field(
+        description="2d106det ONNX file; the EMOLA_INSIGHTFACE_MODEL environment variable wins"
+    )
+    mode: Literal["paper", "aligned"]
+
+
+class LandmarksConfig(Section):
+    """Stage ``landmarks``: the facial prior expert's input."""
+
+    backend: Literal["annotation", "dlib-68", "insightface-2d106"]
+    insightface: InsightFaceConfig
+    all_faces: bool
+    cache: str = Field(description="folder of the landmark cache (parquet)")
+    cpus_per_actor: float = Field(gt=0)
+    gpus_per_actor: float = Field(ge=0)
+    actors: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+
+
+# -------------------------------------------------------------------------- model
+class TinyArchitecture(Section):
+    """Small random-init LLaVA used by the ``tiny`` profile (CLIP-style vision, Llama-style LM)."""
+
+    vision_hidden: int = Field(ge=8)
+    vision_layers: int = Field(ge=2, description="vision_feature_layer -2 needs two layers")
+    vision_heads: int = Field(ge=1)
+    patch_size: int = Field(ge=2)
+    text_hidden: int = Field(ge=8)
+    text_layers: int = Field(ge=1)
+    text_heads: int = Field(ge=1)
+    text_intermediate: int = Field(ge=8)
+    vocab_size: int = Field(ge=300)
+
+
+class LoraConfig(Section):
+    r: int = Field(ge=1)
+    alpha: int = Field(ge=1)
+    dropout: float = Field(ge=0.0, lt=1.0)
+    targets: list[str] = Field(min_length=1, description="LLM linear layers LoRA adapts")
+    modules_to_save: list[str] = Field(
+        description="LLM modules trained in full (a random-init decoder needs lm_head and norm)"
+    )
+
+
+class ModelConfig(Section):
+    """EmoLA architecture: base checkpoint, prior token, ablation switches, LoRA."""
+
+    base: str | None = Field(description="HF-format LLaVA checkpoint (hub id or path); null builds `tiny`")
+    tiny: TinyArchitecture | None
+    image_size: int = Field(ge=32)
+    vision_feature_layer: int
+    vision: Literal["clip", "none"]
+    prior: Literal["landmarks", "none"]
+    prior_dim: int = Field(ge=1, description="length of the landmark prior vector")
+    template: str = Field(description="conversation template name")
+    dtype: Literal["float32", "bfloat16", "float16"]
+    lora: LoraConfig
+
+    @model_validator(mode="after")
+    def _tiny_needs_architecture(self) -> "ModelConfig":
+        if self.base is None and self.tiny is None:
+            raise ValueError("model.tiny must be set when model.base is null")
+        return self
+
+
+# -------------------------------------------------------------------------- train
+class TrainConfig(Section):
+    """Stage ``train``: Ray Train + DeepSpeed LoRA fine-tuning."""
+
+    tasks: list[Task] = Field(min_length=1)
+    separate_models: bool = Field(description="one model per task, as published")
+    epochs: int = Field(ge=1)
+    max_steps: int | None = Field(ge=1, description="stop after this many optimizer steps")
+    micro_batch: int = Field(ge=1)
+    grad_accum: int = Field(ge=1)
+    lr: float = Field(gt=0)
+    projector_lr: float = Field(gt=0)
+    weight_decay: float = Field(ge=0)
+    warmup_ratio: float = Field(ge=0, lt=1)
+    schedule: Literal["cosine", "linear", "constant"]
+    max_length: int = Field(ge=16)
+    gradient_checkpointing: bool
+    precision: Literal["fp32", "bf16"]
+    zero_stage: Literal[0, 1, 2, 3]
+    offload: Literal["none", "cpu"]
+    num_workers: int = Field(ge=1)
+    use_gpu: bool
+    seed: int
+    group_by_length: bool
+    checkpoint_every: int = Field(ge=1)
+    keep_checkpoints: int = Field(ge=1)
+    max_failures: int = Field(ge=0)
+    storage_path: str
+    output: str = Field(description="exported model folder (a DVC output)")
+    log_every: int = Field(ge=1)
+
+
+# ----------------------------------------------------------------------- evaluate
+class GenerationConfig(Section):
+    temperature: float = Field(ge=0)
+    top_p: float = Field(gt=0, le=1)
+    max_new_tokens: int = Field(ge=1)
+
+
+class EvaluateConfig(Section):
+    """Stage ``evaluate``: REGE on the test manifests."""
+
+    dataset: Literal["FABA", "DISFA", "BP4D", "GFT", "EmotioNet"]
+    batch_size: int = Field(ge=1)
+    replicas: int = Field(ge=1)
+    generation: GenerationConfig
+    reports: str
+    register_as: str = Field(description="MLflow registered model name")
+
+
+# -------------------------------------------------------------------------- serve
+class ServeConfig(Section):
+    """Ray Serve deployment of EmoLA."""
+
+    host: str
+    port: int = Field(ge=1, le=65535)
+    checkpoint: str = Field(description="checkpoint folder or MLflow URI such as models:/emola@champion")
+    min_replicas: int = Field(ge=0)
+    max_replicas: int = Field(ge=1)
+    target_ongoing_requests: float = Field(gt=0)
+    max_ongoing_requests: int = Field(ge=1)
+    max_batch_size: int = Field(ge=1)
+    batch_wait_timeout_s: float = Field(ge=0)
+    max_body_bytes: int = Field(ge=1024)
+    max_image_pixels: int = Field(ge=1)
+    request_timeout_s: float = Field(gt=0)
+    allow_remote_images: bool
+    num_cpus: float = Field(gt=0)
+    num_gpus: float = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _replica_bounds(self) -> "ServeConfig":
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("serve.min_replicas must not exceed serve.max_replicas")
+        return self
+
+
+# ------------------------------------------------------------------------- root
+class EmolaConfig(Section):
+    """The resolved configuration: the profile's values, the sections on top, then overrides."""
+
+    profile: str
+    data: DataConfig
+    landmarks: LandmarksConfig
+    model: ModelConfig
+    train: TrainConfig
+    evaluate: EvaluateConfig
+    serve: ServeConfig
+
+
+SECTIONS: tuple[str, ...] = ("data", "landmarks", "model", "train", "evaluate", "serve")

@@ -1,0 +1,1 @@
+"""FABA-Instruct data layer: labels, typed records, release checks, normalized manifests."""

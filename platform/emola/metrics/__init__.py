@@ -1,0 +1,1 @@
+"""Metrics: FABA-Bench's REGE and its parsers."""

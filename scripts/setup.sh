@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Create or refresh .venv at the repository root with the platform and its tools.
+#   EMOLA_EXTRAS   extras to install (default: cpu,dev). GPU images use gpu,dev.
+#   EMOLA_TORCH    torch requirement installed first (default: torch==2.13.0, the CPU
+#                  build on these machines); everything else is then constrained to it,
+#                  so no other package can swap in a CUDA build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras="${EMOLA_EXTRAS:-cpu,dev}"
+torch_req="${EMOLA_TORCH:-torch==2.13.0}"
+python="${PYTHON:-python3}"
+
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+pip=(.venv/bin/python -m pip --disable-pip-version-check -q)
+constraints="$(mktemp)"; trap 'rm -f "$constraints"' EXIT
+echo "$torch_req" > "$constraints"
+"${pip[@]}" install "$torch_req" 2> >(grep -v "^WARNING: Location" >&2)
+"${pip[@]}" install -c "$constraints" -e ".[${extras}]" 2> >(grep -v "^WARNING: Location" >&2)
+echo "setup: .venv ready ($(.venv/bin/python -c 'import emola; print("emola", emola.__version__)'))"

@@ -1,0 +1,90 @@
+"""The README's main job on a fresh copy of the repository: dvc repro, no-op re-run, push/pull, exp run."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from tests.conftest import VENV_BIN
+
+
+def _git_files(repo):
+    out = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=repo, capture_output=True, text=True, check=True)
+    return [line for line in out.stdout.splitlines() if line]
+
+
+@pytest.fixture(scope="module")
+def fresh_clone(repo_root, tmp_path_factory):
+    """The repository's files (tracked and new, not ignored) in a new git repository."""
+    clone = tmp_path_factory.mktemp("clone") / "repo"
+    for rel in _git_files(repo_root):
+        if (repo_root / rel).is_file():
+            (clone / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(repo_root / rel, clone / rel)
+    env = _env()
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "clone"]):
+        subprocess.run(cmd, cwd=clone, check=True, env=env)
+    return clone
+
+
+def _env():
+    env = dict(os.environ)
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env['PATH']}"  # `python` in dvc.yaml is the venv's
+    env.update(GIT_AUTHOR_NAME="ci", GIT_AUTHOR_EMAIL="ci@localhost", GIT_COMMITTER_NAME="ci",
+               GIT_COMMITTER_EMAIL="ci@localhost")
+    return env
+
+
+def _dvc(clone, *args):
+    run = subprocess.run(["dvc", *args], cwd=clone, capture_output=True, text=True, env=_env())
+    assert run.returncode == 0, f"dvc {' '.join(args)} failed:\n{run.stdout}\n{run.stderr}"
+    return run.stdout + run.stderr
+
+
+@pytest.mark.slow
+def test_dvc_repro_on_a_fresh_clone(fresh_clone):
+    started = time.perf_counter()
+    out = _dvc(fresh_clone, "repro")
+    elapsed = time.perf_counter() - started
+    rendered = re.search(r"FABA-Synth rendered (\d+) images in ([\d.]+) s", out)
+    assert rendered, out
+    images, seconds = int(rendered.group(1)), float(rendered.group(2))
+    print(f"dvc repro: {elapsed:.1f} s; FABA-Synth default set: {images} images in {seconds:.1f} s")
+    assert 1000 <= images <= 2000 and seconds < 60
+
+    summary = json.loads((fresh_clone / "data/manifests/summary.json").read_text())
+    assert summary["images"] == images and summary["rejected"] == 0
+    assert all(n > 0 for n in summary["rows"].values())
+
+    again = _dvc(fresh_clone, "repro")
+    assert "didn't change, skipping" in again and "Data and pipelines are up to date" in again
+    assert "up to date" in _dvc(fresh_clone, "status")
+    metrics = _dvc(fresh_clone, "metrics", "show")
+    assert "rows.emotion_train" in metrics
+
+    # The default local remote needs no set-up: push, lose the data and the cache, pull it back.
+    _dvc(fresh_clone, "push")
+    before = (fresh_clone / "data/manifests/train.jsonl").read_bytes()
+    shutil.rmtree(fresh_clone / "data/release")
+    (fresh_clone / "data/manifests/train.jsonl").unlink()
+    shutil.rmtree(fresh_clone / ".dvc/cache")
+    _dvc(fresh_clone, "pull")
+    assert (fresh_clone / "data/manifests/train.jsonl").read_bytes() == before
+    assert len(list((fresh_clone / "data/release/images/train").iterdir())) > 0
+    assert "up to date" in _dvc(fresh_clone, "status")
+
+
+@pytest.mark.slow
+def test_dvc_exp_run_set_param(fresh_clone):
+    if not (fresh_clone / "dvc.lock").exists():
+        _dvc(fresh_clone, "repro")
+    out = _dvc(fresh_clone, "exp", "run", "-S", "data.synth.train=120", "-S", "data.synth.test=40")
+    assert "rendered 160 images" in out
+    summary = json.loads((fresh_clone / "data/manifests/summary.json").read_text())
+    assert summary["images"] == 160
