@@ -38,3 +38,22 @@ def release_copy(synth_release, tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def release_files() -> dict[tuple[str, str], str]:
     return dict(DEFAULT_FILES)
+
+
+@pytest.fixture(scope="session")
+def real_photos(tmp_path_factory) -> dict[str, Path]:
+    """Real face photos that ship inside installed packages (no network)."""
+    import insightface
+    import matplotlib
+    import skimage.data
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("photos")
+    astronaut = folder / "astronaut.png"
+    Image.fromarray(skimage.data.astronaut()).save(astronaut)
+    return {
+        "astronaut": astronaut,
+        "grace_hopper": Path(matplotlib.__file__).parent / "mpl-data/sample_data/grace_hopper.jpg",
+        "t1": Path(insightface.__file__).parent / "data/images/t1.jpg",
+        "tom_hanks": Path(insightface.__file__).parent / "data/images/Tom_Hanks_54745.png",
+    }

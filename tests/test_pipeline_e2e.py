@@ -62,8 +62,13 @@ def test_dvc_repro_on_a_fresh_clone(fresh_clone):
     assert summary["images"] == images and summary["rejected"] == 0
     assert all(n > 0 for n in summary["rows"].values())
 
+    # The landmarks stage covers every FABA-Synth image of the manifests.
+    landmarks = json.loads((fresh_clone / "data/landmarks/summary.json").read_text())
+    assert landmarks["images"] == images and landmarks["status"] == {"ok": images}
+    assert landmarks["backend"].startswith("annotation@") and landmarks["prior_dim"] == 136
+
     again = _dvc(fresh_clone, "repro")
-    assert "didn't change, skipping" in again and "Data and pipelines are up to date" in again
+    assert again.count("didn't change, skipping") == 2 and "Data and pipelines are up to date" in again
     assert "up to date" in _dvc(fresh_clone, "status")
     metrics = _dvc(fresh_clone, "metrics", "show")
     assert "rows.emotion_train" in metrics

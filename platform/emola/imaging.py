@@ -11,7 +11,14 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 
 class ImageProblem(ValueError):
-    """An image that cannot be used; the message says why in a few words."""
+    """An image that cannot be used; the message says why in a few words.
+
+    ``code`` classifies it: ``missing``, ``empty``, ``not_image``, ``corrupt`` or ``too_large``.
+    """
+
+    def __init__(self, message: str, code: str = "corrupt"):
+        super().__init__(message)
+        self.code = code
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -27,21 +34,21 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
     decompression bomb costs nothing.
     """
     if not data:
-        raise ImageProblem("empty file")
+        raise ImageProblem("empty file", "empty")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
             width, height = image.size
             if width * height > max_pixels:
-                raise ImageProblem(f"{width}x{height} exceeds the cap of {max_pixels} pixels")
+                raise ImageProblem(f"{width}x{height} exceeds the cap of {max_pixels} pixels", "too_large")
             image.load()
     except ImageProblem:
         raise
     except UnidentifiedImageError:
-        raise ImageProblem("not a readable image") from None
+        raise ImageProblem("not a readable image", "not_image") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise ImageProblem(f"decompression bomb: {err}") from None
+        raise ImageProblem(f"decompression bomb: {err}", "too_large") from None
     except (OSError, SyntaxError, ValueError) as err:
         raise ImageProblem(f"corrupt or truncated image: {err}") from None
     image = ImageOps.exif_transpose(image)
@@ -62,9 +69,9 @@ def read_image_file(path: Path, max_pixels: int) -> tuple[Image.Image, str]:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise ImageProblem("file not found") from None
+        raise ImageProblem("file not found", "missing") from None
     except IsADirectoryError:
-        raise ImageProblem("is a directory") from None
+        raise ImageProblem("is a directory", "missing") from None
     except OSError as err:
-        raise ImageProblem(f"cannot read: {err.strerror or err}") from None
+        raise ImageProblem(f"cannot read: {err.strerror or err}", "missing") from None
     return decode_image(data, max_pixels), sha256_bytes(data)

@@ -15,8 +15,6 @@ release move together.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -27,6 +25,7 @@ from pydantic import BaseModel, ConfigDict
 from emola.data.labels import EVAL_QUESTIONS
 from emola.data.release import CheckedRecord, FileReport, RecordIssue
 from emola.data.records import TrainRecord
+from emola.fileio import atomic_write_lines
 
 MANIFEST_VERSION = 1
 
@@ -87,20 +86,6 @@ def to_row(checked: CheckedRecord, task: str, root: str) -> ManifestRow:
     )
 
 
-def _atomic_write_lines(path: Path, lines: Iterable[str]) -> None:
-    """Write a text file whole or not at all (temporary file, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            for line in lines:
-                fh.write(line + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_manifests(reports: Iterable[FileReport], out_dir: Path | str, root: str) -> dict:
     """Convert checked release files into manifests under ``out_dir``; return the summary.
 
@@ -116,8 +101,8 @@ def write_manifests(reports: Iterable[FileReport], out_dir: Path | str, root: st
         rows[report.split].extend(to_row(c, report.task, root) for c in report.good)
         rejects.extend(report.issues)
     for split, split_rows in rows.items():
-        _atomic_write_lines(out_dir / f"{split}.jsonl", (r.model_dump_json() for r in split_rows))
-    _atomic_write_lines(out_dir / "rejects.jsonl", (json.dumps(i.to_dict()) for i in rejects))
+        atomic_write_lines(out_dir / f"{split}.jsonl", (r.model_dump_json() for r in split_rows))
+    atomic_write_lines(out_dir / "rejects.jsonl", (json.dumps(i.to_dict()) for i in rejects))
     counts = Counter(f"{r.task}_{r.split}" for split_rows in rows.values() for r in split_rows)
     summary = {
         "version": MANIFEST_VERSION,
@@ -125,7 +110,7 @@ def write_manifests(reports: Iterable[FileReport], out_dir: Path | str, root: st
         "images": len({r.image_sha256 for split_rows in rows.values() for r in split_rows}),
         "rejected": len(rejects),
     }
-    _atomic_write_lines(out_dir / "summary.json", [json.dumps(summary, indent=2)])
+    atomic_write_lines(out_dir / "summary.json", [json.dumps(summary, indent=2)])
     return summary
 
 

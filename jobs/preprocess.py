@@ -1,0 +1,27 @@
+"""Stage ``landmarks``: landmarks and prior vectors of every manifest image, on Ray Data.
+
+    python -m jobs.preprocess [--params params.yaml] [landmarks.backend=dlib-68 ...]
+
+Runs on a local Ray instance, or on the cluster named by RAY_ADDRESS (``ray job submit``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from emola.faces.pipeline import run_landmark_job
+from jobs.common import parse_job_args
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_job_args(__doc__.splitlines()[0], argv)
+    manifests = [Path(cfg.data.manifests) / name for name in ("train.jsonl", "test.jsonl")]
+    summary = run_landmark_job(manifests, cfg.landmarks, max_pixels=cfg.data.max_image_pixels)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

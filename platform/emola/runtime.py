@@ -1,0 +1,23 @@
+"""Starting Ray the same way everywhere: a cluster when ``RAY_ADDRESS`` says so, else local."""
+
+from __future__ import annotations
+
+import os
+
+
+def init_ray(num_cpus: int | None = None) -> None:
+    """Connect to ``$RAY_ADDRESS`` (a cluster, or a job's own) or start a local instance.
+
+    Locally Ray stays on 127.0.0.1 with no dashboard, and re-initializing is a no-op.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    # A local instance binds to loopback only (field notes: it picks eth0 otherwise).
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(log_to_driver=True)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True,
+                 _node_ip_address="127.0.0.1", configure_logging=False)
