@@ -57,3 +57,47 @@ def real_photos(tmp_path_factory) -> dict[str, Path]:
         "t1": Path(insightface.__file__).parent / "data/images/t1.jpg",
         "tom_hanks": Path(insightface.__file__).parent / "data/images/Tom_Hanks_54745.png",
     }
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(synth_release) -> list[str]:
+    import json
+
+    texts = []
+    for rel in ("train/train_emotion_anno.json", "train/train_au_anno.json"):
+        texts += [r["conversations"][1]["value"] for r in json.loads((synth_release / rel).read_text())]
+    return texts
+
+
+@pytest.fixture(scope="session")
+def tiny_params():
+    from emola.config import load_config
+
+    return load_config(REPO / "params.yaml")
+
+
+def build_tiny(tiny_params, corpus, **model_overrides):
+    """A tiny EmoLA with LoRA applied, its processor and its config."""
+    from emola.model.builder import build_emola
+    from emola.model.lora import apply_lora
+
+    model_cfg = tiny_params.model.model_copy(update=model_overrides)
+    model, processor, config = build_emola(model_cfg, profile="tiny", landmark_backend="annotation@1-68",
+                                           tasks=["emotion", "au"], corpus=corpus)
+    return apply_lora(model, model_cfg.lora), processor, config
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_params, tiny_corpus, tmp_path_factory) -> Path:
+    """A saved tiny checkpoint whose trainable weights are not at their initial values."""
+    import torch
+
+    from emola.model.checkpoint import save_checkpoint
+
+    model, processor, config = build_tiny(tiny_params, tiny_corpus)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.02 * torch.randn_like(p))
+    return save_checkpoint(model, processor, config, tmp_path_factory.mktemp("ckpt") / "checkpoint")

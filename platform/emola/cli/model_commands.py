@@ -1,0 +1,66 @@
+"""``emola analyze`` (images -> descriptions, emotions, AUs) and ``emola export --merge``."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    analyze = commands.add_parser("analyze", help="describe faces with an EmoLA checkpoint (JSON per image or CSV)")
+    analyze.add_argument("images", nargs="+", metavar="IMAGE")
+    analyze.add_argument("--checkpoint", required=True)
+    analyze.add_argument("--task", choices=["emotion", "au"], default="emotion")
+    analyze.add_argument("--question", help="a free-form question instead of the task's prompt")
+    analyze.add_argument("--csv", metavar="OUT", help="write one row per image to OUT instead of JSON lines")
+    analyze.add_argument("--max-new-tokens", type=int, help="default: the published decoding's 512")
+    analyze.add_argument("--batch-size", type=int, default=8)
+    analyze.set_defaults(handler=_analyze)
+
+    export = commands.add_parser("export", help="write a checkpoint as a merged full model")
+    export.add_argument("checkpoint")
+    export.add_argument("out")
+    export.add_argument("--merge", action="store_true", required=True, help="merge LoRA into the base weights")
+    export.set_defaults(handler=_export)
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    from emola.analyzer import Analyzer
+    from emola.model.inference import PUBLISHED_GENERATION
+
+    generation = PUBLISHED_GENERATION
+    if args.max_new_tokens:
+        generation = generation.model_copy(update={"max_new_tokens": args.max_new_tokens})
+    try:
+        analyzer = Analyzer.from_checkpoint(args.checkpoint, generation=generation)
+    except (FileNotFoundError, ValueError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    results = []
+    for start in range(0, len(args.images), args.batch_size):
+        chunk = args.images[start:start + args.batch_size]
+        questions = [args.question] * len(chunk) if args.question else None
+        results += analyzer.analyze_many(chunk, args.task, questions)
+    if args.csv:
+        rows = [r.to_row() for r in results]
+        with open(args.csv, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        print(f"{len(rows)} rows -> {args.csv}", file=sys.stderr)
+    else:
+        for r in results:
+            print(r.model_dump_json())
+    return 1 if any(r.status != "ok" for r in results) else 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from emola.model.checkpoint import load_checkpoint, save_checkpoint
+
+    model, processor, config = load_checkpoint(args.checkpoint)
+    out = save_checkpoint(model, processor, config, Path(args.out), merge=True)
+    print(json.dumps({"merged": str(out), "base": str(out / "base")}))
+    return 0

@@ -1,0 +1,1 @@
+"""EmoLA: LLaVA with a facial prior token, LoRA, self-describing checkpoints, inference."""
