@@ -101,3 +101,27 @@ def tiny_checkpoint(tiny_params, tiny_corpus, tmp_path_factory) -> Path:
             if p.requires_grad:
                 p.add_(0.02 * torch.randn_like(p))
     return save_checkpoint(model, processor, config, tmp_path_factory.mktemp("ckpt") / "checkpoint")
+
+
+@pytest.fixture(scope="session")
+def small_pipeline(synth_release, tmp_path_factory) -> dict[str, Path]:
+    """Manifests and a landmark cache for the small release: what the train stage reads."""
+    from emola.config import load_config
+    from emola.data.stage import check_release
+    from emola.data.manifest import write_manifests
+    from emola.faces.pipeline import run_landmark_job
+
+    root = tmp_path_factory.mktemp("pipeline")
+    cfg = load_config(REPO / "params.yaml", {"landmarks.cache": str(root / "landmarks")})
+    write_manifests(check_release(synth_release, cfg.data), root / "manifests", root=str(synth_release))
+    run_landmark_job([root / "manifests/train.jsonl", root / "manifests/test.jsonl"], cfg.landmarks, use_ray=False)
+    return {"manifests": root / "manifests", "landmarks": root / "landmarks", "root": root}
+
+
+def small_training_overrides(pipeline: dict[str, Path], out: Path, **extra) -> list[str]:
+    """Job arguments for a short 2-worker DeepSpeed run on the small pipeline."""
+    settings = {"data.manifests": pipeline["manifests"], "landmarks.cache": pipeline["landmarks"],
+                "train.storage_path": out / "runs", "train.output": out / "model", "train.max_steps": 12,
+                "train.micro_batch": 4, "train.checkpoint_every": 4, "train.log_every": 1,
+                "model.tiny.text_layers": 1, **extra}
+    return [f"{k}={v}" for k, v in settings.items()]

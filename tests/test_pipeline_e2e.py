@@ -67,8 +67,14 @@ def test_dvc_repro_on_a_fresh_clone(fresh_clone):
     assert landmarks["images"] == images and landmarks["status"] == {"ok": images}
     assert landmarks["backend"].startswith("annotation@") and landmarks["prior_dim"] == 136
 
+    # The train stage exported a model and logged its run to the default MLflow database.
+    info = json.loads((fresh_clone / "models/emola/training.json").read_text())
+    assert info["steps"] > 0 and info["tracking_uri"] == f"sqlite:///{fresh_clone / 'mlflow.db'}"
+    assert (fresh_clone / "models/emola/emola_config.json").is_file()
+    print(f"train: {info['steps']} steps, final loss {info['final_loss']:.3f}")
+
     again = _dvc(fresh_clone, "repro")
-    assert again.count("didn't change, skipping") == 2 and "Data and pipelines are up to date" in again
+    assert again.count("didn't change, skipping") == 3 and "Data and pipelines are up to date" in again
     assert "up to date" in _dvc(fresh_clone, "status")
     metrics = _dvc(fresh_clone, "metrics", "show")
     assert "rows.emotion_train" in metrics
@@ -87,9 +93,12 @@ def test_dvc_repro_on_a_fresh_clone(fresh_clone):
 
 @pytest.mark.slow
 def test_dvc_exp_run_set_param(fresh_clone):
-    if not (fresh_clone / "dvc.lock").exists():
-        _dvc(fresh_clone, "repro")
-    out = _dvc(fresh_clone, "exp", "run", "-S", "data.synth.train=120", "-S", "data.synth.test=40")
+    from emola.config import load_config
+
+    out = _dvc(fresh_clone, "exp", "run", "-S", "data.synth.train=120", "-S", "data.synth.test=40", "data")
     assert "rendered 160 images" in out
     summary = json.loads((fresh_clone / "data/manifests/summary.json").read_text())
     assert summary["images"] == 160
+    # A key in a section that params.yaml leaves empty: it overrides the profile's value.
+    _dvc(fresh_clone, "exp", "run", "-S", "train.lr=0.002", "data")
+    assert load_config(fresh_clone / "params.yaml").train.lr == 0.002

@@ -11,7 +11,11 @@ def init_ray(num_cpus: int | None = None) -> None:
     Locally Ray stays on 127.0.0.1 with no dashboard, and re-initializing is a no-op.
     """
     import ray
+    import ray.data
 
+    # Progress bars redraw many times a second: in logs and CI output they are noise.
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    ray.data.DataContext.get_current().enable_progress_bars = False
     if ray.is_initialized():
         return
     # A local instance binds to loopback only (field notes: it picks eth0 otherwise).

@@ -114,6 +114,7 @@ class TinyArchitecture(Section):
     text_heads: int = Field(ge=1)
     text_intermediate: int = Field(ge=8)
     vocab_size: int = Field(ge=300)
+    init_std: float = Field(gt=0, description="weight init std of the random decoder (Llama's default: 0.02)")
 
 
 class LoraConfig(Section):
@@ -136,6 +137,8 @@ class ModelConfig(Section):
     vision: Literal["clip", "none"]
     prior: Literal["landmarks", "none"]
     prior_dim: int = Field(ge=1, description="length of the landmark prior vector")
+    prior_standardize: bool = Field(
+        description="standardize prior vectors with training-set mean and std (published: false, raw vectors)")
     template: str = Field(description="conversation template name")
     dtype: Literal["float32", "bfloat16", "float16"]
     lora: LoraConfig

@@ -26,7 +26,8 @@ def tiny_llava_config(arch: TinyArchitecture, image_size: int, vision_feature_la
                               image_size=image_size, patch_size=arch.patch_size, projection_dim=arch.vision_hidden)
     text = LlamaConfig(vocab_size=vocab_size, hidden_size=arch.text_hidden, intermediate_size=arch.text_intermediate,
                        num_hidden_layers=arch.text_layers, num_attention_heads=arch.text_heads,
-                       num_key_value_heads=arch.text_heads, max_position_embeddings=2048, **special_ids)
+                       num_key_value_heads=arch.text_heads, max_position_embeddings=2048,
+                       initializer_range=arch.init_std, **special_ids)
     return LlavaConfig(vision_config=vision, text_config=text, image_token_index=image_token_id,
                        image_seq_length=(image_size // arch.patch_size) ** 2,
                        vision_feature_layer=vision_feature_layer, vision_feature_select_strategy="default")

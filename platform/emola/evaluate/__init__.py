@@ -1,0 +1,1 @@
+"""Evaluation: batch generation over the test manifests, REGE, reports, MLflow, registry."""

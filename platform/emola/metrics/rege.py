@@ -1,0 +1,148 @@
+"""FABA-Bench's REGE metric: S_rege = S_re + S_ge, all in percent.
+
+- ``S_ge``: the mean over samples of ROUGE-L F computed by the ``rouge`` package 1.0.1
+  (summary-level union LCS, sentences split on ".", whitespace tokens, no lowercasing or
+  stemming). Deviation from the published code, which crashes there: an empty prediction
+  scores 0.
+- ``S_re`` for emotion: accuracy of the class parsed from each prediction
+  (:func:`~emola.metrics.rege_parsers.emotion_of`) against the label.
+- ``S_re`` for AUs: unweighted mean of per-AU F1 over the data set's scored AUs; F1 is 0
+  when an AU has no true positive; an AU whose targets and predictions hold one value over
+  the whole test set (all 0 or all 1) is left out of the mean. Predicted AUs come from
+  :func:`~emola.metrics.rege_parsers.aus_of`; targets from the label split on ", ".
+
+Alongside REGE, not part of it: ``rouge-score``'s rouge1/2/L/Lsum, per-class accuracy and
+the confusion matrix for emotions, per-AU precision, recall and F1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from emola.data.labels import AU_LISTS, EMOTIONS, FABA_SCORED_AUS, parse_emotion_label
+from emola.metrics.rege_parsers import aus_of, emotion_of
+
+#: AUs each data set scores (FABA scores 12 of its 20-AU label space).
+SCORED_AUS: dict[str, tuple[int, ...]] = {**AU_LISTS, "FABA": FABA_SCORED_AUS}
+
+
+def rouge_l_f(prediction: str, reference: str) -> float:
+    """ROUGE-L F of one pair as the ``rouge`` package computes it; 0 for an empty prediction."""
+    from rouge import Rouge
+
+    if not prediction.strip() or not reference.strip():
+        return 0.0
+    try:
+        return Rouge(metrics=["rouge-l"]).get_scores(prediction, reference)[0]["rouge-l"]["f"]
+    except (ValueError, RecursionError):  # the package rejects texts that are only punctuation
+        return 0.0
+
+
+def generation_score(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """S_ge in percent."""
+    if not predictions:
+        return 0.0
+    return 100.0 * float(np.mean([rouge_l_f(p, r) for p, r in zip(predictions, references)]))
+
+
+def rouge_score_extras(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    """``rouge-score``'s rouge1/2/L/Lsum F (percent): reported beside REGE, never inside it."""
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL", "rougeLsum"])
+    totals = {k: 0.0 for k in ("rouge1", "rouge2", "rougeL", "rougeLsum")}
+    for p, r in zip(predictions, references):
+        for key, score in scorer.score(r, p).items():
+            totals[key] += score.fmeasure
+    n = max(len(predictions), 1)
+    return {k: 100.0 * v / n for k, v in totals.items()}
+
+
+@dataclass
+class RegeResult:
+    task: str
+    dataset: str
+    S_re: float
+    S_ge: float
+    S_rege: float
+    n: int
+    per_au_f1: dict[int, float] | None = None
+    scored_aus: list[int] | None = None
+    extras: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        out = {"task": self.task, "dataset": self.dataset, "S_re": self.S_re, "S_ge": self.S_ge,
+               "S_rege": self.S_rege, "n": self.n}
+        if self.per_au_f1 is not None:
+            out["per_au_f1"] = {str(k): v for k, v in self.per_au_f1.items()}
+            out["scored_aus"] = self.scored_aus
+        if self.extras:
+            out["extras"] = self.extras
+        return out
+
+
+def emotion_recognition(predictions: Sequence[str], labels: Sequence[object]) -> tuple[float, dict]:
+    """(accuracy in percent, extras: per-class accuracy and confusion matrix rows=label, cols=prediction)."""
+    truth = [parse_emotion_label(label) for label in labels]
+    guessed = [emotion_of(p) for p in predictions]
+    matrix = np.zeros((len(EMOTIONS), len(EMOTIONS)), dtype=int)
+    for t, g in zip(truth, guessed):
+        matrix[EMOTIONS.index(t), EMOTIONS.index(g)] += 1
+    per_class = {e: (100.0 * matrix[i, i] / matrix[i].sum()) if matrix[i].sum() else None for i, e in enumerate(EMOTIONS)}
+    accuracy = 100.0 * float(np.trace(matrix)) / max(len(truth), 1)
+    return accuracy, {"per_class_accuracy": per_class, "confusion_matrix": {"labels": list(EMOTIONS), "rows": matrix.tolist()},
+                      "predicted_classes": guessed}
+
+
+def au_targets(label: object) -> set[int]:
+    """The published target parsing: the label string split on ", "."""
+    if isinstance(label, (list, tuple)):
+        return {int(a) for a in label}
+    text = str(label).strip()
+    return {int(item) for item in text.split(", ") if item.strip()} if text else set()
+
+
+def au_recognition(predictions: Sequence[str], labels: Sequence[object], dataset: str = "FABA") -> tuple[float, dict]:
+    """(mean per-AU F1 in percent over the scored AUs, extras)."""
+    scored = SCORED_AUS[dataset]
+    predicted = [set(aus_of(p, AU_LISTS[dataset])) for p in predictions]
+    targets = [au_targets(label) for label in labels]
+    per_au, details = {}, {}
+    for au in scored:
+        y = np.array([au in t for t in targets])
+        p = np.array([au in s for s in predicted])
+        tp, fp, fn = int((y & p).sum()), int((~y & p).sum()), int((y & ~p).sum())
+        precision = tp / (tp + fp) if tp + fp else 0.0
+        recall = tp / (tp + fn) if tp + fn else 0.0
+        f1 = 0.0 if tp == 0 else 2 * precision * recall / (precision + recall)
+        details[au] = {"precision": 100 * precision, "recall": 100 * recall, "f1": 100 * f1, "support": int(y.sum())}
+        if len(set(y.tolist()) | set(p.tolist())) == 1:  # one value over targets and predictions: left out
+            continue
+        per_au[au] = 100.0 * f1
+    mean = float(np.mean(list(per_au.values()))) if per_au else 0.0
+    return mean, {"per_au": details, "excluded_aus": [a for a in scored if a not in per_au], "per_au_f1": per_au}
+
+
+def rege(task: str, predictions: Sequence[str], references: Sequence[str], labels: Sequence[object],
+         dataset: str = "FABA", extras: bool = True) -> RegeResult:
+    """REGE of one task's predictions; see the module docstring for the rules."""
+    if not (len(predictions) == len(references) == len(labels)):
+        raise ValueError("predictions, references and labels must have the same length")
+    s_ge = generation_score(predictions, references)
+    if task == "emotion":
+        s_re, details = emotion_recognition(predictions, labels)
+        result = RegeResult(task, dataset, s_re, s_ge, s_re + s_ge, len(predictions))
+    elif task == "au":
+        s_re, details = au_recognition(predictions, labels, dataset)
+        result = RegeResult(task, dataset, s_re, s_ge, s_re + s_ge, len(predictions),
+                            per_au_f1=details["per_au_f1"], scored_aus=list(SCORED_AUS[dataset]))
+    else:
+        raise ValueError(f"unknown task {task!r} (emotion or au)")
+    if extras:
+        details.pop("predicted_classes", None)
+        details.pop("per_au_f1", None)
+        result.extras = {**details, "rouge_score": rouge_score_extras(predictions, references)}
+    return result

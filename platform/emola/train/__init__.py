@@ -1,0 +1,1 @@
+"""Distributed LoRA training: Ray Train workers running DeepSpeed, tracked in MLflow."""

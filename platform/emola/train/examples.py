@@ -1,0 +1,109 @@
+"""Training examples: manifest rows joined with prior vectors, tokenized in Ray Data, batched by length.
+
+The driver builds the example list (one row per manifest row of the trained tasks whose
+image has a prior vector), orders it so that each run of ``micro_batch`` rows has
+similar lengths, and hands Ray Data a dataset whose map stage tokenizes, masks labels and
+preprocesses images. Workers read their shard with :func:`collate`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from emola.data.manifest import ManifestRow
+from emola.model.processing import IGNORE_INDEX, EmolaProcessor
+
+
+@dataclass
+class ExampleSet:
+    rows: list[dict]          # image, question, answer, task, prior (list) or None
+    skipped: list[str]        # uids without a usable prior vector
+
+
+def build_examples(rows: Sequence[ManifestRow], tasks: Sequence[str], priors: dict[str, np.ndarray] | None) -> ExampleSet:
+    """Rows of the trained tasks, each with its prior vector when the model uses one."""
+    examples, skipped = [], []
+    for row in rows:
+        if row.task not in tasks:
+            continue
+        prior = None
+        if priors is not None:
+            prior = priors.get(row.image_sha256)
+            if prior is None:
+                skipped.append(row.uid)
+                continue
+        examples.append({"uid": row.uid, "image": str(row.image_path()), "question": row.question,
+                         "answer": row.answer, "task": row.task,
+                         "prior": None if prior is None else np.asarray(prior, np.float32).tolist()})
+    return ExampleSet(examples, skipped)
+
+
+def length_grouped_order(lengths: Sequence[int], batch: int, seed: int, window: int = 16) -> list[int]:
+    """A shuffled order whose consecutive ``batch``-sized runs have similar lengths.
+
+    Indices are shuffled, cut into mega-batches of ``window * batch``, each sorted by length
+    (longest first) and cut into batches, whose order is shuffled again: padding waste
+    drops while every epoch still mixes lengths and tasks.
+    """
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(lengths))
+    batches = []
+    for start in range(0, len(order), window * batch):
+        mega = sorted(order[start:start + window * batch], key=lambda i: -lengths[i])
+        batches += [mega[i:i + batch] for i in range(0, len(mega), batch)]
+    rng.shuffle(batches)
+    return [int(i) for b in batches for i in b]
+
+
+class Preprocess:
+    """Ray Data stage: tokenize with label masking, load and preprocess images, attach priors."""
+
+    def __init__(self, processor_dir: str, max_length: int):
+        self.processor = EmolaProcessor.load(processor_dir)
+        self.max_length = max_length
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from emola.imaging import read_image_file
+
+        out: dict[str, list] = {"input_ids": [], "labels": []}
+        for question, answer in zip(batch["question"], batch["answer"]):
+            ids, labels = self.processor.example_ids(str(question), str(answer))
+            out["input_ids"].append(np.asarray(ids[: self.max_length], np.int64))
+            out["labels"].append(np.asarray(labels[: self.max_length], np.int64))
+        result = {"input_ids": _ragged(out["input_ids"]), "labels": _ragged(out["labels"])}
+        if self.processor.use_image:
+            images = [read_image_file(Path(str(p)), 10**9)[0] for p in batch["image"]]
+            result["pixel_values"] = self.processor.pixel_values(images).numpy()
+        if self.processor.use_prior:
+            result["prior"] = np.stack([np.asarray(p, np.float32) for p in batch["prior"]])
+        return result
+
+
+def _ragged(arrays: list[np.ndarray]) -> np.ndarray:
+    holder = np.empty(len(arrays), dtype=object)
+    holder[:] = arrays
+    return holder
+
+
+def collate(batch: dict[str, np.ndarray], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a numpy batch from the data pipeline into model inputs."""
+    ids, labels = list(batch["input_ids"]), list(batch["labels"])
+    width = max(len(x) for x in ids)
+    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
+    label_ids = torch.full((len(ids), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for i, (x, y) in enumerate(zip(ids, labels)):
+        input_ids[i, : len(x)] = torch.as_tensor(np.asarray(x, np.int64))
+        label_ids[i, : len(y)] = torch.as_tensor(np.asarray(y, np.int64))
+        mask[i, : len(x)] = 1
+    out = {"input_ids": input_ids, "labels": label_ids, "attention_mask": mask}
+    if "pixel_values" in batch:
+        out["pixel_values"] = torch.as_tensor(np.asarray(batch["pixel_values"], np.float32))
+    if "prior" in batch:
+        out["prior"] = torch.as_tensor(np.asarray(batch["prior"], np.float32))
+    return out

@@ -1,0 +1,188 @@
+"""The training driver: examples, the initial model, MLflow run, Ray Train + DeepSpeed, export.
+
+``run_training(cfg)`` is what ``python -m jobs.train`` calls, locally or through
+``ray job submit``. A run's name is a hash of everything that defines it (params, data,
+code), so running the same job again after a crash resumes it from its latest checkpoint,
+while any change starts a new run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from emola.config import EmolaConfig
+from emola.data.manifest import read_manifest
+from emola.faces.pipeline import images_of, prior_vectors
+from emola.faces.registry import build_backend
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class TrainingOutcome:
+    output: Path
+    run_name: str
+    mlflow_run_id: str | None
+    steps: int
+    final_loss: float
+    seconds: float
+    samples_per_s: float = 0.0
+    peak_rss_mb: float = 0.0   # rank 0 worker
+
+
+def source_digest() -> str:
+    """Hash of the library's source: a code change makes a new run, never a stale resume."""
+    digest = hashlib.sha256()
+    for path in sorted(PACKAGE_ROOT.rglob("*.py")):
+        digest.update(path.relative_to(PACKAGE_ROOT).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def run_name_for(cfg: EmolaConfig, tasks: list[str], manifest_digest: str) -> str:
+    spec = json.dumps({"model": cfg.model.model_dump(), "train": cfg.train.model_dump(exclude={"max_failures"}),
+                       "landmarks": cfg.landmarks.backend, "tasks": tasks, "data": manifest_digest,
+                       "code": source_digest()}, sort_keys=True)
+    return f"emola-{cfg.profile}-{'-'.join(tasks)}-{hashlib.sha256(spec.encode()).hexdigest()[:12]}"
+
+
+def run_training(cfg: EmolaConfig, *, repo_root: Path | str = ".", log=print) -> list[TrainingOutcome]:
+    """Train the configured model(s): one for all tasks, or one per task (``train.separate_models``)."""
+    tasks = list(cfg.train.tasks)
+    groups = [[t] for t in tasks] if cfg.train.separate_models else [tasks]
+    output = Path(cfg.train.output)
+    return [train_one(cfg, group, output / group[0] if cfg.train.separate_models else output,
+                      repo_root=Path(repo_root), log=log) for group in groups]
+
+
+def train_one(cfg: EmolaConfig, tasks: list[str], output: Path, *, repo_root: Path, log=print) -> TrainingOutcome:
+    import mlflow
+    import ray
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from emola import tracking
+    from emola.model.builder import build_emola
+    from emola.model.checkpoint import save_checkpoint
+    from emola.model.processing import EmolaProcessor
+    from emola.runtime import init_ray
+    from emola.train.examples import Preprocess, build_examples, length_grouped_order
+    from emola.train.recipe import EXPORT_DIR, train_loop_per_worker
+
+    started = time.perf_counter()
+    t = cfg.train
+    manifest = Path(cfg.data.manifests) / "train.jsonl"
+    rows = list(read_manifest(manifest))
+    _, points = images_of(rows)
+    backend_key = build_backend(cfg.landmarks, annotation_points=points).key
+    priors = None
+    if cfg.model.prior == "landmarks":
+        priors = prior_vectors(cfg.landmarks.cache, backend_key, {r.image_sha256 for r in rows})
+    examples = build_examples(rows, tasks, priors)
+    if examples.skipped:
+        log(f"train: {len(examples.skipped)} rows skipped (no usable prior vector), e.g. {examples.skipped[:3]}")
+    if not examples.rows:
+        raise RuntimeError(f"no training examples for tasks {tasks} in {manifest} (run the landmarks stage first?)")
+
+    name = run_name_for(cfg, tasks, hashlib.sha256(manifest.read_bytes()).hexdigest())
+    storage = Path(t.storage_path).resolve()
+    init_dir = storage / name / "init"
+    if not (init_dir / "emola_config.json").is_file():  # a resumed run keeps its initial model and tokenizer
+        corpus = [r.answer for r in rows] + [r.question for r in rows]
+        model, processor, model_cfg = build_emola(cfg.model, profile=cfg.profile, landmark_backend=backend_key,
+                                                  tasks=tasks, corpus=corpus)
+        if model.prior_projector is not None and cfg.model.prior_standardize:
+            import numpy as np
+            import torch
+
+            model.prior_projector.set_standardization(torch.tensor(np.array([e["prior"] for e in examples.rows])))
+        save_checkpoint(model, processor, model_cfg, init_dir)
+        del model
+    processor = EmolaProcessor.load(init_dir)
+
+    world = t.num_workers
+    lengths = [len(processor.example_ids(e["question"], e["answer"])[0]) for e in examples.rows]
+    order = length_grouped_order(lengths, t.micro_batch, t.seed) if t.group_by_length else list(range(len(lengths)))
+    ordered = [examples.rows[i] for i in order]
+    per_worker = len(ordered) // world
+    steps_per_epoch = math.ceil(per_worker / t.micro_batch) // t.grad_accum
+    total = min(t.max_steps or 10**12, t.epochs * steps_per_epoch)
+    if total < 1:
+        raise RuntimeError(f"{len(ordered)} examples make no optimizer step with {world} workers x {t.micro_batch}")
+
+    init_ray()
+    cpus = ray.cluster_resources().get("CPU", 1)
+    # Train workers leave a share of every CPU to the data pipeline: actors holding all
+    # CPUs starve Ray Data's tasks (field notes, 2-core deadlock).
+    worker_cpus = 1.0 if t.use_gpu else max(0.25, min(1.0, (cpus - 0.5) / world))
+    dataset = ray.data.from_items(ordered, override_num_blocks=max(world, min(len(ordered) // 64, 64)))
+    dataset = dataset.map_batches(Preprocess, fn_constructor_kwargs={"processor_dir": str(init_dir), "max_length": t.max_length},
+                                  batch_size=32, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.25)
+
+    uri = tracking.configure(repo_root)
+    mlflow.set_experiment("emola-train")
+    previous = mlflow.search_runs(filter_string=f"tags.ray_run_name = '{name}'", max_results=1, output_format="list")
+    if previous:
+        run_id = previous[0].info.run_id
+    else:
+        with mlflow.start_run(run_name=name, tags={"ray_run_name": name, "profile": cfg.profile,
+                                                    "tasks": ",".join(tasks)}) as run:
+            run_id = run.info.run_id
+            params = tracking.flatten(cfg.model_dump())
+            params.update({"git.commit": tracking.git_commit(repo_root), "examples": str(len(ordered)),
+                           "total_steps": str(total), "landmarks.backend_key": backend_key})
+            params.update(tracking.dvc_data_hashes(repo_root))
+            for start in range(0, len(params), 90):  # MLflow accepts at most 100 params per call
+                mlflow.log_params(dict(list(params.items())[start:start + 90]))
+    log(f"train: run {name}: {len(ordered)} examples, {world} workers x micro batch {t.micro_batch} "
+        f"x accumulation {t.grad_accum}, {total} steps, ZeRO-{t.zero_stage}, {t.precision}; MLflow {uri} run {run_id}")
+
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"params": cfg.model_dump(), "init_dir": str(init_dir), "total_steps": total,
+                           "mlflow_run_id": run_id, "tracking_uri": uri,
+                           "threads_per_worker": max(1, int(worker_cpus)) if not t.use_gpu else 4},
+        datasets={"train": dataset},
+        scaling_config=ray.train.ScalingConfig(num_workers=world, use_gpu=t.use_gpu,
+                                               resources_per_worker={"CPU": worker_cpus}),
+        run_config=ray.train.RunConfig(
+            name=name, storage_path=str(storage),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.keep_checkpoints,
+                                                         checkpoint_score_attribute="step",
+                                                         checkpoint_score_order="max"),
+            failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
+        ),
+        torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"training run {name} reported no checkpoint")
+    with result.checkpoint.as_directory() as directory:
+        state = json.loads((Path(directory) / "train_state.json").read_text())
+        if not state.get("finished"):
+            raise RuntimeError(f"training run {name} ended at step {state['step']} of {total} without exporting")
+        staging = output.with_name(f".{output.name}.partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(Path(directory) / EXPORT_DIR, staging)
+    (staging / "training.json").write_text(json.dumps({
+        "mlflow_run_id": run_id, "tracking_uri": uri, "ray_run_name": name, "steps": state["step"],
+        "final_loss": state["loss"], "tasks": tasks}, indent=2) + "\n")
+    if output.exists():
+        shutil.rmtree(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(staging, output)
+
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_artifacts(str(output), artifact_path="model")
+        mlflow.log_metric("final_loss", state["loss"], step=state["step"])
+    seconds = time.perf_counter() - started
+    log(f"train: exported {output} after {state['step']} steps (final loss {state['loss']:.4f}) in {seconds:.0f} s")
+    return TrainingOutcome(output, name, run_id, state["step"], state["loss"], seconds,
+                           float(result.metrics.get("samples_per_s", 0.0)), float(result.metrics.get("peak_rss_mb", 0.0)))

@@ -1,0 +1,211 @@
+"""The per-worker training recipe: ``setup``, ``train``, ``save_checkpoint``, ``export``.
+
+Runs inside each Ray Train worker. DeepSpeed wraps the model (ZeRO stage, precision,
+micro batch and accumulation from ``train`` params); the optimizer state, scheduler and
+data position are checkpointed every ``train.checkpoint_every`` steps through
+``ray.train.report``, and a restarted worker group resumes from the latest one. Only
+checkpoints every worker finished reporting are registered, so a resume never picks a
+half-written one. Rank 0 logs per-step metrics to MLflow and prints a progress line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from functools import partial
+from pathlib import Path
+
+TRAIN_STATE = "train_state.json"
+DS_TAG = "deepspeed"
+EXPORT_DIR = "model"
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Ray Train entry point (``config`` is built by :mod:`emola.train.launcher`)."""
+    recipe = TrainingRecipe(config)
+    recipe.setup()
+    if not recipe.finished:
+        recipe.train()
+    recipe.cleanup()
+
+
+class TrainingRecipe:
+    def __init__(self, config: dict):
+        from emola.config import EmolaConfig
+
+        self.raw = config
+        self.cfg = EmolaConfig.model_validate(config["params"])
+        self.train_cfg = self.cfg.train
+        self.total_steps: int = config["total_steps"]
+        self.step = 0               # optimizer steps done
+        self.epoch = 0
+        self.micro_in_epoch = 0     # micro batches of this epoch already consumed
+        self.finished = False
+        self.last_loss = float("nan")
+        self.timed_samples, self.timed_seconds = 0, 0.0  # throughput after the first steps (warm-up excluded)
+
+    # ------------------------------------------------------------------ setup
+    def setup(self) -> None:
+        import ray.train
+        import torch
+
+        if not self.train_cfg.use_gpu:
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")  # before deepspeed is imported
+            torch.set_num_threads(max(1, self.raw.get("threads_per_worker", 1)))
+        import deepspeed
+
+        from emola.model.checkpoint import load_checkpoint
+        from emola.model.lora import apply_lora
+        from emola.train.optimization import deepspeed_config, make_scheduler, parameter_groups
+
+        context = ray.train.get_context()
+        self.rank, self.world = context.get_world_rank(), context.get_world_size()
+        # Ray Train already created the process group; DeepSpeed reuses it.
+        deepspeed.init_distributed(dist_backend="nccl" if self.train_cfg.use_gpu else "gloo")
+        torch.manual_seed(self.train_cfg.seed)
+
+        checkpoint = ray.train.get_checkpoint()
+        state = None
+        if checkpoint:
+            with checkpoint.as_directory() as directory:
+                state = json.loads((Path(directory) / TRAIN_STATE).read_text())
+            if state.get("finished"):
+                self.finished = True
+                self._log(f"train: run already finished at step {state['step']}; nothing to do")
+                return
+
+        model, self.processor, self.model_config = load_checkpoint(self.raw["init_dir"])
+        apply_lora(model, self.cfg.model.lora)
+        if self.train_cfg.gradient_checkpointing:
+            model.base_llava.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train()
+        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=model,
+            model_parameters=parameter_groups(model, self.train_cfg),
+            config=deepspeed_config(self.train_cfg, use_cpu=not self.train_cfg.use_gpu),
+            lr_scheduler=partial(make_scheduler, total=self.total_steps, cfg=self.train_cfg),
+        )
+        if state:
+            with checkpoint.as_directory() as directory:
+                self.engine.load_checkpoint(directory, tag=DS_TAG)
+            self.step, self.epoch, self.micro_in_epoch = state["step"], state["epoch"], state["micro_in_epoch"]
+            self._log(f"train: resumed from step {self.step} (epoch {self.epoch}, batch {self.micro_in_epoch})")
+        self._start_tracking()
+
+    def _start_tracking(self) -> None:
+        self.mlflow = None
+        if self.rank == 0 and self.raw.get("mlflow_run_id"):
+            import mlflow
+
+            mlflow.set_tracking_uri(self.raw["tracking_uri"])
+            mlflow.start_run(run_id=self.raw["mlflow_run_id"], log_system_metrics=True)
+            self.mlflow = mlflow
+
+    def _log(self, line: str) -> None:
+        # Not print(): Ray Train patches it into a logger that echoes every line a second time.
+        if getattr(self, "rank", 0) == 0:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+
+    # ------------------------------------------------------------------ train
+    def train(self) -> None:
+        import ray.train
+
+        from emola.train.examples import collate
+
+        shard = ray.train.get_dataset_shard("train")
+        pad_id = self.processor.tokenizer.pad_token_id
+        accum = self.train_cfg.grad_accum
+        window_start, window_samples, window_tokens = time.perf_counter(), 0, 0
+        while self.step < self.total_steps:
+            batches = shard.iter_torch_batches(batch_size=self.train_cfg.micro_batch,
+                                               collate_fn=partial(collate, pad_id=pad_id))
+            for index, batch in enumerate(batches):
+                if index < self.micro_in_epoch:
+                    continue  # consumed before the checkpoint this run resumed from
+                batch = {k: v.to(self.engine.device) for k, v in batch.items()}
+                loss = self.engine(**batch).loss
+                self.engine.backward(loss)
+                self.engine.step()
+                self.micro_in_epoch = index + 1
+                window_samples += len(batch["input_ids"]) * self.world
+                window_tokens += int(batch["attention_mask"].sum()) * self.world
+                if self.micro_in_epoch % accum:
+                    continue
+                self.step += 1
+                self.last_loss = float(loss.detach())
+                elapsed = time.perf_counter() - window_start
+                metrics = {"loss": self.last_loss, "lr": self.scheduler.get_last_lr()[0],
+                           "grad_norm": float(self.engine.get_global_grad_norm() or 0.0),
+                           "samples_per_s": window_samples / elapsed, "tokens_per_s": window_tokens / elapsed,
+                           "epoch": self.epoch}
+                if self.step > 2:
+                    self.timed_samples += window_samples
+                    self.timed_seconds += elapsed
+                window_start, window_samples, window_tokens = time.perf_counter(), 0, 0
+                if self.mlflow:
+                    self.mlflow.log_metrics(metrics, step=self.step)
+                if self.step % self.train_cfg.log_every == 0 or self.step == self.total_steps:
+                    self._log(f"step {self.step}/{self.total_steps} loss {metrics['loss']:.4f} lr {metrics['lr']:.2e} "
+                              f"grad_norm {metrics['grad_norm']:.3f} {metrics['samples_per_s']:.1f} samples/s "
+                              f"{metrics['tokens_per_s']:.0f} tokens/s")
+                if self.step == self.total_steps:
+                    self.export()
+                    return
+                if self.step % self.train_cfg.checkpoint_every == 0:
+                    self.save_checkpoint()
+            self.epoch += 1
+            self.micro_in_epoch = 0
+
+    def _state(self, finished: bool) -> dict:
+        return {"step": self.step, "epoch": self.epoch, "micro_in_epoch": self.micro_in_epoch,
+                "total_steps": self.total_steps, "loss": self.last_loss, "finished": finished}
+
+    def _final_metrics(self) -> dict:
+        """Loss, step, mean samples/s after warm-up, and this worker's peak resident memory."""
+        import resource
+
+        return {"loss": self.last_loss, "step": self.step,
+                "samples_per_s": self.timed_samples / self.timed_seconds if self.timed_seconds else 0.0,
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+    def save_checkpoint(self) -> None:
+        """DeepSpeed state of every rank plus the data position, reported as one Ray checkpoint."""
+        import ray.train
+
+        with tempfile.TemporaryDirectory() as directory:
+            self.engine.save_checkpoint(directory, tag=DS_TAG)
+            if self.rank == 0:
+                Path(directory, TRAIN_STATE).write_text(json.dumps(self._state(finished=False)))
+            ray.train.report({"loss": self.last_loss, "step": self.step},
+                             checkpoint=ray.train.Checkpoint.from_directory(directory),
+                             checkpoint_dir_name=f"step-{self.step:06d}")
+
+    def export(self) -> None:
+        """The final model in the EmoLA checkpoint format, reported as the last Ray checkpoint."""
+        import ray.train
+
+        from emola.model.checkpoint import save_checkpoint
+
+        with tempfile.TemporaryDirectory() as directory:
+            if self.train_cfg.zero_stage == 3:  # parameters are partitioned: gather them to save
+                import deepspeed
+
+                with deepspeed.zero.GatheredParameters(list(self.engine.module.parameters()), modifier_rank=None):
+                    if self.rank == 0:
+                        save_checkpoint(self.engine.module, self.processor, self.model_config, Path(directory, EXPORT_DIR))
+            elif self.rank == 0:
+                save_checkpoint(self.engine.module, self.processor, self.model_config, Path(directory, EXPORT_DIR))
+            if self.rank == 0:
+                Path(directory, TRAIN_STATE).write_text(json.dumps(self._state(finished=True)))
+            ray.train.report(self._final_metrics(),
+                             checkpoint=ray.train.Checkpoint.from_directory(directory) if self.rank == 0 else None,
+                             checkpoint_dir_name=f"final-{self.step:06d}")
+        self._log(f"train: finished {self.step} steps, final loss {self.last_loss:.4f}")
+
+    def cleanup(self) -> None:
+        if getattr(self, "mlflow", None):
+            self.mlflow.end_run()

@@ -1,0 +1,66 @@
+"""Schedule, parameter groups, DeepSpeed settings, example ordering and collation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from emola.config import load_config
+from emola.train.examples import collate, length_grouped_order
+from emola.train.optimization import deepspeed_config, lr_factor, parameter_groups
+from tests.conftest import build_tiny
+
+
+def test_warmup_then_cosine_to_zero():
+    total, warmup = 100, 3
+    factors = [lr_factor(s, total, warmup, "cosine") for s in range(total)]
+    assert factors[:3] == pytest.approx([1 / 3, 2 / 3, 1.0])
+    assert factors[3] == pytest.approx(1.0) and factors[-1] == pytest.approx(0.0, abs=1e-3)
+    assert all(a >= b for a, b in zip(factors[3:], factors[4:]))
+    assert lr_factor(50, total, 0, "constant") == 1.0
+    assert lr_factor(50, 100, 0, "linear") == pytest.approx(0.5)
+
+
+def test_vision_projector_has_its_own_learning_rate(tiny_params, tiny_corpus):
+    model, _, _ = build_tiny(tiny_params, tiny_corpus)
+    train = tiny_params.train.model_copy(update={"lr": 1e-3, "projector_lr": 2e-5})
+    groups = {g["name"]: g for g in parameter_groups(model, train)}
+    assert groups["vision_projector"]["lr"] == 2e-5 and groups["lora_and_prior"]["lr"] == 1e-3
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert sum(p.numel() for g in groups.values() for p in g["params"]) == n_trainable
+
+
+def test_deepspeed_settings_follow_params(repo_root):
+    tiny = load_config(repo_root / "params.yaml").train
+    cfg = deepspeed_config(tiny, use_cpu=True)
+    assert cfg["zero_optimization"]["stage"] == 2 and not cfg["bf16"]["enabled"]
+    assert cfg["optimizer"]["params"]["torch_adam"] is True  # no fused-Adam build on CPU
+    assert cfg["train_micro_batch_size_per_gpu"] == tiny.micro_batch
+    big = load_config(repo_root / "params.yaml", {"profile": "emola-7b", "train.offload": "cpu"}).train
+    cfg = deepspeed_config(big, use_cpu=False)
+    zero = cfg["zero_optimization"]
+    assert zero["stage"] == 3 and cfg["bf16"]["enabled"] and zero["stage3_gather_16bit_weights_on_model_save"]
+    assert zero["offload_optimizer"]["device"] == "cpu" and zero["offload_param"]["device"] == "cpu"
+
+
+def test_length_grouped_order_is_a_permutation_with_similar_lengths_per_batch():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(20, 400, 1000).tolist()
+    order = length_grouped_order(lengths, batch=8, seed=1)
+    assert sorted(order) == list(range(1000))
+    spread = np.mean([np.ptp([lengths[i] for i in order[s:s + 8]]) for s in range(0, 1000, 8)])
+    random_spread = np.mean([np.ptp(lengths[s:s + 8]) for s in range(0, 1000, 8)])
+    assert spread < random_spread / 4
+    assert order != length_grouped_order(lengths, batch=8, seed=2)
+
+
+def test_collate_pads_right_and_masks_padding():
+    ids = np.empty(2, dtype=object)
+    ids[:] = [np.array([1, 2, 3]), np.array([4, 5])]
+    labels = np.empty(2, dtype=object)
+    labels[:] = [np.array([-100, 2, 3]), np.array([-100, 5])]
+    batch = collate({"input_ids": ids, "labels": labels, "prior": np.zeros((2, 4), np.float32)}, pad_id=0)
+    assert batch["input_ids"].tolist() == [[1, 2, 3], [4, 5, 0]]
+    assert batch["labels"].tolist() == [[-100, 2, 3], [-100, 5, -100]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert batch["prior"].shape == (2, 4)

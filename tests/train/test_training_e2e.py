@@ -1,0 +1,128 @@
+"""Ray Train + DeepSpeed on CPU: a short run tracked in MLflow, a killed worker, ray job submit."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.conftest import REPO, VENV_BIN, small_training_overrides
+
+pytestmark = pytest.mark.slow
+
+
+def _env(tmp_path: Path) -> dict:
+    env = dict(os.environ)
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env["PYTHONUNBUFFERED"] = "1"
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def _mlflow_run(tmp_path: Path, run_id: str):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    return client, client.get_run(run_id)
+
+
+def test_training_run_exports_a_checkpoint_and_tracks_it_in_mlflow(small_pipeline, tmp_path):
+    run = subprocess.run([sys.executable, "-m", "jobs.train", *small_training_overrides(small_pipeline, tmp_path)],
+                         cwd=REPO, env=_env(tmp_path), capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert re.search(r"step 12/12 loss [\d.]+ lr .* samples/s .* tokens/s", run.stdout + run.stderr)
+
+    from emola.model.checkpoint import load_checkpoint
+
+    model, processor, config = load_checkpoint(tmp_path / "model")
+    assert config.landmark_backend == "annotation@1-68"
+    info = json.loads((tmp_path / "model/training.json").read_text())
+    assert info["steps"] == 12
+
+    client, mlrun = _mlflow_run(tmp_path, info["mlflow_run_id"])
+    losses = [m.value for m in client.get_metric_history(mlrun.info.run_id, "loss")]
+    assert len(losses) == 12 and sum(losses[-3:]) / 3 < sum(losses[:3]) / 3  # the loss falls
+    for metric in ("lr", "grad_norm", "samples_per_s", "tokens_per_s"):
+        assert len(client.get_metric_history(mlrun.info.run_id, metric)) == 12
+    params = mlrun.data.params
+    assert params["train.zero_stage"] == "2" and params["profile"] == "tiny" and "git.commit" in params
+    assert any(k.startswith("system/") for k in mlrun.data.metrics)  # system metrics
+    artifacts = {a.path for a in client.list_artifacts(mlrun.info.run_id, "model")}
+    assert "model/emola_config.json" in artifacts
+
+
+def _train_worker_pids() -> list[int]:
+    pids = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if "RayTrainWorker" in cmdline:
+            pids.append(proc.info["pid"])
+    return pids
+
+
+def test_a_killed_worker_resumes_from_its_last_checkpoint(small_pipeline, tmp_path):
+    args = small_training_overrides(small_pipeline, tmp_path, **{"train.max_steps": 16, "train.max_failures": 2})
+    log = open(tmp_path / "train.log", "w")
+    job = subprocess.Popen([sys.executable, "-m", "jobs.train", *args], cwd=REPO, env=_env(tmp_path),
+                           stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 600
+        killed = None
+        while time.time() < deadline and job.poll() is None:
+            done = list((tmp_path / "runs").glob("*/step-000004"))
+            text = (tmp_path / "train.log").read_text()
+            if done and "step 6/16" in text and not killed:
+                pids = _train_worker_pids()
+                assert pids, "no Ray Train worker process found"
+                killed = pids[-1]
+                os.kill(killed, signal.SIGKILL)
+            time.sleep(0.5)
+        assert job.wait(timeout=max(1, deadline - time.time())) == 0, (tmp_path / "train.log").read_text()[-4000:]
+    finally:
+        if job.poll() is None:
+            job.kill()
+    text = (tmp_path / "train.log").read_text()
+    assert killed, "the run ended before a worker could be killed"
+    resumed = re.findall(r"resumed from step (\d+)", text)
+    assert resumed and int(resumed[0]) >= 4, text[-3000:]
+    assert "step 16/16" in text
+    info = json.loads((tmp_path / "model/training.json").read_text())
+    assert info["steps"] == 16  # the planned number of optimizer steps
+
+
+def test_ray_job_submit_against_a_local_head_node(small_pipeline, tmp_path):
+    import secrets
+
+    env = _env(tmp_path)
+    env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    # Ray 2.60 requires a token for its dashboard API; head node and client share this one.
+    (tmp_path / "ray_token").write_text(secrets.token_hex(32))
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(tmp_path / "ray_token"))
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env['PATH']}"  # the job's `python`, as in an activated venv
+    ray = str(VENV_BIN / "ray")
+    start = subprocess.run([ray, "start", "--head", "--node-ip-address=127.0.0.1", "--port=6391",
+                            "--dashboard-host=127.0.0.1", "--dashboard-port=8265", "--num-cpus=2",
+                            "--include-dashboard=true", "--disable-usage-stats"],
+                           env=env, capture_output=True, text=True, timeout=180)
+    assert start.returncode == 0, start.stderr
+    try:
+        runtime_env = json.dumps({"env_vars": {"MLFLOW_TRACKING_URI": env["MLFLOW_TRACKING_URI"],
+                                               "PYTHONUNBUFFERED": "1"}})
+        args = small_training_overrides(small_pipeline, tmp_path, **{"train.max_steps": 6})
+        submit = subprocess.run(
+            [ray, "job", "submit", "--address", "http://127.0.0.1:8265", "--working-dir", ".",
+             "--runtime-env-json", runtime_env, "--", "python", "-m", "jobs.train", *args],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+        assert submit.returncode == 0, submit.stdout[-4000:] + submit.stderr[-2000:]
+        assert "succeeded" in submit.stdout and "step 6/6" in submit.stdout
+        assert json.loads((tmp_path / "model/training.json").read_text())["steps"] == 6
+    finally:
+        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
