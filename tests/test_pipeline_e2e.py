@@ -10,6 +10,7 @@ import subprocess
 import time
 
 import pytest
+import yaml
 
 from tests.conftest import VENV_BIN
 
@@ -73,8 +74,9 @@ def test_dvc_repro_on_a_fresh_clone(fresh_clone):
     assert (fresh_clone / "models/emola/emola_config.json").is_file()
     print(f"train: {info['steps']} steps, final loss {info['final_loss']:.3f}")
 
+    stages = yaml.safe_load((fresh_clone / "dvc.yaml").read_text())["stages"]
     again = _dvc(fresh_clone, "repro")
-    assert again.count("didn't change, skipping") == 3 and "Data and pipelines are up to date" in again
+    assert again.count("didn't change, skipping") == len(stages) and "Data and pipelines are up to date" in again
     assert "up to date" in _dvc(fresh_clone, "status")
     metrics = _dvc(fresh_clone, "metrics", "show")
     assert "rows.emotion_train" in metrics
@@ -99,6 +101,10 @@ def test_dvc_exp_run_set_param(fresh_clone):
     assert "rendered 160 images" in out
     summary = json.loads((fresh_clone / "data/manifests/summary.json").read_text())
     assert summary["images"] == 160
-    # A key in a section that params.yaml leaves empty: it overrides the profile's value.
-    _dvc(fresh_clone, "exp", "run", "-S", "train.lr=0.002", "data")
+    # A profile's value, by its path in params.yaml.
+    _dvc(fresh_clone, "exp", "run", "-S", "profiles.tiny.train.lr=0.002", "data")
     assert load_config(fresh_clone / "params.yaml").train.lr == 0.002
+    # A key added to a top-level section (DVC's "+" appends it): it wins for any profile.
+    _dvc(fresh_clone, "exp", "run", "-S", "+train.lr=0.0005", "data")
+    assert load_config(fresh_clone / "params.yaml").train.lr == 0.0005
+    assert load_config(fresh_clone / "params.yaml", {"profile": "emola-7b"}).train.lr == 0.0005

@@ -59,12 +59,15 @@ def test_training_run_exports_a_checkpoint_and_tracks_it_in_mlflow(small_pipelin
     assert "model/emola_config.json" in artifacts
 
 
-def _train_worker_pids() -> list[int]:
+def _train_worker_pids(job_pid: int) -> list[int]:
+    """Ray Train worker processes of this job only (the job started its own local Ray)."""
     pids = []
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        cmdline = " ".join(proc.info["cmdline"] or [])
-        if "RayTrainWorker" in cmdline:
-            pids.append(proc.info["pid"])
+    for proc in psutil.Process(job_pid).children(recursive=True):
+        try:
+            if "RayTrainWorker" in " ".join(proc.cmdline()):
+                pids.append(proc.pid)
+        except psutil.NoSuchProcess:
+            continue
     return pids
 
 
@@ -80,7 +83,7 @@ def test_a_killed_worker_resumes_from_its_last_checkpoint(small_pipeline, tmp_pa
             done = list((tmp_path / "runs").glob("*/step-000004"))
             text = (tmp_path / "train.log").read_text()
             if done and "step 6/16" in text and not killed:
-                pids = _train_worker_pids()
+                pids = _train_worker_pids(job.pid)
                 assert pids, "no Ray Train worker process found"
                 killed = pids[-1]
                 os.kill(killed, signal.SIGKILL)
@@ -117,6 +120,10 @@ def test_ray_job_submit_against_a_local_head_node(small_pipeline, tmp_path):
         runtime_env = json.dumps({"env_vars": {"MLFLOW_TRACKING_URI": env["MLFLOW_TRACKING_URI"],
                                                "PYTHONUNBUFFERED": "1"}})
         args = small_training_overrides(small_pipeline, tmp_path, **{"train.max_steps": 6})
+        deadline = time.time() + 120  # the job agent starts a little after `ray start` returns
+        while subprocess.run([ray, "job", "list", "--address", "http://127.0.0.1:8265"], env=env,
+                             capture_output=True, timeout=60).returncode != 0 and time.time() < deadline:
+            time.sleep(2)
         submit = subprocess.run(
             [ray, "job", "submit", "--address", "http://127.0.0.1:8265", "--working-dir", ".",
              "--runtime-env-json", runtime_env, "--", "python", "-m", "jobs.train", *args],

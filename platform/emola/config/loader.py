@@ -5,8 +5,8 @@ The resolved configuration is built in three layers, later ones winning key by k
 
 1. ``profiles[profile]``: the profile's values (``tiny`` or ``emola-7b``);
 2. the top-level sections (``data``, ``train``, ...): settings shared by every profile
-   and user overrides; a key set here overrides the profile's value for *any* profile,
-   so ``dvc exp run -S train.lr=3e-4`` works whichever profile is active;
+   and user overrides; a key set here overrides the profile's value for *any* profile
+   (``dvc exp run -S +train.lr=3e-4``: DVC's "+" adds the key to the empty section);
 3. ``key=value`` overrides from a job's command line (dotted paths into the resolved
    configuration, e.g. ``train.lr=3e-4`` or ``profile=emola-7b``).
 """

@@ -29,23 +29,45 @@ from emola.metrics.rege_parsers import aus_of, emotion_of
 SCORED_AUS: dict[str, tuple[int, ...]] = {**AU_LISTS, "FABA": FABA_SCORED_AUS}
 
 
+_ROUGE = None
+
+
 def rouge_l_f(prediction: str, reference: str) -> float:
     """ROUGE-L F of one pair as the ``rouge`` package computes it; 0 for an empty prediction."""
-    from rouge import Rouge
+    global _ROUGE
+    if _ROUGE is None:
+        from rouge import Rouge
 
+        _ROUGE = Rouge(metrics=["rouge-l"])
     if not prediction.strip() or not reference.strip():
         return 0.0
     try:
-        return Rouge(metrics=["rouge-l"]).get_scores(prediction, reference)[0]["rouge-l"]["f"]
+        return _ROUGE.get_scores(prediction, reference)[0]["rouge-l"]["f"]
     except (ValueError, RecursionError):  # the package rejects texts that are only punctuation
         return 0.0
 
 
-def generation_score(predictions: Sequence[str], references: Sequence[str]) -> float:
-    """S_ge in percent."""
+def _rouge_chunk(pairs: list[tuple[str, str]]) -> list[float]:
+    return [rouge_l_f(p, r) for p, r in pairs]
+
+
+def generation_score(predictions: Sequence[str], references: Sequence[str], workers: int | None = None) -> float:
+    """S_ge in percent. Large inputs are scored on ``workers`` processes (default: every CPU)."""
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
     if not predictions:
         return 0.0
-    return 100.0 * float(np.mean([rouge_l_f(p, r) for p, r in zip(predictions, references)]))
+    pairs = list(zip(predictions, references))
+    workers = workers or os.cpu_count() or 1
+    if workers > 1 and len(pairs) >= 2000:
+        size = -(-len(pairs) // (workers * 4))
+        with ProcessPoolExecutor(workers) as pool:
+            scores = [s for chunk in pool.map(_rouge_chunk, [pairs[i:i + size] for i in range(0, len(pairs), size)])
+                      for s in chunk]
+    else:
+        scores = _rouge_chunk(pairs)
+    return 100.0 * float(np.mean(scores))
 
 
 def rouge_score_extras(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:

@@ -1,0 +1,39 @@
+"""Stage ``evaluate``: REGE of the trained model on the test manifests, reports, MLflow, registry.
+
+    python -m jobs.evaluate [--params params.yaml] [--checkpoint models/emola] [KEY=VALUE ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from emola.config import ParamsError, load_config
+from emola.evaluate.job import run_evaluation
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--checkpoint", help="default: train.output")
+    parser.add_argument("--baseline", action="append", default=[], metavar="NAME=DIR",
+                        help="also score this checkpoint (reported in baselines.json)")
+    parser.add_argument("--no-register", action="store_true")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.params, args.overrides)
+    except ParamsError as err:
+        print(err, file=sys.stderr)
+        return 2
+    baselines = dict(b.split("=", 1) for b in args.baseline)
+    summary = run_evaluation(cfg, checkpoint=args.checkpoint, baselines={k: Path(v) for k, v in baselines.items()},
+                             register=not args.no_register)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""``emola rege``: FABA-Bench's REGE over a predictions file."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    cmd = commands.add_parser("rege", help="REGE (S_re + S_ge) of predictions: JSON lines with prediction, reference, label")
+    cmd.add_argument("--task", choices=["emotion", "au"], required=True)
+    cmd.add_argument("--dataset", choices=["FABA", "DISFA", "BP4D", "GFT", "EmotioNet"], default="FABA")
+    cmd.add_argument("--input", required=True, metavar="PRED.jsonl")
+    cmd.add_argument("--details", action="store_true", help="add rouge-score, per-class and per-AU details")
+    cmd.set_defaults(handler=_rege)
+
+
+def read_predictions(path: str, task: str) -> tuple[list[dict], list[str]]:
+    """Good lines and one message per bad line (with its line number)."""
+    from emola.data.labels import LabelError, parse_emotion_label
+    from emola.metrics.rege import au_targets
+
+    good, problems = [], []
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                problems.append(f"{path}: line {lineno}: not valid JSON ({err.msg})")
+                continue
+            if not isinstance(record, dict):
+                problems.append(f"{path}: line {lineno}: not a JSON object")
+                continue
+            missing = [k for k in ("prediction", "reference", "label") if k not in record]
+            if missing:
+                problems.append(f"{path}: line {lineno}: missing {', '.join(missing)}")
+                continue
+            if not isinstance(record["prediction"], str) or not isinstance(record["reference"], str):
+                problems.append(f"{path}: line {lineno}: prediction and reference must be strings")
+                continue
+            try:
+                if task == "emotion":
+                    parse_emotion_label(record["label"])
+                else:
+                    au_targets(record["label"])
+            except (LabelError, ValueError) as err:
+                problems.append(f"{path}: line {lineno}: bad label {record['label']!r} ({err})")
+                continue
+            good.append(record)
+    return good, problems
+
+
+def _rege(args: argparse.Namespace) -> int:
+    from emola.metrics.rege import rege
+
+    try:
+        records, problems = read_predictions(args.input, args.task)
+    except OSError as err:
+        print(f"error: {args.input}: {err.strerror or err}", file=sys.stderr)
+        return 2
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if not records:
+        print(f"error: {args.input}: no usable prediction lines", file=sys.stderr)
+        return 2
+    result = rege(args.task, [r["prediction"] for r in records], [r["reference"] for r in records],
+                  [r["label"] for r in records], dataset=args.dataset, extras=args.details)
+    out = {"S_re": result.S_re, "S_ge": result.S_ge, "S_rege": result.S_rege, "n": result.n,
+           "task": args.task, "dataset": args.dataset}
+    if result.per_au_f1 is not None:
+        out["per_au_f1"] = {str(k): v for k, v in result.per_au_f1.items()}
+    if args.details:
+        out["details"] = result.extras
+    print(json.dumps(out, indent=2))
+    return 1 if problems else 0

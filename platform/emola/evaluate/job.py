@@ -1,0 +1,224 @@
+"""The evaluation job: generate on the test manifests (Ray Data), score REGE, report, track, register.
+
+Outputs under ``evaluate.reports``:
+
+    metrics.json            DVC metrics: emotion.S_re/S_ge/S_rege and au.S_re/S_ge/S_rege
+    predictions.jsonl       one line per test sample (``emola rege`` reads it)
+    details.json            per-class accuracy, confusion matrix, per-AU P/R/F1, rouge-score
+    baselines.json          the same six numbers for the untrained model (and any ablation given)
+    plots/confusion.csv     actual,predicted (DVC confusion plot)
+    plots/per_au_f1.csv     au,f1
+    plots/train_loss.csv    step,loss from the training run in MLflow
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from emola.config import EmolaConfig
+from emola.data.manifest import ManifestRow, read_manifest
+from emola.fileio import atomic_write_lines
+from emola.metrics.rege import rege
+from emola.model.configuration import EmolaModelConfig
+
+
+class PredictActor:
+    """A model replica in the Ray Data actor pool."""
+
+    def __init__(self, checkpoint: str, generation: dict):
+        from emola.config.schema import GenerationConfig
+        from emola.model.checkpoint import load_checkpoint
+
+        self.model, self.processor, _ = load_checkpoint(checkpoint)
+        self.generation = GenerationConfig.model_validate(generation)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from emola.evaluate.predict import predict_rows
+
+        rows = [ManifestRow.model_validate_json(r) for r in batch["row"]]
+        priors = None
+        if "prior" in batch:
+            priors = {r.image_sha256: np.asarray(p, np.float32) for r, p in zip(rows, batch["prior"])}
+        records = predict_rows(self.model, self.processor, rows, priors, self.generation, batch_size=len(rows))
+        return {"record": np.array([json.dumps(r) for r in records], dtype=object)}
+
+
+def predict_on_ray(checkpoint: Path, rows: list[ManifestRow], priors: dict | None, cfg: EmolaConfig) -> list[dict]:
+    """Predictions for ``rows`` from an actor pool of ``evaluate.replicas`` model replicas."""
+    import ray
+
+    from emola.runtime import init_ray
+
+    init_ray()
+    items = []
+    for row in rows:
+        item = {"row": row.model_dump_json()}
+        if priors is not None:
+            if row.image_sha256 not in priors:
+                continue
+            item["prior"] = priors[row.image_sha256]
+        items.append(item)
+    e = cfg.evaluate
+    ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // e.batch_size, 64)))
+    ds = ds.map_batches(PredictActor, fn_constructor_kwargs={"checkpoint": str(checkpoint.resolve()),
+                                                             "generation": e.generation.model_dump()},
+                        compute=ray.data.ActorPoolStrategy(size=e.replicas), batch_size=e.batch_size,
+                        num_gpus=1 if cfg.train.use_gpu else 0, num_cpus=1 if cfg.train.use_gpu else 0.75)
+    records = [json.loads(r) for r in ds.to_pandas()["record"]]
+    order = {row.uid: i for i, row in enumerate(rows)}
+    return sorted(records, key=lambda r: order[r["uid"]])
+
+
+def score(records: list[dict], dataset: str) -> dict[str, object]:
+    """REGE per task present in ``records``."""
+    results = {}
+    for task in ("emotion", "au"):
+        task_records = [r for r in records if r["task"] == task]
+        if task_records:
+            results[task] = rege(task, [r["prediction"] for r in task_records], [r["reference"] for r in task_records],
+                                 [r["label"] for r in task_records], dataset=dataset)
+    return results
+
+
+def six_numbers(results: dict) -> dict:
+    return {task: {"S_re": round(r.S_re, 3), "S_ge": round(r.S_ge, 3), "S_rege": round(r.S_rege, 3), "n": r.n}
+            for task, r in results.items()}
+
+
+def evaluate_checkpoint(checkpoint: Path, cfg: EmolaConfig, rows: list[ManifestRow]) -> tuple[list[dict], dict]:
+    from emola.faces.pipeline import prior_vectors
+
+    model_cfg = EmolaModelConfig.load(checkpoint)
+    task_rows = [r for r in rows if r.task in model_cfg.tasks]
+    priors = None
+    if model_cfg.prior == "landmarks":
+        priors = prior_vectors(cfg.landmarks.cache, model_cfg.landmark_backend, {r.image_sha256 for r in task_rows})
+    records = predict_on_ray(checkpoint, task_rows, priors, cfg)
+    return records, score(records, cfg.evaluate.dataset)
+
+
+def _write_plots(reports: Path, results: dict, train_loss: list[tuple[int, float]]) -> None:
+    plots = reports / "plots"
+    if "emotion" in results:
+        labels = results["emotion"].extras["confusion_matrix"]["labels"]
+        rows = results["emotion"].extras["confusion_matrix"]["rows"]
+        lines = ["actual,predicted"] + [f"{labels[i]},{labels[j]}" for i, row in enumerate(rows)
+                                        for j, count in enumerate(row) for _ in range(count)]
+        atomic_write_lines(plots / "confusion.csv", lines)
+    if "au" in results:
+        per_au = results["au"].extras["per_au"]
+        atomic_write_lines(plots / "per_au_f1.csv", ["au,f1"] + [f"AU{au},{v['f1']:.3f}" for au, v in per_au.items()])
+    atomic_write_lines(plots / "train_loss.csv", ["step,loss"] + [f"{s},{v:.5f}" for s, v in train_loss])
+
+
+def _figures(results: dict, train_loss) -> dict:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figures = {}
+    if "emotion" in results:
+        cm = results["emotion"].extras["confusion_matrix"]
+        fig, ax = plt.subplots(figsize=(5, 4.5))
+        ax.imshow(np.array(cm["rows"]), cmap="Blues")
+        ax.set_xticks(range(7), cm["labels"], rotation=45, ha="right")
+        ax.set_yticks(range(7), cm["labels"])
+        ax.set_xlabel("predicted"), ax.set_ylabel("actual"), ax.set_title("emotion confusion matrix")
+        fig.tight_layout()
+        figures["confusion_matrix.png"] = fig
+    if "au" in results:
+        per_au = results["au"].extras["per_au"]
+        fig, ax = plt.subplots(figsize=(6, 3))
+        ax.bar([f"AU{a}" for a in per_au], [v["f1"] for v in per_au.values()])
+        ax.set_ylabel("F1 (%)"), ax.set_title("per-AU F1"), ax.tick_params(axis="x", rotation=45)
+        fig.tight_layout()
+        figures["per_au_f1.png"] = fig
+    if train_loss:
+        fig, ax = plt.subplots(figsize=(5, 3))
+        ax.plot([s for s, _ in train_loss], [v for _, v in train_loss])
+        ax.set_xlabel("step"), ax.set_ylabel("loss"), ax.set_title("training loss")
+        fig.tight_layout()
+        figures["train_loss.png"] = fig
+    return figures
+
+
+def run_evaluation(cfg: EmolaConfig, *, checkpoint: Path | str | None = None, baselines: dict[str, Path] | None = None,
+                   repo_root: Path | str = ".", register: bool = True, log=print) -> dict:
+    """Evaluate ``checkpoint`` (default ``train.output``) and any ``baselines`` on the test split."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from emola import tracking
+    from emola.evaluate.registry import register_and_maybe_promote
+
+    started = time.perf_counter()
+    checkpoint = Path(checkpoint or cfg.train.output)
+    manifest = Path(cfg.data.manifests) / "test.jsonl"
+    rows = list(read_manifest(manifest))
+    test_set = hashlib.sha256(manifest.read_bytes()).hexdigest()[:16]
+    reports = Path(cfg.evaluate.reports)
+
+    records, results = evaluate_checkpoint(checkpoint, cfg, rows)
+    metrics = six_numbers(results)
+    log(f"evaluate: {checkpoint}: " + "; ".join(f"{t} S_re {m['S_re']:.1f} S_ge {m['S_ge']:.1f} S_rege {m['S_rege']:.1f}"
+                                                 for t, m in metrics.items()))
+    training = json.loads((checkpoint / "training.json").read_text()) if (checkpoint / "training.json").is_file() else {}
+    baselines = dict(baselines or {})
+    if training.get("ray_run_name"):  # the run's initial model: the same architecture, untrained
+        baselines.setdefault("untrained", Path(cfg.train.storage_path) / training["ray_run_name"] / "init")
+    baseline_metrics = {}
+    for name, path in baselines.items():
+        if Path(path, "emola_config.json").is_file():
+            _, baseline_results = evaluate_checkpoint(Path(path), cfg, rows)
+            baseline_metrics[name] = six_numbers(baseline_results)
+            log(f"evaluate: baseline {name}: {baseline_metrics[name]}")
+
+    uri = tracking.configure(repo_root)
+    client = MlflowClient(tracking_uri=uri)
+    train_run = training.get("mlflow_run_id")
+    train_loss = []
+    if train_run:
+        try:
+            train_loss = [(m.step, m.value) for m in sorted(client.get_metric_history(train_run, "loss"), key=lambda m: m.step)]
+        except Exception:  # noqa: BLE001 - the training run may live in another tracking store
+            train_run = None
+
+    atomic_write_lines(reports / "predictions.jsonl", (json.dumps(r) for r in records))
+    atomic_write_lines(reports / "metrics.json", [json.dumps(metrics, indent=2)])
+    atomic_write_lines(reports / "details.json", [json.dumps({t: r.to_dict() for t, r in results.items()}, indent=2)])
+    atomic_write_lines(reports / "baselines.json", [json.dumps(baseline_metrics, indent=2)])
+    _write_plots(reports, results, train_loss)
+
+    mlflow.set_experiment("emola-eval")
+    tags = {"test_set": test_set, "checkpoint": str(checkpoint)}
+    if train_run:
+        tags["training_run_id"] = train_run
+    with mlflow.start_run(run_name=f"eval-{checkpoint.name}", tags=tags) as run:
+        mlflow.log_params({"dataset": cfg.evaluate.dataset, "generation": cfg.evaluate.generation.model_dump_json(),
+                           "test_rows": len(records)})
+        mlflow.log_metrics({f"{t}.{k}": v for t, m in metrics.items() for k, v in m.items()})
+        for name, m in baseline_metrics.items():
+            mlflow.log_metrics({f"baseline.{name}.{t}.{k}": v for t, mm in m.items() for k, v in mm.items()})
+        for name, fig in _figures(results, train_loss).items():
+            mlflow.log_figure(fig, f"plots/{name}")
+        sample = records[:50]
+        mlflow.log_table({k: [r[k] for r in sample] for k in ("uid", "task", "prediction", "reference", "label")},
+                         artifact_file="sample_predictions.json")
+        mlflow.log_artifact(str(reports / "metrics.json"))
+        eval_run = run.info.run_id
+
+    registry = None
+    if register and train_run:
+        total = sum(m["S_rege"] for m in metrics.values())
+        registry = register_and_maybe_promote(client, cfg.evaluate.register_as, f"runs:/{train_run}/model", train_run,
+                                              total, test_set, {"eval_run_id": eval_run})
+        log(f"evaluate: registered {registry['name']} v{registry['version']}: "
+            f"{'now champion' if registry['champion'] else 'not promoted'} ({registry['reason']})")
+    return {"metrics": metrics, "baselines": baseline_metrics, "eval_run_id": eval_run, "registry": registry,
+            "seconds": round(time.perf_counter() - started, 1)}

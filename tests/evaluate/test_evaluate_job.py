@@ -1,0 +1,58 @@
+"""The evaluation job on the small pipeline: reports, DVC plot files, MLflow run, registry."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from emola.config import load_config
+from emola.evaluate.job import run_evaluation
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def test_evaluation_reports_tracks_and_registers(small_pipeline, tiny_checkpoint, tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    checkpoint = tmp_path / "model"
+    shutil.copytree(tiny_checkpoint, checkpoint)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("emola-train")
+    with mlflow.start_run() as train_run:  # stands in for the training run that produced the model
+        for step, loss in enumerate([3.0, 2.0, 1.5], 1):
+            mlflow.log_metric("loss", loss, step=step)
+        mlflow.log_artifacts(str(checkpoint), artifact_path="model")
+    (checkpoint / "training.json").write_text(json.dumps({"mlflow_run_id": train_run.info.run_id, "steps": 3}))
+
+    cfg = load_config(REPO / "params.yaml", {
+        "data.manifests": str(small_pipeline["manifests"]), "landmarks.cache": str(small_pipeline["landmarks"]),
+        "evaluate.reports": str(tmp_path / "reports"), "evaluate.generation.max_new_tokens": 12,
+        "evaluate.batch_size": 8, "evaluate.register_as": "emola-e2e"})
+    summary = run_evaluation(cfg, checkpoint=checkpoint, repo_root=tmp_path, log=print)
+
+    metrics = json.loads((tmp_path / "reports/metrics.json").read_text())
+    assert set(metrics) == {"emotion", "au"}
+    for task in metrics.values():
+        assert set(task) >= {"S_re", "S_ge", "S_rege"}
+        assert task["S_rege"] == pytest.approx(task["S_re"] + task["S_ge"], abs=1e-2)
+    lines = (tmp_path / "reports/predictions.jsonl").read_text().splitlines()
+    assert len(lines) == sum(m["n"] for m in metrics.values())
+    assert {"prediction", "reference", "label"} <= set(json.loads(lines[0]))
+    confusion = (tmp_path / "reports/plots/confusion.csv").read_text().splitlines()
+    assert confusion[0] == "actual,predicted" and len(confusion) == metrics["emotion"]["n"] + 1
+    assert (tmp_path / "reports/plots/per_au_f1.csv").read_text().startswith("au,f1")
+    assert (tmp_path / "reports/plots/train_loss.csv").read_text().splitlines()[1:] == ["1,3.00000", "2,2.00000", "3,1.50000"]
+
+    client = MlflowClient(tracking_uri=uri)
+    run = client.get_run(summary["eval_run_id"])
+    assert run.data.tags["training_run_id"] == train_run.info.run_id
+    assert run.data.metrics["emotion.S_rege"] == pytest.approx(metrics["emotion"]["S_rege"])
+    artifacts = {a.path for a in client.list_artifacts(summary["eval_run_id"], "plots")}
+    assert {"plots/confusion_matrix.png", "plots/per_au_f1.png", "plots/train_loss.png"} <= artifacts
+    assert summary["registry"]["version"] == 1 and summary["registry"]["champion"]
+    assert client.get_model_version_by_alias("emola-e2e", "champion").version == "1"

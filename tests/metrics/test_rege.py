@@ -1,0 +1,87 @@
+"""REGE: S_ge against the rouge package, S_re rules computed by hand."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from rouge import Rouge
+
+from emola.metrics.rege import au_recognition, generation_score, rege, rouge_l_f
+
+
+def _random_texts(n, seed):
+    rng = random.Random(seed)
+    words = "the brows are raised and the mouth opens . eyes wide smile AU12 AU4 calm face shows".split()
+    texts = []
+    for _ in range(n):
+        tokens = [rng.choice(words) for _ in range(rng.randint(3, 40))]
+        texts.append(" ".join(tokens).replace(" .", "."))
+    return texts
+
+
+def test_s_ge_equals_the_rouge_packages_average():
+    predictions, references = _random_texts(60, 1), _random_texts(60, 2)
+    expected = 100 * Rouge().get_scores(predictions, references, avg=True)["rouge-l"]["f"]
+    assert generation_score(predictions, references) == pytest.approx(expected, abs=1e-9)
+
+
+def test_rouge_l_is_not_rouge_scores_rougeL():
+    from rouge_score import rouge_scorer
+
+    p, r = "The cat sat. On the mat it sat", "the cat sat on the mat. A dog barked"
+    ours = rouge_l_f(p, r)
+    theirs = rouge_scorer.RougeScorer(["rougeL"]).score(r, p)["rougeL"].fmeasure
+    assert ours != pytest.approx(theirs, abs=1e-3)  # case and sentence handling differ
+    assert ours == pytest.approx(Rouge().get_scores(p, r)[0]["rouge-l"]["f"])
+
+
+def test_empty_prediction_scores_zero_instead_of_crashing():
+    assert rouge_l_f("", "a reference") == 0.0
+    assert generation_score(["", "a b c"], ["x y", "a b c"]) == pytest.approx(50.0, abs=1e-6)
+
+
+def test_emotion_s_re_is_accuracy_with_the_published_parser():
+    predictions = [
+        "The face shows happiness.",                 # happiness
+        "The nose wrinkles in anger. He looks calm.",  # "nose" sentence dropped -> neutral
+        "A plain face. Fear fear anger.",            # first sentence no hit; fear wins the count
+        "no punctuation and no hit",                 # all sentences negated -> whole text; no hit -> happiness
+    ]
+    labels = [0, "Neutral", "fear", "sadness"]
+    result = rege("emotion", predictions, ["ref"] * 4, labels)
+    assert result.S_re == pytest.approx(75.0)
+    matrix = result.extras["confusion_matrix"]["rows"]
+    assert matrix[1][0] == 1  # sadness predicted as happiness
+    assert result.S_rege == pytest.approx(result.S_re + result.S_ge)
+
+
+def test_au_f1_rules_by_hand():
+    # AU12: TP 1, FP 1, FN 0 -> F1 2/3. AU4: TP 0, FP 0, FN 1 -> F1 0 (counted: the targets vary).
+    # AU1: never in targets or predictions -> left out. "AU012" is not AU12, "au6" not AU6.
+    predictions = ["AU12 is active", "AU12 and AU012", "au6 and nothing"]
+    labels = ["12", "", "4"]
+    mean, details = au_recognition(predictions, labels, "FABA")
+    assert details["per_au_f1"][12] == pytest.approx(100 * 2 / 3)
+    assert details["per_au_f1"][4] == 0.0
+    assert 1 in details["excluded_aus"] and 6 in details["excluded_aus"]
+    assert set(details["per_au_f1"]) == {4, 12}
+    assert mean == pytest.approx((100 * 2 / 3 + 0) / 2)
+
+
+def test_au_present_everywhere_in_targets_and_predictions_is_left_out():
+    mean, details = au_recognition(["AU12", "AU12"], ["12", "12"], "FABA")
+    assert 12 in details["excluded_aus"] and details["per_au_f1"] == {} and mean == 0.0
+
+
+def test_au_lists_of_other_benchmarks():
+    mean, details = au_recognition(["AU9 AU5", "AU9"], ["9", "5"], "DISFA")  # AU5 is not a DISFA AU
+    assert set(details["per_au"]) == {1, 2, 4, 6, 9, 12, 25, 26}
+    assert details["per_au_f1"][9] == pytest.approx(100 * 2 / 3)
+
+
+def test_rege_reports_percent_and_per_au_f1():
+    result = rege("au", ["AU12 (Lip Corner Puller) lifts the corners."], ["AU12 (Lip Corner Puller) is present."], ["12, 6"])
+    d = result.to_dict()
+    assert set(d) >= {"S_re", "S_ge", "S_rege", "per_au_f1", "n"}
+    assert 0 <= d["S_ge"] <= 100 and "rouge_score" in d["extras"]
