@@ -11,7 +11,8 @@ from pathlib import Path
 from emola.config import DataConfig
 from emola.data.manifest import write_manifests
 from emola.data.release import FileReport, check_release_file
-from emola.synth.dataset import _replace_dir, generate
+from emola.fileio import replace_dir
+from emola.synth.dataset import generate
 
 
 def check_release(root: Path | str, cfg: DataConfig) -> list[FileReport]:
@@ -52,7 +53,7 @@ def import_release(source_root: Path | str, cfg: DataConfig) -> list[FileReport]
             good = [c.record.model_dump(by_alias=True) for c in report.good]
             (staging / rel).parent.mkdir(parents=True, exist_ok=True)
             (staging / rel).write_text(json.dumps(good, indent=1) + "\n", encoding="utf-8")
-        _replace_dir(staging, target)
+        replace_dir(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -17,7 +17,6 @@ name. Saving writes into a temporary sibling folder and renames it into place.
 from __future__ import annotations
 
 import copy
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -28,6 +27,7 @@ from peft.utils import ModulesToSaveWrapper
 from safetensors.torch import load_file, save_file
 from transformers import LlavaForConditionalGeneration
 
+from emola.fileio import replace_dir
 from emola.model.configuration import EmolaModelConfig
 from emola.model.lora import trainable_projectors
 from emola.model.modeling import EmolaForConditionalGeneration
@@ -80,13 +80,7 @@ def save_checkpoint(model: EmolaForConditionalGeneration, processor: EmolaProces
             model.llava.save_pretrained(staging / "adapter", safe_serialization=True)
         if merge or config.base is None:
             _unloaded_llava(model, merge).save_pretrained(staging / "base", safe_serialization=True)
-        if directory.exists():
-            old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
-            os.replace(directory, old)
-            os.replace(staging, directory)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, directory)
+        replace_dir(staging, directory)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -34,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from emola.data.labels import EMOTION_PROTOTYPES, EMOTIONS, format_au_label
+from emola.fileio import replace_dir
 from emola.synth.action_units import RENDERED_AUS, apply_action_units
 from emola.synth.descriptions import AU_QUESTIONS, EMOTION_QUESTIONS, au_description, emotion_description
 from emola.synth.face_model import Identity, Pose, neutral_face, project
@@ -187,20 +187,9 @@ def generate(
             "emotion_classes": dict(sorted(Counter(r["label"] for key, rs in by_file.items() if key[0] == "emotion" for r in rs).items())),
         }
         (staging / "synth.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-        _replace_dir(staging, out_dir)
+        replace_dir(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     summary["seconds"] = round(time.perf_counter() - started, 2)
     return summary
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    """Move ``new`` to ``target``, removing an old ``target`` only once ``new`` is in place."""
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-        os.replace(new, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(new, target)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from emola.config import EmolaConfig
 from emola.data.manifest import read_manifest
 from emola.faces.pipeline import images_of, prior_vectors
 from emola.faces.registry import build_backend
+from emola.fileio import replace_dir
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 
@@ -168,16 +168,14 @@ def train_one(cfg: EmolaConfig, tasks: list[str], output: Path, *, repo_root: Pa
         state = json.loads((Path(directory) / "train_state.json").read_text())
         if not state.get("finished"):
             raise RuntimeError(f"training run {name} ended at step {state['step']} of {total} without exporting")
+        output.parent.mkdir(parents=True, exist_ok=True)
         staging = output.with_name(f".{output.name}.partial")
         shutil.rmtree(staging, ignore_errors=True)
         shutil.copytree(Path(directory) / EXPORT_DIR, staging)
     (staging / "training.json").write_text(json.dumps({
         "mlflow_run_id": run_id, "tracking_uri": uri, "ray_run_name": name, "steps": state["step"],
         "final_loss": state["loss"], "tasks": tasks}, indent=2) + "\n")
-    if output.exists():
-        shutil.rmtree(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(staging, output)
+    replace_dir(staging, output)
 
     with mlflow.start_run(run_id=run_id):
         mlflow.log_artifacts(str(output), artifact_path="model")
