@@ -125,3 +125,15 @@ def small_training_overrides(pipeline: dict[str, Path], out: Path, **extra) -> l
                 "train.micro_batch": 4, "train.checkpoint_every": 4, "train.log_every": 1,
                 "model.tiny.text_layers": 1, **extra}
     return [f"{k}={v}" for k, v in settings.items()]
+
+
+@pytest.fixture(autouse=True)
+def _no_ray_left_running():
+    """Tests that run Ray inside pytest (landmark and evaluation jobs) shut it down afterwards:
+    a later test's `ray stop` would otherwise take pytest's own Ray, and pytest, down."""
+    yield
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()

@@ -55,4 +55,4 @@ def test_evaluation_reports_tracks_and_registers(small_pipeline, tiny_checkpoint
     artifacts = {a.path for a in client.list_artifacts(summary["eval_run_id"], "plots")}
     assert {"plots/confusion_matrix.png", "plots/per_au_f1.png", "plots/train_loss.png"} <= artifacts
     assert summary["registry"]["version"] == 1 and summary["registry"]["champion"]
-    assert client.get_model_version_by_alias("emola-e2e", "champion").version == "1"
+    assert int(client.get_model_version_by_alias("emola-e2e", "champion").version) == 1

@@ -22,5 +22,5 @@ def test_champion_moves_only_on_a_better_score_on_the_same_test_set(tmp_path):
         out = register_and_maybe_promote(client, "emola-test", uri_model, run.info.run_id, score, test_set, {})
         assert out["champion"] is promoted, out
     champion = client.get_model_version_by_alias("emola-test", "champion")
-    assert champion.version == "3" and champion.tags["S_rege_total"] == "120.000000"
+    assert int(champion.version) == 3 and champion.tags["S_rege_total"] == "120.000000"
     assert "another test set" in register_and_maybe_promote(client, "emola-test", uri_model, run.info.run_id, 1.0, "B", {})["reason"]
