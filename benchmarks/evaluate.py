@@ -49,23 +49,23 @@ def naive(task: str, preds, refs, labels) -> tuple[float, float]:
     for p, r, label in zip(preds, refs, labels):
         ge.append(Rouge().get_scores(p, r)[0]["rouge-l"]["f"] if p.strip() else 0.0)
         if task == "emotion":
-            kept = [s for s in re.split(r"(?<!\\w\\.\\w.)(?<![A-Z][a-z]\\.)(?<=\\.|\\?)\\s", p)
+            kept = [s for s in re.split(r"(?<!\w\.\w.)(?<![A-Z][a-z]\.)(?<=\.|\?)\s", p)
                     if not any(n in s.lower() for n in NEGATIONS)]
             text = " ".join(kept) if kept else p
             m = re.match(r"^.*?[.!?]", text)
             first, rest = (m.group(0), text[m.end():]) if m else (text, "")
             guess = None
-            for token in re.findall(r"\\b\\w+\\b", first.lower()):
+            for token in re.findall(r"\b\w+\b", first.lower()):
                 guess = next((c for c in CLASS_ORDER if token in VOCABULARY[c]), None)
                 if guess:
                     break
             if guess is None:
-                hits = {c: sum(t in VOCABULARY[c] for t in re.findall(r"\\b\\w+\\b", rest.lower())) for c in CLASS_ORDER}
+                hits = {c: sum(t in VOCABULARY[c] for t in re.findall(r"\b\w+\b", rest.lower())) for c in CLASS_ORDER}
                 best = max(CLASS_ORDER, key=lambda c: (hits[c], -CLASS_ORDER.index(c)))
                 guess = best if hits[best] else "happiness"
             correct += guess == label
         else:
-            predicted = {int(d) for d in re.findall(r"AU(\\d+)", p) if int(d) in SCORED_AUS["FABA"] and str(int(d)) == d}
+            predicted = {int(d) for d in re.findall(r"AU(\d+)", p) if int(d) in SCORED_AUS["FABA"] and str(int(d)) == d}
             target = {int(x) for x in label.split(", ")}
             for au in counts:
                 counts[au][0] += au in predicted and au in target
