@@ -11,6 +11,7 @@ from emola.evaluate.registry import register_and_maybe_promote
 def test_champion_moves_only_on_a_better_score_on_the_same_test_set(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("registry-test")  # not an experiment another test left active elsewhere
     client = MlflowClient(tracking_uri=uri)
     with mlflow.start_run() as run:
         (tmp_path / "model").mkdir()
