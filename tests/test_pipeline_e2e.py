@@ -36,6 +36,7 @@ def fresh_clone(repo_root, tmp_path_factory):
 
 def _env():
     env = dict(os.environ)
+    env.pop("MLFLOW_TRACKING_URI", None)  # README command 1 uses the default store at the repository root
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{env['PATH']}"  # `python` in dvc.yaml is the venv's
     env.update(GIT_AUTHOR_NAME="ci", GIT_AUTHOR_EMAIL="ci@localhost", GIT_COMMITTER_NAME="ci",
                GIT_COMMITTER_EMAIL="ci@localhost")

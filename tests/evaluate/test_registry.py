@@ -8,8 +8,10 @@ from mlflow.tracking import MlflowClient
 from emola.evaluate.registry import register_and_maybe_promote
 
 
-def test_champion_moves_only_on_a_better_score_on_the_same_test_set(tmp_path):
+def test_champion_moves_only_on_a_better_score_on_the_same_test_set(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI; monkeypatch restores it afterwards.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_experiment("registry-test")  # not an experiment another test left active elsewhere
     client = MlflowClient(tracking_uri=uri)
