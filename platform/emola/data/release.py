@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -269,9 +268,3 @@ def check_release_file(
             RecordIssue(str(path), index, None if record_id is None else str(record_id), tuple(reasons))
         )
     return report
-
-
-def iter_messages(reports: list[FileReport]) -> Iterator[str]:
-    for report in reports:
-        for issue in report.issues:
-            yield issue.message()
