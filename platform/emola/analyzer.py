@@ -123,7 +123,7 @@ class Analyzer:
                 decoded = self._decode(image)
             except ImageProblem as err:
                 results.append(AnalysisResult(image=name, task=task, question=question, reason=str(err),
-                                              status="too_large" if err.code == "too_large" else "unreadable"))
+                                              status=err.status))
                 continue
             t1 = time.perf_counter()
             faces = self.backend.extract([np.asarray(decoded)])[0] if self.backend else None

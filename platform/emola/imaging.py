@@ -20,6 +20,11 @@ class ImageProblem(ValueError):
         super().__init__(message)
         self.code = code
 
+    @property
+    def status(self) -> str:
+        """The result status every stage reports for it: ``too_large`` or ``unreadable``."""
+        return "too_large" if self.code == "too_large" else "unreadable"
+
 
 def sha256_bytes(data: bytes) -> str:
     """Hex SHA-256 of the bytes: the content key of an image across stages."""

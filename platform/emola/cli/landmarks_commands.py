@@ -50,7 +50,7 @@ def _landmarks(args: argparse.Namespace) -> int:
         try:
             image, sha = read_image_file(path, args.max_pixels)
         except ImageProblem as err:
-            result, sha, image = FaceResult.failed("too_large" if err.code == "too_large" else "unreadable", str(err)), None, None
+            result, sha, image = FaceResult.failed(err.status, str(err)), None, None
         else:
             result = backend.extract([np.asarray(image)], all_faces=args.all_faces)[0]
         record = {"image": str(path), "image_sha256": sha, "backend": backend.key, "status": result.status,

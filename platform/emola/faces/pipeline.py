@@ -62,8 +62,7 @@ def process_batch(backend: LandmarkBackend, tasks: list[ImageTask], *, all_faces
         try:
             image, _ = read_image_file(Path(task.image), max_pixels)
         except ImageProblem as err:
-            status = "too_large" if err.code == "too_large" else "unreadable"
-            results[i] = FaceResult.failed(status, str(err))
+            results[i] = FaceResult.failed(err.status, str(err))
             continue
         annotation = None
         if task.landmark:
