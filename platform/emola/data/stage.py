@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -37,8 +38,6 @@ def import_release(source_root: Path | str, cfg: DataConfig) -> list[FileReport]
     Only records that pass every check are copied (with their image and landmark files);
     the reports name the rest. The copy is assembled aside and moved into place whole.
     """
-    import json
-
     source_root = Path(source_root)
     reports = check_release(source_root, cfg)
     target = Path(cfg.release)
