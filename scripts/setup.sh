@@ -16,4 +16,11 @@ constraints="$(mktemp)"; trap 'rm -f "$constraints"' EXIT
 echo "$torch_req" > "$constraints"
 "${pip[@]}" install "$torch_req" 2> >(grep -v "^WARNING: Location" >&2)
 "${pip[@]}" install -c "$constraints" -e ".[${extras}]" 2> >(grep -v "^WARNING: Location" >&2)
+# The demo page test drives headless Chromium: Debian's package (Playwright never downloads one).
+if [ "${EMOLA_SKIP_BROWSER:-0}" != 1 ] && ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+    sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+    { $sudo apt-get install -y -q chromium >/dev/null 2>&1 ||
+      { $sudo apt-get update -q >/dev/null 2>&1 && $sudo apt-get install -y -q chromium >/dev/null 2>&1; }; } ||
+        echo "setup: could not install chromium; the demo page test will fail until it is installed" >&2
+fi
 echo "setup: .venv ready ($(.venv/bin/python -c 'import emola; print("emola", emola.__version__)'))"

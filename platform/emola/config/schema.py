@@ -207,6 +207,8 @@ class ServeConfig(Section):
     host: str
     port: int = Field(ge=1, le=65535)
     checkpoint: str = Field(description="checkpoint folder or MLflow URI such as models:/emola@champion")
+    model_name: str = Field(min_length=1, description="the model id of /v1/models and chat completions")
+    landmark_cache: str | None = Field(description="landmark cache consulted by image hash before the live backend")
     min_replicas: int = Field(ge=0)
     max_replicas: int = Field(ge=1)
     target_ongoing_requests: float = Field(gt=0)

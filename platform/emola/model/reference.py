@@ -1,0 +1,70 @@
+"""Checkpoint references: a local folder or an MLflow URI, resolved to a local checkpoint folder.
+
+Serving and evaluation accept either ``models/emola`` or ``models:/emola@champion``
+(also ``models:/emola/3`` and ``runs:/<run id>/model``). MLflow URIs are downloaded
+once into the MLflow artifact cache; what was resolved is reported in
+:class:`ResolvedCheckpoint` so an endpoint can say which model version answers.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from emola.model.configuration import CONFIG_FILE
+
+_MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/", "s3://", "gs://")
+_REGISTRY = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))/?$")
+
+
+@dataclass(frozen=True)
+class ResolvedCheckpoint:
+    reference: str                  # what the user gave
+    path: Path                      # local checkpoint folder
+    registry_name: str | None = None
+    registry_version: int | None = None
+    training: dict = field(default_factory=dict)   # training.json of the checkpoint, when present
+
+    def describe(self) -> dict:
+        """JSON-ready identity of the model: what ``/v1/models`` and responses report."""
+        info = asdict(self)
+        info["path"] = str(self.path)
+        info["training_run"] = self.training.get("ray_run_name")
+        info["mlflow_run_id"] = self.training.get("mlflow_run_id")
+        del info["training"]
+        return info
+
+
+def is_mlflow_uri(reference: str) -> bool:
+    return reference.startswith(_MLFLOW_SCHEMES)
+
+
+def resolve_checkpoint(reference: str, tracking_uri: str | None = None) -> ResolvedCheckpoint:
+    """The local checkpoint folder of ``reference`` (downloading MLflow artifacts when needed).
+
+    Raises ``FileNotFoundError`` naming the reference when it is not an EmoLA checkpoint.
+    """
+    name = version = None
+    if is_mlflow_uri(reference):
+        import mlflow
+        from mlflow.tracking import MlflowClient
+
+        uri = tracking_uri or mlflow.get_tracking_uri()
+        artifact_uri = reference
+        if match := _REGISTRY.match(reference):
+            client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+            name = match["name"]
+            found = (client.get_model_version_by_alias(name, match["alias"]) if match["alias"]
+                     else client.get_model_version(name, match["version"]))
+            version, artifact_uri = int(found.version), found.source
+        path = Path(mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri, tracking_uri=uri))
+    else:
+        path = Path(reference)
+    if not (path / CONFIG_FILE).is_file():
+        raise FileNotFoundError(f"{reference}: not an EmoLA checkpoint ({CONFIG_FILE} missing under {path}); "
+                                "train one with `dvc repro train` or pass a checkpoint folder or models:/NAME@ALIAS")
+    training_file = path / "training.json"
+    training = json.loads(training_file.read_text()) if training_file.is_file() else {}
+    return ResolvedCheckpoint(reference, path, name, version, training)

@@ -1,0 +1,266 @@
+"""The HTTP ingress: the native ``/v1/analyze``, OpenAI-compatible chat completions, health, and the demo page.
+
+Guards, in order: the body size cap (413) and the API key (401) in a middleware, then
+request parsing where every client mistake is a :class:`~serve.inputs.RequestError`
+(4xx, OpenAI's JSON error shape), and a timeout around every call into the face and
+model deployments (504). A replica that fails a request keeps serving the next one.
+"""
+
+
+import asyncio
+import hmac
+import json
+import os
+import time
+import uuid
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from serve.inputs import RequestError, b64_bytes, decode_upload, image_url_bytes, last_user_turn
+
+API_KEY_ENV = "EMOLA_API_KEY"
+OPEN_PATHS = ("/", "/healthz", "/readyz", "/static/")   # probes and the page; the page sends the key itself
+PAGE = Path(__file__).parent / "static" / "index.html"
+TASKS = ("emotion", "au", "both")
+
+app = FastAPI(title="EmoLA", description="Facial affective behaviour analysis with EmoLA", version="1")
+
+
+def _error(err: RequestError) -> JSONResponse:
+    return JSONResponse(err.to_json(), status_code=err.status)
+
+
+@app.exception_handler(RequestError)
+async def _request_error(_: Request, err: RequestError) -> JSONResponse:
+    return _error(err)
+
+
+@app.exception_handler(RequestValidationError)
+async def _validation_error(_: Request, err: RequestValidationError) -> JSONResponse:
+    first = err.errors()[0] if err.errors() else {}
+    where = ".".join(str(p) for p in first.get("loc", ()))
+    return _error(RequestError(400, "invalid_request", f"{where}: {first.get('msg', 'invalid request')}"))
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(_: Request, err: StarletteHTTPException) -> JSONResponse:
+    return _error(RequestError(err.status_code, "http_error", str(err.detail)))
+
+
+@app.middleware("http")
+async def _guards(request: Request, call_next):
+    settings = request.app.state.settings
+    length = request.headers.get("content-length")
+    if length is not None:
+        if not length.isdigit():
+            return _error(RequestError(400, "bad_content_length", "Content-Length is not a number"))
+        if int(length) > settings["max_body_bytes"]:
+            return _error(RequestError(413, "body_too_large",
+                                       f"request body of {length} bytes exceeds the cap of {settings['max_body_bytes']}"))
+    path = request.url.path
+    if path not in OPEN_PATHS and not path.startswith("/static/"):
+        expected = os.environ.get(API_KEY_ENV)
+        if expected:
+            given = request.headers.get("authorization", "")
+            token = given[7:] if given.lower().startswith("bearer ") else ""
+            # Constant-time: a wrong key takes as long to reject as an almost-right one.
+            if not hmac.compare_digest(token.encode(), expected.encode()):
+                return _error(RequestError(401, "invalid_api_key",
+                                           "missing or wrong API key: send Authorization: Bearer <key>"))
+    return await call_next(request)
+
+
+async def _body(request: Request, cap: int) -> bytes:
+    """The body, read up to ``cap`` bytes (chunked uploads have no Content-Length to check)."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > cap:
+            raise RequestError(413, "body_too_large", f"request body exceeds the cap of {cap} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _json(body: bytes) -> dict:
+    if not body:
+        raise RequestError(400, "empty_body", "empty request body: send JSON")
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise RequestError(400, "malformed_json", f"malformed JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise RequestError(400, "malformed_json", "the JSON body must be an object")
+    return data
+
+
+@serve.deployment(name="EmolaAPI")
+@serve.ingress(app)
+class EmolaAPI:
+    def __init__(self, faces, model, settings: dict):
+        self.faces, self.model, self.settings = faces, model, settings
+        app.state.settings = settings
+        self.model_info: dict | None = None
+
+    # ---------------------------------------------------------------- helpers
+    async def _call(self, response, what: str):
+        try:
+            return await asyncio.wait_for(response, timeout=self.settings["request_timeout_s"])
+        except asyncio.TimeoutError:
+            raise RequestError(504, "timeout", f"{what} took longer than {self.settings['request_timeout_s']} s") from None
+
+    async def _info(self) -> dict:
+        if self.model_info is None:
+            self.model_info = await self._call(self.model.info.remote(), "model info")
+        return self.model_info
+
+    async def _face(self, image) -> dict:
+        face = await self._call(self.faces.detect.remote(image.pixels, image.sha256), "face detection")
+        if face["status"] == "no_face":
+            raise RequestError(422, "no_face", f"no face found in the image ({face['reason']})")
+        if face["status"] != "ok":
+            raise RequestError(422, f"face_{face['status']}", f"face detection failed: {face['reason']}")
+        return face
+
+    def _generation(self, max_tokens=None, temperature=None, top_p=None) -> dict:
+        base = self.settings["generation"]
+        generation = {"max_new_tokens": base["max_new_tokens"] if max_tokens is None else max_tokens,
+                      "temperature": base["temperature"] if temperature is None else temperature,
+                      "top_p": base["top_p"] if top_p is None else top_p}
+        if not (isinstance(generation["max_new_tokens"], int) and 1 <= generation["max_new_tokens"] <= 2048):
+            raise RequestError(400, "invalid_max_tokens", "max_tokens: an integer from 1 to 2048")
+        if not (isinstance(generation["temperature"], (int, float)) and 0 <= generation["temperature"] <= 2):
+            raise RequestError(400, "invalid_temperature", "temperature: a number from 0 to 2")
+        if not (isinstance(generation["top_p"], (int, float)) and 0 < generation["top_p"] <= 1):
+            raise RequestError(400, "invalid_top_p", "top_p: a number in (0, 1]")
+        return generation
+
+    # ---------------------------------------------------------------- routes
+    @app.get("/", include_in_schema=False)
+    async def page(self):
+        return FileResponse(PAGE, media_type="text/html")
+
+    @app.get("/healthz")
+    async def healthz(self) -> dict:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz(self):
+        try:
+            info = await asyncio.wait_for(self.model.info.remote(), timeout=5)
+            faces = await asyncio.wait_for(self.faces.info.remote(), timeout=5)
+        except Exception as err:  # noqa: BLE001 - not ready, whatever the reason; the probe says why
+            return JSONResponse({"status": "not_ready", "reason": f"{type(err).__name__}: {err}"}, status_code=503)
+        return {"status": "ready", "model": info, "faces": faces}
+
+    @app.get("/v1/models")
+    async def models(self) -> dict:
+        info = await self._info()
+        return {"object": "list", "data": [{"id": self.settings["model_name"], "object": "model", "created": 0,
+                                            "owned_by": "emola", "checkpoint": info}]}
+
+    @app.post("/v1/analyze")
+    async def analyze(self, request: Request) -> dict:
+        """Multipart (``file``, optional ``task``) or JSON (``image`` as base64 or data URL, ``task``)."""
+        started = time.perf_counter()
+        kind = request.headers.get("content-type", "")
+        if kind.startswith("multipart/form-data"):
+            form = await request.form(max_part_size=self.settings["max_body_bytes"])
+            upload = form.get("file") or form.get("image")
+            if upload is None or isinstance(upload, str):
+                raise RequestError(400, "missing_file", "multipart body without a 'file' part")
+            data, task = await upload.read(), str(form.get("task") or "both")
+        else:
+            payload = _json(await _body(request, self.settings["max_body_bytes"]))
+            image = payload.get("image")
+            if not isinstance(image, str) or not image:
+                raise RequestError(400, "missing_image", "JSON body needs 'image': base64 bytes or a data URL")
+            data = (image_url_bytes(image, allow_remote=False, max_bytes=self.settings["max_body_bytes"], timeout_s=1)
+                    if image.startswith("data:") else b64_bytes(image))
+            task = payload.get("task", "both")
+        if task not in TASKS:
+            raise RequestError(400, "invalid_task", f"task: {task!r} is not one of {', '.join(TASKS)}")
+        t0 = time.perf_counter()
+        image = decode_upload(data, self.settings["max_image_pixels"])
+        t1 = time.perf_counter()
+        face = await self._face(image)
+        from emola.data.labels import EVAL_QUESTIONS
+        from emola.metrics.rege_parsers import aus_of, emotion_of
+
+        tasks = ["emotion", "au"] if task == "both" else [task]
+        generation = self._generation()
+        outputs = await asyncio.gather(*[
+            self._call(self.model.generate.remote({"question": EVAL_QUESTIONS[t], "pixels": image.pixels,
+                                                   "prior": face["prior"], "generation": generation}), "generation")
+            for t in tasks])
+        results = {}
+        for t, out in zip(tasks, outputs):
+            results[t] = {"description": out["text"], "batch_size": out["batch_size"]}
+            if t == "emotion":
+                results[t]["emotion"] = emotion_of(out["text"])
+            else:
+                results[t]["aus"] = sorted(aus_of(out["text"]))
+        info = await self._info()
+        return {
+            "id": f"analyze-{uuid.uuid4().hex[:16]}", "model": self.settings["model_name"],
+            "model_version": {k: info.get(k) for k in ("reference", "registry_name", "registry_version",
+                                                       "training_run", "mlflow_run_id")},
+            "task": task, "image_sha256": image.sha256,
+            "width": int(image.pixels.shape[1]), "height": int(image.pixels.shape[0]),
+            "face": face["face"], "landmark_source": face["source"],
+            "emotion": results.get("emotion", {}).get("emotion"), "aus": results.get("au", {}).get("aus"),
+            "results": results,
+            "timings_ms": {"decode": round(1e3 * (t1 - t0), 2), "landmarks": face["ms"],
+                           "generate": max(o["generate_ms"] for o in outputs),
+                           "total": round(1e3 * (time.perf_counter() - started), 2)},
+        }
+
+    @app.post("/v1/chat/completions")
+    async def chat(self, request: Request):
+        payload = _json(await _body(request, self.settings["max_body_bytes"]))
+        messages = payload.get("messages")
+        if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
+            raise RequestError(400, "invalid_messages", "messages: a non-empty list of message objects")
+        if payload.get("n", 1) != 1:
+            raise RequestError(400, "unsupported_n", "n: only 1 is supported")
+        turn = last_user_turn(messages)
+        generation = self._generation(payload.get("max_tokens", payload.get("max_completion_tokens")),
+                                      payload.get("temperature"), payload.get("top_p"))
+        data = image_url_bytes(turn.image_url, allow_remote=self.settings["allow_remote_images"],
+                               max_bytes=self.settings["max_body_bytes"], timeout_s=self.settings["request_timeout_s"])
+        image = decode_upload(data, self.settings["max_image_pixels"], "image_url")
+        face = await self._face(image)
+        item = {"question": turn.question, "pixels": image.pixels, "prior": face["prior"], "generation": generation}
+        completion_id, created, model = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time()), self.settings["model_name"]
+        if payload.get("stream"):
+            return StreamingResponse(self._chat_stream(item, completion_id, created, model), media_type="text/event-stream")
+        out = await self._call(self.model.generate.remote(item), "generation")
+        prompt_tokens = len(turn.question.split())
+        completion_tokens = len(out["text"].split())
+        return {"id": completion_id, "object": "chat.completion", "created": created, "model": model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": out["text"]},
+                             "finish_reason": "stop"}],
+                # Word counts, not tokenizer tokens: the tiny and 7B tokenizers differ, words do not.
+                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                          "total_tokens": prompt_tokens + completion_tokens}}
+
+    async def _chat_stream(self, item: dict, completion_id: str, created: int, model: str):
+        def chunk(delta: dict, finish: str | None = None) -> str:
+            body = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+            return f"data: {json.dumps(body)}\n\n"
+
+        yield chunk({"role": "assistant", "content": ""})
+        try:
+            pieces = self.model.options(stream=True).stream.remote(item)
+            async for piece in pieces:
+                yield chunk({"content": piece})
+        except Exception as err:  # noqa: BLE001 - the status line is sent; report in-band like OpenAI does
+            yield f"data: {json.dumps({'error': {'message': f'generation failed: {err}', 'code': 'stream_failed'}})}\n\n"
+            return
+        yield chunk({}, "stop")
+        yield "data: [DONE]\n\n"

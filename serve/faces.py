@@ -1,0 +1,74 @@
+"""The face deployment: detection, landmarks and the prior vector of the largest face.
+
+The backend is the one whose prior vectors match the checkpoint's training data
+(:func:`emola.analyzer.inference_backend_name`). When ``serve.landmark_cache`` is set,
+an image whose content hash is in the cache under the checkpoint's own backend key gets
+exactly the landmarks it was trained or evaluated with (FABA-Synth's annotated faces,
+which no detector finds, are served this way); other images go to the live backend.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+from ray import serve
+
+
+def _cached_results(cache_root: str | None, backend_key: str) -> dict[str, dict]:
+    """``sha256 -> face`` for every ok row of the cache under ``backend_key``."""
+    if not cache_root or not Path(cache_root).is_dir():
+        return {}
+    import pyarrow.compute as pc
+
+    from emola.faces.cache import LandmarkCache
+
+    table = LandmarkCache(cache_root).read(backend_key)
+    table = table.filter(pc.equal(table["status"], "ok"))
+    faces = {}
+    for row in table.select(["image_sha256", "boxes", "scores", "points", "prior"]).to_pylist():
+        faces[row["image_sha256"]] = {
+            "box": [round(v, 2) for v in row["boxes"][0]], "score": round(row["scores"][0], 4),
+            "landmarks": np.round(np.asarray(row["points"][0]).reshape(-1, 2), 2).tolist(),
+            "prior": row["prior"]}
+    return faces
+
+
+@serve.deployment(name="FaceDetector")
+class FaceDetector:
+    def __init__(self, checkpoint: str, landmarks: dict, landmark_cache: str | None):
+        from emola.analyzer import inference_backend_name
+        from emola.config.schema import LandmarksConfig
+        from emola.faces.registry import build_backend
+        from emola.model.configuration import EmolaModelConfig
+        from emola.model.reference import resolve_checkpoint
+
+        config = EmolaModelConfig.load(resolve_checkpoint(checkpoint).path)
+        name = inference_backend_name(config)
+        self.backend = build_backend(LandmarksConfig.model_validate(landmarks), name=name) if name else None
+        self.cached = _cached_results(landmark_cache, config.landmark_backend) if name else {}
+        self.source = {"backend": self.backend.key if self.backend else None, "cache": config.landmark_backend,
+                       "cached_images": len(self.cached)}
+
+    def info(self) -> dict:
+        return self.source
+
+    def detect(self, pixels: np.ndarray, sha256: str) -> dict:
+        """``pixels`` ``(H, W, 3)`` uint8 -> ``{status, reason, face: {box, score, landmarks}, prior, source}``."""
+        started = time.perf_counter()
+        if self.backend is None:  # a model without the prior token needs no face
+            return {"status": "ok", "reason": "", "face": None, "prior": None, "source": None, "ms": 0.0}
+        if hit := self.cached.get(sha256):
+            face = {k: hit[k] for k in ("box", "score", "landmarks")}
+            return {"status": "ok", "reason": "", "face": face, "prior": hit["prior"], "source": self.source["cache"],
+                    "ms": round(1e3 * (time.perf_counter() - started), 2)}
+        result = self.backend.extract([pixels])[0]
+        ms = round(1e3 * (time.perf_counter() - started), 2)
+        if result.status != "ok":
+            return {"status": result.status, "reason": result.reason, "face": None, "prior": None,
+                    "source": self.backend.key, "ms": ms}
+        face = result.faces[0].to_dict()
+        face["landmarks"] = face.pop("points")
+        return {"status": "ok", "reason": "", "face": face, "prior": result.prior.tolist(), "source": self.backend.key,
+                "ms": ms}

@@ -1,0 +1,41 @@
+"""Checkpoint references: local folders and MLflow registry URIs resolve to the same checkpoint."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from emola.model.reference import resolve_checkpoint
+
+
+def test_local_folder_and_missing_checkpoint(tiny_checkpoint, tmp_path):
+    resolved = resolve_checkpoint(str(tiny_checkpoint))
+    assert resolved.path == tiny_checkpoint and resolved.registry_version is None
+    with pytest.raises(FileNotFoundError, match="not an EmoLA checkpoint"):
+        resolve_checkpoint(str(tmp_path))
+
+
+def test_models_alias_and_version_uris_from_the_registry(tiny_checkpoint, tmp_path, monkeypatch):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from emola.evaluate.registry import register_and_maybe_promote
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    (tiny_checkpoint / "training.json").write_text(json.dumps({"ray_run_name": "emola-tiny-x"}))
+    try:
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_experiment("reference-test")
+        with mlflow.start_run() as run:
+            mlflow.log_artifacts(str(tiny_checkpoint), artifact_path="model")
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        register_and_maybe_promote(client, "emola", f"runs:/{run.info.run_id}/model", run.info.run_id, 10.0, "t", {})
+    finally:
+        (tiny_checkpoint / "training.json").unlink()
+    champion = resolve_checkpoint("models:/emola@champion", tracking_uri=uri)
+    assert (champion.registry_name, champion.registry_version) == ("emola", 1)
+    assert (champion.path / "emola_config.json").read_text() == (tiny_checkpoint / "emola_config.json").read_text()
+    assert champion.describe()["training_run"] == "emola-tiny-x"
+    assert resolve_checkpoint("models:/emola/1", tracking_uri=uri).registry_version == 1

@@ -1,0 +1,135 @@
+"""The Serve application over real HTTP on 127.0.0.1: analyze, OpenAI chat, health, auth, and bad input."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from emola.data.labels import EMOTIONS
+from emola.metrics.rege_parsers import aus_of, emotion_of
+from tests.serving.conftest import API_KEY
+
+pytestmark = pytest.mark.slow
+
+
+def _data_url(path) -> str:
+    return "data:image/jpeg;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def _png(array: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(array).save(out, format="PNG")
+    return out.getvalue()
+
+
+def test_health_readiness_and_models(server):
+    with server.client(key=None) as open_client:
+        assert open_client.get("/healthz").json() == {"status": "ok"}
+        ready = open_client.get("/readyz").json()
+        assert ready["status"] == "ready" and ready["model"]["profile"] == "tiny"
+        assert ready["faces"]["cached_images"] > 0   # FABA-Synth landmarks come from the cache
+    with server.client() as client:
+        models = client.get("/v1/models").json()
+        assert [m["id"] for m in models["data"]] == ["emola-tiny"]
+
+
+def test_analyze_a_faba_synth_test_image(server, synth_test_images, small_pipeline):
+    image, _label = synth_test_images[0]
+    with server.client() as client:
+        response = client.post("/v1/analyze", files={"file": (image.name, image.read_bytes(), "image/jpeg")},
+                               data={"task": "both"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["emotion"] in EMOTIONS
+    # The emotion and AUs are the REGE parsers' reading of the generated descriptions.
+    assert body["emotion"] == emotion_of(body["results"]["emotion"]["description"])
+    assert body["aus"] == sorted(aus_of(body["results"]["au"]["description"]))
+    assert len(body["face"]["landmarks"]) == 68 and len(body["face"]["box"]) == 4
+    assert body["landmark_source"] == "annotation@1-68"
+    assert body["model_version"]["reference"].endswith("checkpoint")
+    assert {"decode", "landmarks", "generate", "total"} <= set(body["timings_ms"])
+    # Emotion and AU questions for one image are generated in one batch.
+    assert body["results"]["emotion"]["batch_size"] == 2
+
+
+def test_analyze_json_base64_and_data_url(server, synth_test_images):
+    image, _ = synth_test_images[1]
+    with server.client() as client:
+        plain = client.post("/v1/analyze", json={"image": base64.b64encode(image.read_bytes()).decode(), "task": "au"})
+        url = client.post("/v1/analyze", json={"image": _data_url(image), "task": "emotion"})
+    assert plain.status_code == 200 and plain.json()["aus"] is not None and plain.json()["emotion"] is None
+    assert url.status_code == 200 and url.json()["emotion"] in EMOTIONS
+
+
+def test_openai_client_chat_completion_and_stream(server, synth_test_images):
+    import openai
+
+    image, _ = synth_test_images[2]
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key=API_KEY, max_retries=0)
+    messages = [{"role": "user", "content": [
+        {"type": "text", "text": "What emotions are conveyed by this face?"},
+        {"type": "image_url", "image_url": {"url": _data_url(image)}}]}]
+    completion = client.chat.completions.create(model="emola-tiny", messages=messages, max_tokens=24)
+    text = completion.choices[0].message.content
+    assert text and completion.object == "chat.completion" and completion.usage.completion_tokens > 0
+    stream = client.chat.completions.create(model="emola-tiny", messages=messages, max_tokens=24, stream=True)
+    pieces = [c.choices[0].delta.content for c in stream if c.choices and c.choices[0].delta.content]
+    assert len(pieces) > 3                      # streamed in pieces, not one block
+    assert "".join(pieces) == text              # the same decoding as the non-streamed answer
+    with pytest.raises(openai.BadRequestError, match="remote URLs are disabled"):
+        client.chat.completions.create(model="emola-tiny", messages=[{"role": "user", "content": [
+            {"type": "text", "text": "Describe the face."},
+            {"type": "image_url", "image_url": {"url": "https://example.com/face.jpg"}}]}])
+
+
+def _bomb_png(side: int = 12000) -> bytes:
+    """A ``side`` x ``side`` greyscale PNG of about 150 kB that decodes to 144 megapixels."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    packer, row = zlib.compressobj(9), b"\x00" * (side + 1)   # filter byte + one grey byte per pixel
+    raw = b"".join(packer.compress(row) for _ in range(side)) + packer.flush()
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", raw) + chunk(b"IEND", b"")
+
+
+def test_bad_inputs_get_the_right_4xx_and_the_server_keeps_serving(server, synth_test_images):
+    good = synth_test_images[0][0].read_bytes()
+    blank = _png(np.full((128, 128, 3), 200, np.uint8))   # an image with no face
+    cases = {
+        "non-image bytes": (415, "image_not_image", {"files": {"file": ("x.jpg", b"this is not an image", "image/jpeg")}}),
+        "truncated JPEG": (422, "image_corrupt", {"files": {"file": ("t.jpg", good[: len(good) // 3], "image/jpeg")}}),
+        "decompression bomb": (413, "image_too_large", {"files": {"file": ("bomb.png", _bomb_png(), "image/png")}}),
+        "empty body": (400, "empty_body", {"content": b"", "headers": {"content-type": "application/json"}}),
+        "empty file": (400, "image_empty", {"files": {"file": ("e.jpg", b"", "image/jpeg")}}),
+        "oversized body": (413, "body_too_large", {"files": {"file": ("big.jpg", b"\xff" * 2_100_000, "image/jpeg")}}),
+        "no face": (422, "no_face", {"files": {"file": ("blank.png", blank, "image/png")}}),
+        "malformed JSON": (400, "malformed_json", {"content": b'{"image": ', "headers": {"content-type": "application/json"}}),
+        "bad base64": (400, "bad_base64", {"json": {"image": "***not base64***"}}),
+        "unknown task": (400, "invalid_task", {"json": {"image": base64.b64encode(good).decode(), "task": "age"}}),
+    }
+    with server.client() as client:
+        for name, (status, code, request) in cases.items():
+            response = client.post("/v1/analyze", **request)
+            assert response.status_code == status, (name, response.text)
+            assert response.json()["error"]["code"] == code, name
+        bad_chat = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]})
+        assert bad_chat.status_code == 400 and bad_chat.json()["error"]["code"] == "one_image_needed"
+        # Still serving after all of that.
+        assert client.get("/healthz").status_code == 200
+        ok = client.post("/v1/analyze", files={"file": ("a.jpg", good, "image/jpeg")}, data={"task": "emotion"})
+        assert ok.status_code == 200
+    for key in (None, "wrong-key", API_KEY + "x"):
+        with server.client(key=key) as client:
+            for path, method in (("/v1/models", "GET"), ("/v1/analyze", "POST"), ("/v1/chat/completions", "POST")):
+                response = client.request(method, path, json={})
+                assert response.status_code == 401, (key, path, response.text)
+                assert response.json()["error"]["code"] == "invalid_api_key"

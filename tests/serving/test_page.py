@@ -1,0 +1,52 @@
+"""The demo page in headless Chromium: upload a face, see the landmarks and the descriptions."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from emola.data.labels import EMOTIONS
+from tests.serving.conftest import API_KEY, ARTIFACTS
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def _chromium() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert path, "Chromium is missing: scripts/setup.sh installs it (apt-get install chromium)"
+    return path
+
+
+def test_upload_shows_landmarks_and_descriptions(server, synth_test_images):
+    from playwright.sync_api import sync_playwright
+
+    image, _ = synth_test_images[3]
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "serve-page.png"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=_chromium(), args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1100, "height": 800})
+        page.goto(server.url + "/")
+        page.set_input_files("#file", str(image))
+        page.fill("#key", API_KEY)
+        page.click("#submit")
+        page.wait_for_selector("#result:not([hidden])", timeout=120_000)
+        page.wait_for_function("document.getElementById('canvas').width > 0")
+        emotion = page.inner_text("#emotion")
+        description = page.inner_text("#emotion-description")
+        # A landmark dot is drawn in pure red on the canvas (the face box in green).
+        red = page.evaluate("""() => {
+            const c = document.getElementById('canvas'), d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+            let n = 0; for (let i = 0; i < d.length; i += 4) if (d[i] > 200 && d[i + 1] < 80 && d[i + 2] < 110) n++;
+            return n; }""")
+        page.screenshot(path=str(shot), full_page=True)
+        status = page.inner_text("#status")
+        browser.close()
+    assert status == "Done."
+    assert emotion in EMOTIONS and len(description) > 20
+    assert red > 50, "no landmarks drawn"
+    assert shot.stat().st_size > 10_000
