@@ -18,6 +18,7 @@ import yaml
 
 from emola.config import EmolaConfig, load_config
 
+REPO = Path(__file__).resolve().parents[1]
 APP_NAME = "emola"
 IMPORT_PATH = "serve.app:build_app"
 
@@ -49,7 +50,10 @@ def build_app(args: dict | None = None):
     from serve.model import EmolaModel
 
     args = dict(args or {})
-    cfg = load_config(args.get("params", "params.yaml"), list(args.get("overrides") or []))
+    params = Path(args.get("params", "params.yaml"))
+    if not params.is_absolute() and not params.is_file():
+        params = REPO / params   # replicas on a cluster need not start in the repository
+    cfg = load_config(params, list(args.get("overrides") or []))
     options = deployment_options(cfg)
     s = cfg.serve
     faces = FaceDetector.options(**options["FaceDetector"]).bind(

@@ -7,9 +7,10 @@ import sys
 from collections.abc import Sequence
 
 from emola import __version__
-from emola.cli import data_commands, landmarks_commands, metrics_commands, model_commands, params_commands
+from emola.cli import (data_commands, k8s_commands, landmarks_commands, metrics_commands, model_commands,
+                       params_commands)
 
-COMMAND_GROUPS = (data_commands, landmarks_commands, metrics_commands, model_commands, params_commands)
+COMMAND_GROUPS = (data_commands, landmarks_commands, metrics_commands, model_commands, params_commands, k8s_commands)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,145 @@
+"""Serving under load: throughput and p50/p99 latency with batching on and off, and autoscaling.
+
+    python benchmarks/serve.py [--checkpoint models/emola] [--requests 48]
+
+For batching on (``serve.max_batch_size`` 8) and off (1), one model replica serves
+``/v1/analyze`` (emotion task) to 1, 8 and 32 concurrent clients; each level sends the
+same number of requests. Then a server allowed 1 to 2 model replicas is loaded with 16
+clients and its replica processes are counted every second: up under load, down after.
+Needs a trained checkpoint and the landmark cache of ``dvc repro`` (FABA-Synth test images).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from serve import local  # noqa: E402
+
+TOKENS = 32   # generated tokens per request: the same work for every setting
+
+
+async def _load(url: str, images: list[bytes], clients: int, requests: int) -> dict:
+    latencies: list[float] = []
+    errors = 0
+    queue: asyncio.Queue = asyncio.Queue()
+    for i in range(requests):
+        queue.put_nowait(images[i % len(images)])
+
+    async def client(session: httpx.AsyncClient) -> None:
+        nonlocal errors
+        while not queue.empty():
+            data = queue.get_nowait()
+            started = time.perf_counter()
+            response = await session.post("/v1/analyze", files={"file": ("face.jpg", data, "image/jpeg")},
+                                          data={"task": "emotion"})
+            latencies.append(time.perf_counter() - started)
+            errors += response.status_code != 200
+
+    limits = httpx.Limits(max_connections=clients)
+    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as session:
+        started = time.perf_counter()
+        await asyncio.gather(*[client(session) for _ in range(clients)])
+        elapsed = time.perf_counter() - started
+    return {"clients": clients, "requests": requests, "errors": errors, "throughput_rps": requests / elapsed,
+            "p50_ms": 1e3 * float(np.percentile(latencies, 50)), "p99_ms": 1e3 * float(np.percentile(latencies, 99))}
+
+
+def _replicas() -> int:
+    count = 0
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            count += any("ServeReplica:emola:EmolaModel" in part for part in proc.info["cmdline"] or [])
+        except psutil.Error:
+            continue
+    return count
+
+
+def _common(args) -> list[str]:
+    return [f"serve.checkpoint={args.checkpoint}", f"serve.landmark_cache={args.landmarks}",
+            f"evaluate.generation.max_new_tokens={TOKENS}", "evaluate.generation.temperature=0.01",
+            "serve.num_cpus=0.5"]   # two model replicas, the faces and the ingress fit on 2 cores
+
+
+def batching(args, images: list[bytes], work: Path) -> dict:
+    results = {}
+    for name, size in (("batching_off", 1), ("batching_on", 8)):
+        server = local.start(work / name, [*_common(args), f"serve.max_batch_size={size}", "serve.min_replicas=1",
+                                           "serve.max_replicas=1", "serve.max_ongoing_requests=64"])
+        try:
+            asyncio.run(_load(server.url, images, 2, 4))  # warm-up
+            results[name] = [asyncio.run(_load(server.url, images, c, args.requests)) for c in (1, 8, 32)]
+        finally:
+            server.stop()
+        for row in results[name]:
+            print(f"{name:13s} clients {row['clients']:3d}: {row['throughput_rps']:6.2f} req/s  "
+                  f"p50 {row['p50_ms']:8.0f} ms  p99 {row['p99_ms']:8.0f} ms  errors {row['errors']}", flush=True)
+    for off, on in zip(results["batching_off"], results["batching_on"]):
+        print(f"clients {off['clients']:3d}: batching on/off throughput x{on['throughput_rps'] / off['throughput_rps']:.2f}, "
+              f"p50 x{on['p50_ms'] / off['p50_ms']:.2f}, p99 x{on['p99_ms'] / off['p99_ms']:.2f}")
+    return results
+
+
+def autoscaling(args, images: list[bytes], work: Path) -> dict:
+    server = local.start(work / "autoscale", [*_common(args), "serve.max_batch_size=1", "serve.min_replicas=1",
+                                              "serve.max_replicas=2", "serve.target_ongoing_requests=2"])
+    timeline: list[tuple[float, int]] = []
+    try:
+        started = time.time()
+
+        async def load_and_watch() -> None:
+            task = asyncio.create_task(_load(server.url, images, 16, args.autoscale_requests))
+            while not task.done():
+                timeline.append((round(time.time() - started, 1), _replicas()))
+                await asyncio.sleep(1)
+            print(f"autoscaling load: {(await task)['throughput_rps']:.2f} req/s")
+
+        asyncio.run(load_and_watch())
+        load_end = time.time() - started
+        while time.time() - started < load_end + args.cooldown:
+            timeline.append((round(time.time() - started, 1), _replicas()))
+            time.sleep(1)
+    finally:
+        server.stop()
+    under_load = max(n for t, n in timeline if t <= load_end)
+    after = timeline[-1][1]
+    print(f"autoscaling: 1 replica at start, {under_load} under 16 clients, {after} {args.cooldown} s after the load")
+    return {"timeline": timeline, "max_under_load": under_load, "after_cooldown": after, "load_end_s": load_end}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", default="models/emola")
+    parser.add_argument("--landmarks", default="data/landmarks")
+    parser.add_argument("--manifest", default="data/manifests/test.jsonl")
+    parser.add_argument("--requests", type=int, default=48)
+    parser.add_argument("--autoscale-requests", type=int, default=160)
+    parser.add_argument("--cooldown", type=int, default=45)
+    parser.add_argument("--out", default="benchmarks/results/serve.json")
+    args = parser.parse_args()
+    args.checkpoint, args.landmarks = str(Path(args.checkpoint).resolve()), str(Path(args.landmarks).resolve())
+
+    from emola.data.manifest import read_manifest
+
+    rows = [r for r in read_manifest(Path(args.manifest)) if r.task == "emotion"][:32]
+    images = [r.image_path().read_bytes() for r in rows]
+    with tempfile.TemporaryDirectory() as work:
+        result = {"batching": batching(args, images, Path(work)), "autoscaling": autoscaling(args, images, Path(work))}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
