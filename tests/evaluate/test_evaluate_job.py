@@ -40,6 +40,8 @@ def test_evaluation_reports_tracks_and_registers(small_pipeline, tiny_checkpoint
     for task in metrics.values():
         assert set(task) >= {"S_re", "S_ge", "S_rege"}
         assert task["S_rege"] == pytest.approx(task["S_re"] + task["S_ge"], abs=1e-2)
+    baselines = json.loads((tmp_path / "reports/baselines.json").read_text())
+    assert set(baselines["prior_off"]) == {"emotion", "au"}  # the prior-token ablation beside the model
     lines = (tmp_path / "reports/predictions.jsonl").read_text().splitlines()
     assert len(lines) == sum(m["n"] for m in metrics.values())
     assert {"prediction", "reference", "label"} <= set(json.loads(lines[0]))

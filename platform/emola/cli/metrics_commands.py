@@ -14,6 +14,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     cmd.add_argument("--input", required=True, metavar="PRED.jsonl")
     cmd.add_argument("--details", action="store_true", help="add rouge-score, per-class and per-AU details")
     cmd.set_defaults(handler=_rege)
+    proto = commands.add_parser("protocol", help="traditional benchmarks: RAF-DB accuracy, DISFA/BP4D/GFT 3-fold AU F1")
+    proto.add_argument("benchmark", choices=["RAF-DB", "DISFA", "BP4D", "GFT"])
+    proto.add_argument("--input", required=True, metavar="PRED.jsonl",
+                       help="JSON lines with prediction and label (and fold 0-2 for the AU benchmarks)")
+    proto.set_defaults(handler=_protocol)
 
 
 def read_predictions(path: str, task: str) -> tuple[list[dict], list[str]]:
@@ -75,4 +80,52 @@ def _rege(args: argparse.Namespace) -> int:
     if args.details:
         out["details"] = result.extras
     print(json.dumps(out, indent=2))
+    return 1 if problems else 0
+
+
+def _protocol(args: argparse.Namespace) -> int:
+    from emola.metrics import protocols
+    from emola.metrics.rege import au_targets
+
+    au = args.benchmark in protocols.AU_BENCHMARKS
+    good, problems = [], []
+    try:
+        lines = open(args.input, encoding="utf-8").read().splitlines()
+    except OSError as err:
+        print(f"error: {args.input}: {err.strerror or err}", file=sys.stderr)
+        return 2
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or not isinstance(record.get("prediction"), str) or "label" not in record:
+                raise ValueError("needs a string prediction and a label")
+            if au:
+                au_targets(record["label"])
+                if record.get("fold") not in range(protocols.FOLDS):
+                    raise ValueError("needs fold 0, 1 or 2")
+            else:
+                protocols.rafdb_label(record["label"])
+        except (json.JSONDecodeError, ValueError) as err:
+            problems.append(f"{args.input}: line {lineno}: {err}")
+            continue
+        good.append(record)
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    try:
+        if au:
+            folds = [([r["prediction"] for r in good if r["fold"] == f], [r["label"] for r in good if r["fold"] == f])
+                     for f in range(protocols.FOLDS)]
+            if not all(p for p, _ in folds):
+                raise ValueError("every fold 0, 1 and 2 needs predictions")
+            result = protocols.au_fold_f1(args.benchmark, folds)
+        else:
+            if not good:
+                raise ValueError("no usable prediction lines")
+            result = protocols.rafdb_accuracy([r["prediction"] for r in good], [r["label"] for r in good])
+    except ValueError as err:
+        print(f"error: {args.input}: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2))
     return 1 if problems else 0

@@ -90,7 +90,15 @@ def six_numbers(results: dict) -> dict:
             for task, r in results.items()}
 
 
-def evaluate_checkpoint(checkpoint: Path, cfg: EmolaConfig, rows: list[ManifestRow]) -> tuple[list[dict], dict]:
+def evaluate_checkpoint(checkpoint: Path, cfg: EmolaConfig, rows: list[ManifestRow],
+                        prior_off: bool = False) -> tuple[list[dict], dict]:
+    """Predictions and REGE of ``checkpoint`` on ``rows``.
+
+    ``prior_off``: the prior-token ablation at inference — every image gets the same prior
+    vector (the mean over the test images), so the token carries no per-face information
+    while the sequence layout stays as trained. How far the scores drop is how much the
+    model reads the landmarks.
+    """
     from emola.faces.pipeline import prior_vectors
 
     model_cfg = EmolaModelConfig.load(checkpoint)
@@ -98,6 +106,9 @@ def evaluate_checkpoint(checkpoint: Path, cfg: EmolaConfig, rows: list[ManifestR
     priors = None
     if model_cfg.prior == "landmarks":
         priors = prior_vectors(cfg.landmarks.cache, model_cfg.landmark_backend, {r.image_sha256 for r in task_rows})
+        if prior_off and priors:
+            mean = np.mean(np.stack(list(priors.values())), axis=0).astype(np.float32)
+            priors = {sha: mean for sha in priors}
     records = predict_on_ray(checkpoint, task_rows, priors, cfg)
     return records, score(records, cfg.evaluate.dataset)
 
@@ -173,6 +184,10 @@ def run_evaluation(cfg: EmolaConfig, *, checkpoint: Path | str | None = None, ba
     if training.get("ray_run_name"):  # the run's initial model: the same architecture, untrained
         baselines.setdefault("untrained", Path(cfg.train.storage_path) / training["ray_run_name"] / "init")
     baseline_metrics = {}
+    if EmolaModelConfig.load(checkpoint).prior == "landmarks":
+        _, ablated = evaluate_checkpoint(checkpoint, cfg, rows, prior_off=True)
+        baseline_metrics["prior_off"] = six_numbers(ablated)
+        log(f"evaluate: prior-token ablation (one mean prior for every image): {baseline_metrics['prior_off']}")
     for name, path in baselines.items():
         if Path(path, "emola_config.json").is_file():
             _, baseline_results = evaluate_checkpoint(Path(path), cfg, rows)
