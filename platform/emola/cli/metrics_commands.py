@@ -21,11 +21,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     proto.set_defaults(handler=_protocol)
 
 
-def read_predictions(path: str, task: str) -> tuple[list[dict], list[str]]:
-    """Good lines and one message per bad line (with its line number)."""
-    from emola.data.labels import LabelError, parse_emotion_label
-    from emola.metrics.rege import au_targets
+def read_records(path: str, check) -> tuple[list[dict], list[str]]:
+    """The JSON-object lines of ``path`` that ``check`` accepts, and one message per bad line.
 
+    ``check(record)`` raises ``ValueError`` with the reason; messages carry the line number.
+    ``OSError`` propagates (the file itself is unreadable).
+    """
     good, problems = [], []
     with open(path, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
@@ -39,23 +40,35 @@ def read_predictions(path: str, task: str) -> tuple[list[dict], list[str]]:
             if not isinstance(record, dict):
                 problems.append(f"{path}: line {lineno}: not a JSON object")
                 continue
-            missing = [k for k in ("prediction", "reference", "label") if k not in record]
-            if missing:
-                problems.append(f"{path}: line {lineno}: missing {', '.join(missing)}")
-                continue
-            if not isinstance(record["prediction"], str) or not isinstance(record["reference"], str):
-                problems.append(f"{path}: line {lineno}: prediction and reference must be strings")
-                continue
             try:
-                if task == "emotion":
-                    parse_emotion_label(record["label"])
-                else:
-                    au_targets(record["label"])
-            except (LabelError, ValueError) as err:
-                problems.append(f"{path}: line {lineno}: bad label {record['label']!r} ({err})")
+                check(record)
+            except ValueError as err:
+                problems.append(f"{path}: line {lineno}: {err}")
                 continue
             good.append(record)
     return good, problems
+
+
+def read_predictions(path: str, task: str) -> tuple[list[dict], list[str]]:
+    """Lines with prediction, reference and a label of ``task``; one message per bad line."""
+    from emola.data.labels import parse_emotion_label
+    from emola.metrics.rege import au_targets
+
+    def check(record: dict) -> None:
+        missing = [k for k in ("prediction", "reference", "label") if k not in record]
+        if missing:
+            raise ValueError(f"missing {', '.join(missing)}")
+        if not isinstance(record["prediction"], str) or not isinstance(record["reference"], str):
+            raise ValueError("prediction and reference must be strings")
+        try:
+            if task == "emotion":
+                parse_emotion_label(record["label"])
+            else:
+                au_targets(record["label"])
+        except ValueError as err:  # LabelError is a ValueError
+            raise ValueError(f"bad label {record['label']!r} ({err})") from None
+
+    return read_records(path, check)
 
 
 def _rege(args: argparse.Namespace) -> int:
@@ -88,29 +101,22 @@ def _protocol(args: argparse.Namespace) -> int:
     from emola.metrics.rege import au_targets
 
     au = args.benchmark in protocols.AU_BENCHMARKS
-    good, problems = [], []
+
+    def check(record: dict) -> None:
+        if not isinstance(record.get("prediction"), str) or "label" not in record:
+            raise ValueError("needs a string prediction and a label")
+        if au:
+            au_targets(record["label"])
+            if record.get("fold") not in range(protocols.FOLDS):
+                raise ValueError("needs fold 0, 1 or 2")
+        else:
+            protocols.rafdb_label(record["label"])
+
     try:
-        lines = open(args.input, encoding="utf-8").read().splitlines()
+        good, problems = read_records(args.input, check)
     except OSError as err:
         print(f"error: {args.input}: {err.strerror or err}", file=sys.stderr)
         return 2
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            if not isinstance(record, dict) or not isinstance(record.get("prediction"), str) or "label" not in record:
-                raise ValueError("needs a string prediction and a label")
-            if au:
-                au_targets(record["label"])
-                if record.get("fold") not in range(protocols.FOLDS):
-                    raise ValueError("needs fold 0, 1 or 2")
-            else:
-                protocols.rafdb_label(record["label"])
-        except (json.JSONDecodeError, ValueError) as err:
-            problems.append(f"{args.input}: line {lineno}: {err}")
-            continue
-        good.append(record)
     for problem in problems:
         print(problem, file=sys.stderr)
     try:
