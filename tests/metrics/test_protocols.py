@@ -49,3 +49,17 @@ def test_protocol_cli(tmp_path, capsys):
     out = capsys.readouterr()
     assert json.loads(out.out)["benchmark"] == "GFT" and json.loads(out.out)["n"] == [1, 1, 1]
     assert "line 4: needs fold 0, 1 or 2" in out.err and "line 5" in out.err
+
+
+def test_rege_cli_reports_bad_lines_by_number_and_scores_the_rest(tmp_path, capsys):
+    path = tmp_path / "pred.jsonl"
+    good = {"prediction": "The person looks happy.", "reference": "A happy face.", "label": "happiness"}
+    path.write_text("\n".join([json.dumps(good), "{oops", json.dumps({"prediction": "x"}),
+                               json.dumps({**good, "label": "bored"}), json.dumps([1])]) + "\n")
+    assert main(["rege", "--task", "emotion", "--input", str(path)]) == 1
+    out = capsys.readouterr()
+    assert json.loads(out.out)["S_re"] == 100.0 and json.loads(out.out)["n"] == 1
+    assert "line 2: not valid JSON" in out.err
+    assert "line 3: missing reference, label" in out.err
+    assert "line 4: bad label 'bored'" in out.err
+    assert "line 5: not a JSON object" in out.err
