@@ -20,12 +20,9 @@ def _cached_results(cache_root: str | None, backend_key: str) -> dict[str, dict]
     """``sha256 -> face`` for every ok row of the cache under ``backend_key``."""
     if not cache_root or not Path(cache_root).is_dir():
         return {}
-    import pyarrow.compute as pc
-
     from emola.faces.cache import LandmarkCache
 
-    table = LandmarkCache(cache_root).read(backend_key)
-    table = table.filter(pc.equal(table["status"], "ok"))
+    table = LandmarkCache(cache_root).read_ok(backend_key)
     faces = {}
     for row in table.select(["image_sha256", "boxes", "scores", "points", "prior"]).to_pylist():
         faces[row["image_sha256"]] = {

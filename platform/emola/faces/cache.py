@@ -84,6 +84,11 @@ class LandmarkCache:
             table = table.take(sorted(last.values()))
         return table
 
+    def read_ok(self, backend_key: str) -> pa.Table:
+        """The rows of one backend version whose status is ``ok`` (each has a face and a prior)."""
+        table = self.read(backend_key)
+        return table.filter(pc.equal(table["status"], "ok"))
+
     def append(self, table: pa.Table) -> Path | None:
         """Add rows as a new part, written aside and renamed into place."""
         if table.num_rows == 0:

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from emola.config import LandmarksConfig
 from emola.data.manifest import ManifestRow, read_manifest
@@ -191,8 +190,7 @@ def _run_on_ray(todo: list[ImageTask], cfg: LandmarksConfig, annotation_points: 
 
 def prior_vectors(cache_root: Path | str, backend_key: str, shas: Iterable[str]) -> dict[str, np.ndarray]:
     """Prior vectors of images with status ok, by content hash (what training reads)."""
-    table = LandmarkCache(cache_root).read(backend_key)
-    table = table.filter(pc.equal(table["status"], "ok"))
+    table = LandmarkCache(cache_root).read_ok(backend_key)
     wanted = set(shas)
     return {sha: np.asarray(prior, np.float32) for sha, prior in
             zip(table.column("image_sha256").to_pylist(), table.column("prior").to_pylist()) if sha in wanted}
