@@ -58,7 +58,8 @@ class EmolaModel:
                 "vision": self.config.vision, "prior": self.config.prior, "landmark_backend": self.config.landmark_backend,
                 "template": self.config.template, "tasks": self.config.tasks}
 
-    def _run(self, items: list[dict]) -> list[str]:
+    def _run(self, items: list[dict], streamer=None) -> list[str]:
+        """Generate for items that share one decoding setting (blocking; called in a thread)."""
         from emola.config.schema import GenerationConfig
         from emola.model.inference import generate_descriptions
 
@@ -68,7 +69,7 @@ class EmolaModel:
                 self.model, self.processor, [i["question"] for i in items],
                 images=[i["pixels"] for i in items] if self.processor.use_image else None,
                 priors=np.stack([np.asarray(i["prior"], np.float32) for i in items]) if self.processor.use_prior else None,
-                generation=generation)
+                generation=generation, streamer=streamer)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
     async def generate(self, items: list[dict]) -> list[dict]:
@@ -77,8 +78,9 @@ class EmolaModel:
         Returns per item ``text``, ``batch_size`` (requests generated together) and ``generate_ms``.
         """
         out: list[dict | None] = [None] * len(items)
-        order = sorted(range(len(items)), key=lambda i: sorted(items[i]["generation"].items()))
-        for _, group in groupby(order, key=lambda i: sorted(items[i]["generation"].items())):
+        keys = [sorted(item["generation"].items()) for item in items]
+        order = sorted(range(len(items)), key=keys.__getitem__)
+        for _, group in groupby(order, key=keys.__getitem__):
             group = list(group)
             started = time.perf_counter()
             texts = await asyncio.to_thread(self._run, [items[i] for i in group])  # keeps the replica responsive
@@ -89,28 +91,12 @@ class EmolaModel:
 
     async def stream(self, item: dict) -> AsyncIterator[str]:
         """The text of one item in pieces as it is generated."""
-        from emola.config.schema import GenerationConfig
-
         loop = asyncio.get_running_loop()
         streamer = _TokenQueue(loop)
-        generation = GenerationConfig(**item["generation"])
 
         def run() -> None:
-            import torch
-
             try:
-                batch = self.processor.generation_batch([item["question"]],
-                                                        [item["pixels"]] if self.processor.use_image else None,
-                                                        np.asarray([item["prior"]], np.float32) if self.processor.use_prior else None)
-                batch = {k: v.to(self.model.device) for k, v in batch.items()}
-                sampling = generation.temperature > 0
-                torch.manual_seed(0)
-                with self.lock, torch.no_grad():
-                    self.model.generate(**batch, max_new_tokens=generation.max_new_tokens, do_sample=sampling,
-                                        temperature=generation.temperature if sampling else None,
-                                        top_p=generation.top_p if sampling else None, streamer=streamer,
-                                        eos_token_id=self.processor.tokenizer.eos_token_id,
-                                        pad_token_id=self.processor.tokenizer.pad_token_id)
+                self._run([item], streamer)
             finally:
                 streamer.end()
 
