@@ -27,11 +27,12 @@ BASE = REPO / "k8s" / "base"
 #: profile (its serve section: 0.0.0.0, models:/emola@champion, 1-4 GPU replicas).
 CLUSTER_OVERRIDES = ["profile=emola-7b"]
 #: Cluster runs use the published profile; the DVC remote and Ray storage live on S3.
-JOB_OVERRIDES = ["profile=emola-7b", "train.storage_path=s3://emola-artifacts/ray"]  # data/, models/: the workspace PVC
+# data/ and models/ are the workspace PVC; Ray Train checkpoints go to S3.
+PROFILE, CHECKPOINTS = "profile=emola-7b", "train.storage_path=s3://emola-artifacts/ray"
 JOBS = {
-    "preprocess": {"entrypoint": "python -m jobs.preprocess", "ttl": 3600},
-    "train": {"entrypoint": "python -m jobs.train", "ttl": 86400},
-    "evaluate": {"entrypoint": "python -m jobs.evaluate", "ttl": 86400},
+    "preprocess": {"entrypoint": "python -m jobs.preprocess", "overrides": [PROFILE], "ttl": 3600},
+    "train": {"entrypoint": "python -m jobs.train", "overrides": [PROFILE, CHECKPOINTS], "ttl": 86400},
+    "evaluate": {"entrypoint": "python -m jobs.evaluate", "overrides": [PROFILE, CHECKPOINTS], "ttl": 86400},
 }
 #: The image holds the repository at /app (k8s/Dockerfile); data comes from the DVC remote `s3`.
 RUNTIME_ENV = {"env_vars": {"PYTHONPATH": "/app", "MLFLOW_TRACKING_URI": "http://mlflow:5000"}}
@@ -43,7 +44,7 @@ def cluster_spec() -> dict:
 
 def rayjob(name: str, entry: dict) -> dict:
     spec = copy.deepcopy(cluster_spec())   # each job gets its own cluster: the same pods, deleted after
-    overrides = " ".join(JOB_OVERRIDES if name != "preprocess" else JOB_OVERRIDES[:1])
+    overrides = " ".join(entry["overrides"])
     return {
         "apiVersion": "ray.io/v1", "kind": "RayJob",
         "metadata": {"name": f"emola-{name}", "labels": {"app.kubernetes.io/name": "emola",

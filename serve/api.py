@@ -21,6 +21,8 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from emola.data.labels import EVAL_QUESTIONS
+from emola.metrics.rege_parsers import aus_of, emotion_of
 from serve.inputs import RequestError, b64_bytes, decode_upload, image_url_bytes, last_user_turn
 
 API_KEY_ENV = "EMOLA_API_KEY"
@@ -188,9 +190,6 @@ class EmolaAPI:
         image = decode_upload(data, self.settings["max_image_pixels"])
         t1 = time.perf_counter()
         face = await self._face(image)
-        from emola.data.labels import EVAL_QUESTIONS
-        from emola.metrics.rege_parsers import aus_of, emotion_of
-
         tasks = ["emotion", "au"] if task == "both" else [task]
         generation = self._generation()
         outputs = await asyncio.gather(*[
