@@ -25,6 +25,7 @@ from emola.data.manifest import ManifestRow, read_manifest
 from emola.fileio import atomic_write_lines
 from emola.metrics.rege import rege
 from emola.model.configuration import EmolaModelConfig
+from emola.model.reference import training_info
 
 
 class PredictActor:
@@ -179,7 +180,7 @@ def run_evaluation(cfg: EmolaConfig, *, checkpoint: Path | str | None = None, ba
     metrics = six_numbers(results)
     log(f"evaluate: {checkpoint}: " + "; ".join(f"{t} S_re {m['S_re']:.1f} S_ge {m['S_ge']:.1f} S_rege {m['S_rege']:.1f}"
                                                  for t, m in metrics.items()))
-    training = json.loads((checkpoint / "training.json").read_text()) if (checkpoint / "training.json").is_file() else {}
+    training = training_info(checkpoint)
     baselines = dict(baselines or {})
     if training.get("ray_run_name"):  # the run's initial model: the same architecture, untrained
         baselines.setdefault("untrained", Path(cfg.train.storage_path) / training["ray_run_name"] / "init")

@@ -37,6 +37,15 @@ class ResolvedCheckpoint:
         return info
 
 
+TRAINING_FILE = "training.json"   # written by the training driver beside an exported checkpoint
+
+
+def training_info(path: Path | str) -> dict:
+    """The checkpoint's ``training.json`` (run names, steps, loss), or ``{}`` when it has none."""
+    file = Path(path) / TRAINING_FILE
+    return json.loads(file.read_text()) if file.is_file() else {}
+
+
 def is_mlflow_uri(reference: str) -> bool:
     return reference.startswith(_MLFLOW_SCHEMES)
 
@@ -65,6 +74,4 @@ def resolve_checkpoint(reference: str, tracking_uri: str | None = None) -> Resol
     if not (path / CONFIG_FILE).is_file():
         raise FileNotFoundError(f"{reference}: not an EmoLA checkpoint ({CONFIG_FILE} missing under {path}); "
                                 "train one with `dvc repro train` or pass a checkpoint folder or models:/NAME@ALIAS")
-    training_file = path / "training.json"
-    training = json.loads(training_file.read_text()) if training_file.is_file() else {}
-    return ResolvedCheckpoint(reference, path, name, version, training)
+    return ResolvedCheckpoint(reference, path, name, version, training_info(path))

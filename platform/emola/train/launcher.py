@@ -21,6 +21,7 @@ from emola.data.manifest import read_manifest
 from emola.faces.pipeline import images_of, prior_vectors
 from emola.faces.registry import build_backend
 from emola.fileio import replace_dir
+from emola.model.reference import TRAINING_FILE
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 
@@ -172,7 +173,7 @@ def train_one(cfg: EmolaConfig, tasks: list[str], output: Path, *, repo_root: Pa
         staging = output.with_name(f".{output.name}.partial")
         shutil.rmtree(staging, ignore_errors=True)
         shutil.copytree(Path(directory) / EXPORT_DIR, staging)
-    (staging / "training.json").write_text(json.dumps({
+    (staging / TRAINING_FILE).write_text(json.dumps({
         "mlflow_run_id": run_id, "tracking_uri": uri, "ray_run_name": name, "steps": state["step"],
         "final_loss": state["loss"], "tasks": tasks}, indent=2) + "\n")
     replace_dir(staging, output)
