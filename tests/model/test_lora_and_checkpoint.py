@@ -63,6 +63,8 @@ def test_checkpoint_round_trips_bit_exactly_from_a_renamed_folder(tiny_checkpoin
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert config == config2 and config.profile == "tiny" and config.landmark_backend == "annotation@1-68"
+    assert config.prior_align and loaded.prior_projector.align  # the fitted reference shape travels too
+    assert loaded.prior_projector.reference.abs().sum() > 0
 
     resaved = save_checkpoint(loaded, processor, config2, tmp_path / "again")
     c, _, _ = load_checkpoint(resaved)

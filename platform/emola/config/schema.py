@@ -137,6 +137,9 @@ class ModelConfig(Section):
     vision: Literal["clip", "none"]
     prior: Literal["landmarks", "none"]
     prior_dim: int = Field(ge=1, description="length of the landmark prior vector")
+    prior_align: bool = Field(
+        description="similarity-align landmark priors (position, scale, in-plane rotation) to the training "
+                    "mean shape before the projector (published: false, raw vectors)")
     prior_standardize: bool = Field(
         description="standardize prior vectors with training-set mean and std (published: false, raw vectors)")
     template: str = Field(description="conversation template name")

@@ -77,13 +77,14 @@ def build_emola(cfg: ModelConfig, *, profile: str, landmark_backend: str, tasks:
         llava_config = llava.config
     llava.to(_DTYPES[cfg.dtype])
     hidden = llava_config.text_config.hidden_size
-    projector = PriorProjector(cfg.prior_dim, hidden).to(_DTYPES[cfg.dtype]) if cfg.prior == "landmarks" else None
+    projector = (PriorProjector(cfg.prior_dim, hidden, align=cfg.prior_align).to(_DTYPES[cfg.dtype])
+                 if cfg.prior == "landmarks" else None)
     n_image = num_image_tokens(llava_config)
     processor = EmolaProcessor(tokenizer, make_image_processor(cfg.image_size), cfg.template, n_image,
                                use_image=cfg.vision == "clip", use_prior=cfg.prior == "landmarks")
     model = EmolaForConditionalGeneration(llava, projector, processor.image_token_id, processor.prior_token_id)
     emola_cfg = EmolaModelConfig(profile=profile, base=cfg.base, vision=cfg.vision, prior=cfg.prior,
-                                 prior_dim=cfg.prior_dim, landmark_backend=landmark_backend, template=cfg.template,
+                                 prior_dim=cfg.prior_dim, prior_align=cfg.prior_align, landmark_backend=landmark_backend, template=cfg.template,
                                  image_size=cfg.image_size, num_image_tokens=n_image,
                                  lora=cfg.lora.model_dump(), tasks=list(tasks))
     return model, processor, emola_cfg

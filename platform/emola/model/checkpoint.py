@@ -100,7 +100,8 @@ def load_checkpoint(directory: Path | str, *, dtype: torch.dtype | None = None, 
     if llava.get_input_embeddings().num_embeddings < len(processor.tokenizer):
         llava.resize_token_embeddings(len(processor.tokenizer))
     hidden = llava.config.text_config.hidden_size
-    projector = PriorProjector(config.prior_dim, hidden).to(llava.dtype) if config.prior == "landmarks" else None
+    projector = (PriorProjector(config.prior_dim, hidden, align=config.prior_align).to(llava.dtype)
+                 if config.prior == "landmarks" else None)
     model = EmolaForConditionalGeneration(llava, projector, processor.image_token_id, processor.prior_token_id)
 
     state = load_file(directory / PROJECTORS_FILE)

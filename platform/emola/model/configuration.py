@@ -24,6 +24,7 @@ class EmolaModelConfig(BaseModel):
     vision: Literal["clip", "none"]
     prior: Literal["landmarks", "none"]
     prior_dim: int
+    prior_align: bool = False          # projector aligns landmark points to its reference shape
     landmark_backend: str              # name@version of the backend the prior vectors come from
     template: str
     image_size: int

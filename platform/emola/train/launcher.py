@@ -99,11 +99,12 @@ def train_one(cfg: EmolaConfig, tasks: list[str], output: Path, *, repo_root: Pa
         corpus = [r.answer for r in rows] + [r.question for r in rows]
         model, processor, model_cfg = build_emola(cfg.model, profile=cfg.profile, landmark_backend=backend_key,
                                                   tasks=tasks, corpus=corpus)
-        if model.prior_projector is not None and cfg.model.prior_standardize:
+        if model.prior_projector is not None and (cfg.model.prior_align or cfg.model.prior_standardize):
             import numpy as np
             import torch
 
-            model.prior_projector.set_standardization(torch.tensor(np.array([e["prior"] for e in examples.rows])))
+            model.prior_projector.fit_normalization(torch.tensor(np.array([e["prior"] for e in examples.rows])),
+                                                    standardize=cfg.model.prior_standardize)
         save_checkpoint(model, processor, model_cfg, init_dir)
         del model
     processor = EmolaProcessor.load(init_dir)
