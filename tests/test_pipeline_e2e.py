@@ -75,6 +75,13 @@ def test_dvc_repro_on_a_fresh_clone(fresh_clone):
     assert (fresh_clone / "models/emola/emola_config.json").is_file()
     print(f"train: {info['steps']} steps, final loss {info['final_loss']:.3f}")
 
+    # Issue 6's emotion target on the FABA-Synth test split: accuracy (S_re) at least 90.
+    scores = json.loads((fresh_clone / "reports/metrics.json").read_text())
+    print(f"evaluate: emotion S_re {scores['emotion']['S_re']:.1f}, AU S_re {scores['au']['S_re']:.1f}")
+    assert scores["emotion"]["S_re"] >= 90, scores
+    baselines = json.loads((fresh_clone / "reports/baselines.json").read_text())
+    assert baselines["prior_off"]["emotion"]["S_re"] < scores["emotion"]["S_re"] - 30  # the model reads the prior
+
     stages = yaml.safe_load((fresh_clone / "dvc.yaml").read_text())["stages"]
     again = _dvc(fresh_clone, "repro")
     assert again.count("didn't change, skipping") == len(stages) and "Data and pipelines are up to date" in again

@@ -58,3 +58,54 @@ def test_evaluation_reports_tracks_and_registers(small_pipeline, tiny_checkpoint
     assert {"plots/confusion_matrix.png", "plots/per_au_f1.png", "plots/train_loss.png"} <= artifacts
     assert summary["registry"]["version"] == 1 and summary["registry"]["champion"]
     assert int(client.get_model_version_by_alias("emola-e2e", "champion").version) == 1
+
+
+def _task_part(checkpoint, folder, task: str) -> None:
+    """A copy of ``checkpoint`` that declares one task, as ``train.separate_models`` exports it."""
+    shutil.copytree(checkpoint, folder)
+    config = json.loads((folder / "emola_config.json").read_text())
+    (folder / "emola_config.json").write_text(json.dumps({**config, "tasks": [task]}))
+
+
+def test_one_model_per_task_is_scored_together_and_registered_per_part(small_pipeline, tiny_checkpoint, tmp_path,
+                                                                        monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("emola-train")
+    model = tmp_path / "model"
+    runs = {}
+    for task, losses in (("emotion", [2.0, 1.0]), ("au", [4.0, 3.0, 2.5])):
+        _task_part(tiny_checkpoint, model / task, task)
+        with mlflow.start_run() as run:
+            for step, loss in enumerate(losses, 1):
+                mlflow.log_metric("loss", loss, step=step)
+            mlflow.log_artifacts(str(model / task), artifact_path="model")
+        runs[task] = run.info.run_id
+        (model / task / "training.json").write_text(json.dumps({"mlflow_run_id": run.info.run_id, "tasks": [task]}))
+
+    cfg = load_config(REPO / "params.yaml", {
+        "data.manifests": str(small_pipeline["manifests"]), "landmarks.cache": str(small_pipeline["landmarks"]),
+        "evaluate.reports": str(tmp_path / "reports"), "evaluate.generation.max_new_tokens": 8,
+        "evaluate.batch_size": 8, "evaluate.register_as": "emola-split"})
+    summary = run_evaluation(cfg, checkpoint=model, repo_root=tmp_path, log=print)
+
+    metrics = json.loads((tmp_path / "reports/metrics.json").read_text())
+    assert set(metrics) == {"emotion", "au"}
+    records = [json.loads(line) for line in (tmp_path / "reports/predictions.jsonl").read_text().splitlines()]
+    assert len(records) == metrics["emotion"]["n"] + metrics["au"]["n"]
+    assert {r["task"] for r in records} == {"emotion", "au"}
+    baselines = json.loads((tmp_path / "reports/baselines.json").read_text())
+    assert set(baselines["prior_off"]) == {"emotion", "au"}
+    loss_lines = (tmp_path / "reports/plots/train_loss.csv").read_text().splitlines()
+    assert loss_lines[0] == "step,loss,model" and "1,2.00000,emotion" in loss_lines and "3,2.50000,au" in loss_lines
+
+    client = MlflowClient(tracking_uri=uri)
+    tags = client.get_run(summary["eval_run_id"]).data.tags
+    assert tags["training_run_id.emotion"] == runs["emotion"] and tags["training_run_id.au"] == runs["au"]
+    for task in ("emotion", "au"):
+        entry = summary["registry"][task]
+        assert entry["name"] == f"emola-split-{task}" and entry["champion"]
+        version = client.get_model_version_by_alias(f"emola-split-{task}", "champion")
+        assert version.run_id == runs[task]
+        assert float(version.tags["S_rege_total"]) == pytest.approx(metrics[task]["S_rege"], abs=1e-3)

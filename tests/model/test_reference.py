@@ -39,3 +39,27 @@ def test_models_alias_and_version_uris_from_the_registry(tiny_checkpoint, tmp_pa
     assert (champion.path / "emola_config.json").read_text() == (tiny_checkpoint / "emola_config.json").read_text()
     assert champion.describe()["training_run"] == "emola-tiny-x"
     assert resolve_checkpoint("models:/emola/1", tracking_uri=uri).registry_version == 1
+
+
+def test_model_parts_reads_one_checkpoint_or_one_per_task(tiny_checkpoint, tmp_path):
+    import json
+    import shutil
+
+    from emola.model.reference import model_parts
+
+    assert model_parts(tiny_checkpoint) == [tiny_checkpoint]
+    split = tmp_path / "split"
+    for task in ("emotion", "au"):
+        shutil.copytree(tiny_checkpoint, split / task)
+        config = json.loads((split / task / "emola_config.json").read_text())
+        (split / task / "emola_config.json").write_text(json.dumps({**config, "tasks": [task]}))
+    (split / "notes").mkdir()  # not a checkpoint: ignored
+    assert model_parts(split) == [split / "au", split / "emotion"]
+
+    with pytest.raises(FileNotFoundError, match="neither an EmoLA checkpoint"):
+        model_parts(tmp_path / "missing")
+    clash = tmp_path / "clash"
+    shutil.copytree(tiny_checkpoint, clash / "a")
+    shutil.copytree(tiny_checkpoint, clash / "b")
+    with pytest.raises(ValueError, match="is in both a/ and b/"):
+        model_parts(clash)

@@ -8,7 +8,7 @@ Outputs under ``evaluate.reports``:
     baselines.json          the same six numbers for the untrained model (and any ablation given)
     plots/confusion.csv     actual,predicted (DVC confusion plot)
     plots/per_au_f1.csv     au,f1
-    plots/train_loss.csv    step,loss from the training run in MLflow
+    plots/train_loss.csv    step,loss from the training run in MLflow (step,loss,model: one model per task)
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from emola.data.manifest import ManifestRow, read_manifest
 from emola.fileio import atomic_write_lines
 from emola.metrics.rege import rege
 from emola.model.configuration import EmolaModelConfig
-from emola.model.reference import training_info
+from emola.model.reference import model_parts, training_info
 
 
 class PredictActor:
@@ -114,7 +114,22 @@ def evaluate_checkpoint(checkpoint: Path, cfg: EmolaConfig, rows: list[ManifestR
     return records, score(records, cfg.evaluate.dataset)
 
 
-def _write_plots(reports: Path, results: dict, train_loss: list[tuple[int, float]]) -> None:
+def evaluate_model(parts: list[Path], cfg: EmolaConfig, rows: list[ManifestRow],
+                   prior_off: bool = False) -> tuple[list[dict], dict]:
+    """Predictions and REGE of a model made of one checkpoint or one per task (``model_parts``).
+
+    Each part answers the rows of its own tasks; the records are merged in ``rows`` order
+    and scored together.
+    """
+    if len(parts) == 1:
+        return evaluate_checkpoint(parts[0], cfg, rows, prior_off)
+    records = [r for part in parts for r in evaluate_checkpoint(part, cfg, rows, prior_off)[0]]
+    order = {row.uid: i for i, row in enumerate(rows)}
+    records.sort(key=lambda r: order[r["uid"]])
+    return records, score(records, cfg.evaluate.dataset)
+
+
+def _write_plots(reports: Path, results: dict, train_loss: dict[str, list[tuple[int, float]]]) -> None:
     plots = reports / "plots"
     if "emotion" in results:
         labels = results["emotion"].extras["confusion_matrix"]["labels"]
@@ -125,7 +140,11 @@ def _write_plots(reports: Path, results: dict, train_loss: list[tuple[int, float
     if "au" in results:
         per_au = results["au"].extras["per_au"]
         atomic_write_lines(plots / "per_au_f1.csv", ["au,f1"] + [f"AU{au},{v['f1']:.3f}" for au, v in per_au.items()])
-    atomic_write_lines(plots / "train_loss.csv", ["step,loss"] + [f"{s},{v:.5f}" for s, v in train_loss])
+    if len(train_loss) > 1:  # one model per task: a series per model
+        lines = ["step,loss,model"] + [f"{s},{v:.5f},{name}" for name, series in train_loss.items() for s, v in series]
+    else:
+        lines = ["step,loss"] + [f"{s},{v:.5f}" for series in train_loss.values() for s, v in series]
+    atomic_write_lines(plots / "train_loss.csv", lines)
 
 
 def _figures(results: dict, train_loss) -> dict:
@@ -151,18 +170,28 @@ def _figures(results: dict, train_loss) -> dict:
         ax.set_ylabel("F1 (%)"), ax.set_title("per-AU F1"), ax.tick_params(axis="x", rotation=45)
         fig.tight_layout()
         figures["per_au_f1.png"] = fig
-    if train_loss:
+    if any(train_loss.values()):
         fig, ax = plt.subplots(figsize=(5, 3))
-        ax.plot([s for s, _ in train_loss], [v for _, v in train_loss])
+        for name, series in train_loss.items():
+            ax.plot([s for s, _ in series], [v for _, v in series], label=name)
+        if len(train_loss) > 1:
+            ax.legend()
         ax.set_xlabel("step"), ax.set_ylabel("loss"), ax.set_title("training loss")
         fig.tight_layout()
         figures["train_loss.png"] = fig
     return figures
 
 
-def run_evaluation(cfg: EmolaConfig, *, checkpoint: Path | str | None = None, baselines: dict[str, Path] | None = None,
+def run_evaluation(cfg: EmolaConfig, *, checkpoint: Path | str | None = None,
+                   baselines: dict[str, Path | list[Path]] | None = None,
                    repo_root: Path | str = ".", register: bool = True, log=print) -> dict:
-    """Evaluate ``checkpoint`` (default ``train.output``) and any ``baselines`` on the test split."""
+    """Evaluate ``checkpoint`` (default ``train.output``) and any ``baselines`` on the test split.
+
+    ``checkpoint`` is one checkpoint folder or a folder of per-task checkpoints
+    (``train.separate_models``); their predictions are scored together. With per-task
+    models each part is registered as ``{evaluate.register_as}-{part}`` and competes
+    for its own ``champion`` alias on its own tasks' S_rege.
+    """
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -176,34 +205,44 @@ def run_evaluation(cfg: EmolaConfig, *, checkpoint: Path | str | None = None, ba
     test_set = hashlib.sha256(manifest.read_bytes()).hexdigest()[:16]
     reports = Path(cfg.evaluate.reports)
 
-    records, results = evaluate_checkpoint(checkpoint, cfg, rows)
+    parts = model_parts(checkpoint)
+    records, results = evaluate_model(parts, cfg, rows)
     metrics = six_numbers(results)
     log(f"evaluate: {checkpoint}: " + "; ".join(f"{t} S_re {m['S_re']:.1f} S_ge {m['S_ge']:.1f} S_rege {m['S_rege']:.1f}"
                                                  for t, m in metrics.items()))
-    training = training_info(checkpoint)
+    trainings = {part.name: training_info(part) for part in parts}
     baselines = dict(baselines or {})
-    if training.get("ray_run_name"):  # the run's initial model: the same architecture, untrained
-        baselines.setdefault("untrained", Path(cfg.train.storage_path) / training["ray_run_name"] / "init")
+    initial = [Path(cfg.train.storage_path) / t["ray_run_name"] / "init" for t in trainings.values() if t.get("ray_run_name")]
+    if len(initial) == len(parts):  # each run's initial model: the same architecture, untrained
+        baselines.setdefault("untrained", initial)
     baseline_metrics = {}
-    if EmolaModelConfig.load(checkpoint).prior == "landmarks":
-        _, ablated = evaluate_checkpoint(checkpoint, cfg, rows, prior_off=True)
+    if any(EmolaModelConfig.load(part).prior == "landmarks" for part in parts):
+        _, ablated = evaluate_model(parts, cfg, rows, prior_off=True)
         baseline_metrics["prior_off"] = six_numbers(ablated)
         log(f"evaluate: prior-token ablation (one mean prior for every image): {baseline_metrics['prior_off']}")
     for name, path in baselines.items():
-        if Path(path, "emola_config.json").is_file():
-            _, baseline_results = evaluate_checkpoint(Path(path), cfg, rows)
+        try:
+            baseline_parts = list(path) if isinstance(path, list) else model_parts(path)
+        except FileNotFoundError as err:
+            log(f"evaluate: baseline {name} skipped: {err}")
+            continue
+        if all(Path(p, "emola_config.json").is_file() for p in baseline_parts):
+            _, baseline_results = evaluate_model(baseline_parts, cfg, rows)
             baseline_metrics[name] = six_numbers(baseline_results)
             log(f"evaluate: baseline {name}: {baseline_metrics[name]}")
 
     uri = tracking.configure(repo_root)
     client = MlflowClient(tracking_uri=uri)
-    train_run = training.get("mlflow_run_id")
-    train_loss = []
-    if train_run:
-        try:
-            train_loss = [(m.step, m.value) for m in sorted(client.get_metric_history(train_run, "loss"), key=lambda m: m.step)]
-        except Exception:  # noqa: BLE001 - the training run may live in another tracking store
-            train_run = None
+    train_runs: dict[str, str] = {}   # part name -> training run found in this tracking store
+    train_loss: dict[str, list[tuple[int, float]]] = {}
+    for name, training in trainings.items():
+        if run_id := training.get("mlflow_run_id"):
+            try:
+                history = client.get_metric_history(run_id, "loss")
+            except Exception:  # noqa: BLE001 - the training run may live in another tracking store
+                continue
+            train_runs[name] = run_id
+            train_loss[name] = [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)]
 
     atomic_write_lines(reports / "predictions.jsonl", (json.dumps(r) for r in records))
     atomic_write_lines(reports / "metrics.json", [json.dumps(metrics, indent=2)])
@@ -213,8 +252,10 @@ def run_evaluation(cfg: EmolaConfig, *, checkpoint: Path | str | None = None, ba
 
     mlflow.set_experiment("emola-eval")
     tags = {"test_set": test_set, "checkpoint": str(checkpoint)}
-    if train_run:
-        tags["training_run_id"] = train_run
+    if len(parts) == 1 and train_runs:
+        tags["training_run_id"] = next(iter(train_runs.values()))
+    else:
+        tags.update({f"training_run_id.{name}": run_id for name, run_id in train_runs.items()})
     with mlflow.start_run(run_name=f"eval-{checkpoint.name}", tags=tags) as run:
         mlflow.log_params({"dataset": cfg.evaluate.dataset, "generation": cfg.evaluate.generation.model_dump_json(),
                            "test_rows": len(records)})
@@ -230,11 +271,19 @@ def run_evaluation(cfg: EmolaConfig, *, checkpoint: Path | str | None = None, ba
         eval_run = run.info.run_id
 
     registry = None
-    if register and train_run:
-        total = sum(m["S_rege"] for m in metrics.values())
-        registry = register_and_maybe_promote(client, cfg.evaluate.register_as, f"runs:/{train_run}/model", train_run,
-                                              total, test_set, {"eval_run_id": eval_run})
-        log(f"evaluate: registered {registry['name']} v{registry['version']}: "
-            f"{'now champion' if registry['champion'] else 'not promoted'} ({registry['reason']})")
+    if register and train_runs:
+        registered = {}
+        for part in parts:
+            if part.name not in train_runs:
+                continue
+            tasks = EmolaModelConfig.load(part).tasks
+            total = sum(m["S_rege"] for task, m in metrics.items() if task in tasks)
+            name = cfg.evaluate.register_as if len(parts) == 1 else f"{cfg.evaluate.register_as}-{part.name}"
+            run_id = train_runs[part.name]
+            registered[part.name] = entry = register_and_maybe_promote(
+                client, name, f"runs:/{run_id}/model", run_id, total, test_set, {"eval_run_id": eval_run})
+            log(f"evaluate: registered {entry['name']} v{entry['version']}: "
+                f"{'now champion' if entry['champion'] else 'not promoted'} ({entry['reason']})")
+        registry = next(iter(registered.values()), None) if len(parts) == 1 else registered
     return {"metrics": metrics, "baselines": baseline_metrics, "eval_run_id": eval_run, "registry": registry,
             "seconds": round(time.perf_counter() - started, 1)}

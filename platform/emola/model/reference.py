@@ -46,6 +46,32 @@ def training_info(path: Path | str) -> dict:
     return json.loads(file.read_text()) if file.is_file() else {}
 
 
+def model_parts(path: Path | str) -> list[Path]:
+    """The checkpoints of a trained model folder: the folder itself, or one per task.
+
+    ``train.separate_models`` (the published layout: one model per task) exports
+    ``train.output/<task>/``; a single model is exported to ``train.output`` itself.
+    Raises ``FileNotFoundError`` when the folder holds neither, ``ValueError`` when two
+    parts claim the same task.
+    """
+    from emola.model.configuration import EmolaModelConfig
+
+    path = Path(path)
+    if (path / CONFIG_FILE).is_file():
+        return [path]
+    parts = sorted(p for p in path.iterdir() if (p / CONFIG_FILE).is_file()) if path.is_dir() else []
+    if not parts:
+        raise FileNotFoundError(f"{path}: neither an EmoLA checkpoint nor a folder of per-task checkpoints "
+                                f"({CONFIG_FILE} missing)")
+    owner: dict[str, Path] = {}
+    for part in parts:
+        for task in EmolaModelConfig.load(part).tasks:
+            if task in owner:
+                raise ValueError(f"{path}: task {task!r} is in both {owner[task].name}/ and {part.name}/")
+            owner[task] = part
+    return parts
+
+
 def is_mlflow_uri(reference: str) -> bool:
     return reference.startswith(_MLFLOW_SCHEMES)
 
