@@ -16,6 +16,14 @@ from tests.conftest import REPO
 pytestmark = pytest.mark.slow
 
 
+def _evaluation_params(small_pipeline, tmp_path, *, register_as: str, max_new_tokens: int):
+    """Params for the small pipeline, reports under ``tmp_path``, short generations."""
+    return load_config(REPO / "params.yaml", {
+        "data.manifests": str(small_pipeline["manifests"]), "landmarks.cache": str(small_pipeline["landmarks"]),
+        "evaluate.reports": str(tmp_path / "reports"), "evaluate.generation.max_new_tokens": max_new_tokens,
+        "evaluate.batch_size": 8, "evaluate.register_as": register_as})
+
+
 def test_evaluation_reports_tracks_and_registers(small_pipeline, tiny_checkpoint, tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -29,10 +37,7 @@ def test_evaluation_reports_tracks_and_registers(small_pipeline, tiny_checkpoint
         mlflow.log_artifacts(str(checkpoint), artifact_path="model")
     (checkpoint / "training.json").write_text(json.dumps({"mlflow_run_id": train_run.info.run_id, "steps": 3}))
 
-    cfg = load_config(REPO / "params.yaml", {
-        "data.manifests": str(small_pipeline["manifests"]), "landmarks.cache": str(small_pipeline["landmarks"]),
-        "evaluate.reports": str(tmp_path / "reports"), "evaluate.generation.max_new_tokens": 12,
-        "evaluate.batch_size": 8, "evaluate.register_as": "emola-e2e"})
+    cfg = _evaluation_params(small_pipeline, tmp_path, register_as="emola-e2e", max_new_tokens=12)
     summary = run_evaluation(cfg, checkpoint=checkpoint, repo_root=tmp_path, log=print)
 
     metrics = json.loads((tmp_path / "reports/metrics.json").read_text())
@@ -84,10 +89,7 @@ def test_one_model_per_task_is_scored_together_and_registered_per_part(small_pip
         runs[task] = run.info.run_id
         (model / task / "training.json").write_text(json.dumps({"mlflow_run_id": run.info.run_id, "tasks": [task]}))
 
-    cfg = load_config(REPO / "params.yaml", {
-        "data.manifests": str(small_pipeline["manifests"]), "landmarks.cache": str(small_pipeline["landmarks"]),
-        "evaluate.reports": str(tmp_path / "reports"), "evaluate.generation.max_new_tokens": 8,
-        "evaluate.batch_size": 8, "evaluate.register_as": "emola-split"})
+    cfg = _evaluation_params(small_pipeline, tmp_path, register_as="emola-split", max_new_tokens=8)
     summary = run_evaluation(cfg, checkpoint=model, repo_root=tmp_path, log=print)
 
     metrics = json.loads((tmp_path / "reports/metrics.json").read_text())
