@@ -87,6 +87,16 @@ def build_tiny(tiny_params, corpus, **model_overrides):
     return apply_lora(model, model_cfg.lora), processor, config
 
 
+def copy_as_task_part(checkpoint: Path, folder: Path, task: str) -> Path:
+    """A copy of ``checkpoint`` that declares one task, as ``train.separate_models`` exports it."""
+    import json
+
+    shutil.copytree(checkpoint, folder)
+    config = json.loads((folder / "emola_config.json").read_text())
+    (folder / "emola_config.json").write_text(json.dumps({**config, "tasks": [task]}))
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tiny_params, tiny_corpus, tmp_path_factory) -> Path:
     """A saved tiny checkpoint whose trainable weights are not at their initial values."""

@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from emola.config import load_config
 from emola.evaluate.job import run_evaluation
-from tests.conftest import REPO
+from tests.conftest import REPO, copy_as_task_part
 
 pytestmark = pytest.mark.slow
 
@@ -65,13 +65,6 @@ def test_evaluation_reports_tracks_and_registers(small_pipeline, tiny_checkpoint
     assert int(client.get_model_version_by_alias("emola-e2e", "champion").version) == 1
 
 
-def _task_part(checkpoint, folder, task: str) -> None:
-    """A copy of ``checkpoint`` that declares one task, as ``train.separate_models`` exports it."""
-    shutil.copytree(checkpoint, folder)
-    config = json.loads((folder / "emola_config.json").read_text())
-    (folder / "emola_config.json").write_text(json.dumps({**config, "tasks": [task]}))
-
-
 def test_one_model_per_task_is_scored_together_and_registered_per_part(small_pipeline, tiny_checkpoint, tmp_path,
                                                                         monkeypatch):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -81,7 +74,7 @@ def test_one_model_per_task_is_scored_together_and_registered_per_part(small_pip
     model = tmp_path / "model"
     runs = {}
     for task, losses in (("emotion", [2.0, 1.0]), ("au", [4.0, 3.0, 2.5])):
-        _task_part(tiny_checkpoint, model / task, task)
+        copy_as_task_part(tiny_checkpoint, model / task, task)
         with mlflow.start_run() as run:
             for step, loss in enumerate(losses, 1):
                 mlflow.log_metric("loss", loss, step=step)

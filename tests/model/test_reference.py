@@ -42,17 +42,15 @@ def test_models_alias_and_version_uris_from_the_registry(tiny_checkpoint, tmp_pa
 
 
 def test_model_parts_reads_one_checkpoint_or_one_per_task(tiny_checkpoint, tmp_path):
-    import json
     import shutil
 
     from emola.model.reference import model_parts
+    from tests.conftest import copy_as_task_part
 
     assert model_parts(tiny_checkpoint) == [tiny_checkpoint]
     split = tmp_path / "split"
     for task in ("emotion", "au"):
-        shutil.copytree(tiny_checkpoint, split / task)
-        config = json.loads((split / task / "emola_config.json").read_text())
-        (split / task / "emola_config.json").write_text(json.dumps({**config, "tasks": [task]}))
+        copy_as_task_part(tiny_checkpoint, split / task, task)
     (split / "notes").mkdir()  # not a checkpoint: ignored
     assert model_parts(split) == [split / "au", split / "emotion"]
 

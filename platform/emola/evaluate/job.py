@@ -91,9 +91,9 @@ def six_numbers(results: dict) -> dict:
             for task, r in results.items()}
 
 
-def evaluate_checkpoint(checkpoint: Path, cfg: EmolaConfig, rows: list[ManifestRow],
-                        prior_off: bool = False) -> tuple[list[dict], dict]:
-    """Predictions and REGE of ``checkpoint`` on ``rows``.
+def predict_checkpoint(checkpoint: Path, cfg: EmolaConfig, rows: list[ManifestRow],
+                       prior_off: bool = False) -> list[dict]:
+    """Predictions of ``checkpoint`` for the ``rows`` of its tasks.
 
     ``prior_off``: the prior-token ablation at inference — every image gets the same prior
     vector (the mean over the test images), so the token carries no per-face information
@@ -110,8 +110,7 @@ def evaluate_checkpoint(checkpoint: Path, cfg: EmolaConfig, rows: list[ManifestR
         if prior_off and priors:
             mean = np.mean(np.stack(list(priors.values())), axis=0).astype(np.float32)
             priors = {sha: mean for sha in priors}
-    records = predict_on_ray(checkpoint, task_rows, priors, cfg)
-    return records, score(records, cfg.evaluate.dataset)
+    return predict_on_ray(checkpoint, task_rows, priors, cfg)
 
 
 def evaluate_model(parts: list[Path], cfg: EmolaConfig, rows: list[ManifestRow],
@@ -121,9 +120,7 @@ def evaluate_model(parts: list[Path], cfg: EmolaConfig, rows: list[ManifestRow],
     Each part answers the rows of its own tasks; the records are merged in ``rows`` order
     and scored together.
     """
-    if len(parts) == 1:
-        return evaluate_checkpoint(parts[0], cfg, rows, prior_off)
-    records = [r for part in parts for r in evaluate_checkpoint(part, cfg, rows, prior_off)[0]]
+    records = [r for part in parts for r in predict_checkpoint(part, cfg, rows, prior_off)]
     order = {row.uid: i for i, row in enumerate(rows)}
     records.sort(key=lambda r: order[r["uid"]])
     return records, score(records, cfg.evaluate.dataset)
@@ -212,7 +209,8 @@ def run_evaluation(cfg: EmolaConfig, *, checkpoint: Path | str | None = None,
                                                  for t, m in metrics.items()))
     trainings = {part.name: training_info(part) for part in parts}
     baselines = dict(baselines or {})
-    initial = [Path(cfg.train.storage_path) / t["ray_run_name"] / "init" for t in trainings.values() if t.get("ray_run_name")]
+    initial = [Path(cfg.train.storage_path) / t["ray_run_name"] / "init"
+               for t in trainings.values() if t.get("ray_run_name")]
     if len(initial) == len(parts):  # each run's initial model: the same architecture, untrained
         baselines.setdefault("untrained", initial)
     baseline_metrics = {}
@@ -221,15 +219,14 @@ def run_evaluation(cfg: EmolaConfig, *, checkpoint: Path | str | None = None,
         baseline_metrics["prior_off"] = six_numbers(ablated)
         log(f"evaluate: prior-token ablation (one mean prior for every image): {baseline_metrics['prior_off']}")
     for name, path in baselines.items():
-        try:
-            baseline_parts = list(path) if isinstance(path, list) else model_parts(path)
+        try:  # a list names the parts themselves (each run's initial model)
+            baseline_parts = [part for p in (path if isinstance(path, list) else [path]) for part in model_parts(p)]
         except FileNotFoundError as err:
             log(f"evaluate: baseline {name} skipped: {err}")
             continue
-        if all(Path(p, "emola_config.json").is_file() for p in baseline_parts):
-            _, baseline_results = evaluate_model(baseline_parts, cfg, rows)
-            baseline_metrics[name] = six_numbers(baseline_results)
-            log(f"evaluate: baseline {name}: {baseline_metrics[name]}")
+        _, baseline_results = evaluate_model(baseline_parts, cfg, rows)
+        baseline_metrics[name] = six_numbers(baseline_results)
+        log(f"evaluate: baseline {name}: {baseline_metrics[name]}")
 
     uri = tracking.configure(repo_root)
     client = MlflowClient(tracking_uri=uri)

@@ -84,7 +84,8 @@ def build_emola(cfg: ModelConfig, *, profile: str, landmark_backend: str, tasks:
                                use_image=cfg.vision == "clip", use_prior=cfg.prior == "landmarks")
     model = EmolaForConditionalGeneration(llava, projector, processor.image_token_id, processor.prior_token_id)
     emola_cfg = EmolaModelConfig(profile=profile, base=cfg.base, vision=cfg.vision, prior=cfg.prior,
-                                 prior_dim=cfg.prior_dim, prior_align=cfg.prior_align, landmark_backend=landmark_backend, template=cfg.template,
+                                 prior_dim=cfg.prior_dim, prior_align=cfg.prior_align,
+                                 landmark_backend=landmark_backend, template=cfg.template,
                                  image_size=cfg.image_size, num_image_tokens=n_image,
                                  lora=cfg.lora.model_dump(), tasks=list(tasks))
     return model, processor, emola_cfg
