@@ -13,6 +13,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from safetensors import safe_open
 
 from tests.conftest import REPO, VENV_BIN, small_training_overrides
 
@@ -44,13 +45,16 @@ def test_training_run_exports_a_checkpoint_and_tracks_it_in_mlflow(small_pipelin
 
     model, processor, config = load_checkpoint(tmp_path / "model")
     assert config.landmark_backend == "annotation@1-68"
+    # The AU head is a training device: the export is the EmoLA model alone.
+    saved = {k for f in (tmp_path / "model").rglob("*.safetensors") for k in safe_open(f, "pt").keys()}
+    assert saved and not any(k.startswith("head.") or ".head." in k for k in saved)
     info = json.loads((tmp_path / "model/training.json").read_text())
     assert info["steps"] == 12
 
     client, mlrun = _mlflow_run(tmp_path, info["mlflow_run_id"])
     losses = [m.value for m in client.get_metric_history(mlrun.info.run_id, "loss")]
     assert len(losses) == 12 and sum(losses[-3:]) / 3 < sum(losses[:3]) / 3  # the loss falls
-    for metric in ("lr", "grad_norm", "samples_per_s", "tokens_per_s"):
+    for metric in ("lr", "grad_norm", "samples_per_s", "tokens_per_s", "lm_loss", "aux_loss"):  # tiny has the AU head
         assert len(client.get_metric_history(mlrun.info.run_id, metric)) == 12
     params = mlrun.data.params
     assert params["train.zero_stage"] == "2" and params["profile"] == "tiny" and "git.commit" in params

@@ -165,6 +165,7 @@ class TrainConfig(Section):
     grad_accum: int = Field(ge=1)
     lr: float = Field(gt=0)
     projector_lr: float = Field(gt=0)
+    prior_aux_weight: float = Field(ge=0, description="weight of the AU loss on the prior token; 0: published recipe")
     weight_decay: float = Field(ge=0)
     warmup_ratio: float = Field(ge=0, lt=1)
     schedule: Literal["cosine", "linear", "constant"]

@@ -17,11 +17,12 @@ import torch
 
 from emola.data.manifest import ManifestRow
 from emola.model.processing import IGNORE_INDEX, EmolaProcessor
+from emola.train.objective import AUX_AUS, au_targets
 
 
 @dataclass
 class ExampleSet:
-    rows: list[dict]          # image, question, answer, task, prior (list) or None
+    rows: list[dict]          # image, question, answer, task, prior (list) or None, au_targets, au_mask
     skipped: list[str]        # uids without a usable prior vector
 
 
@@ -37,9 +38,11 @@ def build_examples(rows: Sequence[ManifestRow], tasks: Sequence[str], priors: di
             if prior is None:
                 skipped.append(row.uid)
                 continue
+        targets = au_targets(row)  # for train.prior_aux_weight; zeros and mask 0 outside the AU task
         examples.append({"uid": row.uid, "image": str(row.image_path()), "question": row.question,
                          "answer": row.answer, "task": row.task,
-                         "prior": None if prior is None else np.asarray(prior, np.float32).tolist()})
+                         "prior": None if prior is None else np.asarray(prior, np.float32).tolist(),
+                         "au_targets": targets or [0.0] * len(AUX_AUS), "au_mask": int(targets is not None)})
     return ExampleSet(examples, skipped)
 
 
@@ -61,11 +64,15 @@ def length_grouped_order(lengths: Sequence[int], batch: int, seed: int, window: 
 
 
 class Preprocess:
-    """Ray Data stage: tokenize with label masking, load and preprocess images, attach priors."""
+    """Ray Data stage: tokenize with label masking, load and preprocess images, attach priors.
 
-    def __init__(self, processor_dir: str, max_length: int):
+    ``aux_targets``: also pass on the AU head's targets (``train.prior_aux_weight > 0``).
+    """
+
+    def __init__(self, processor_dir: str, max_length: int, aux_targets: bool = False):
         self.processor = EmolaProcessor.load(processor_dir)
         self.max_length = max_length
+        self.aux_targets = aux_targets
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from emola.imaging import read_image_file
@@ -81,6 +88,9 @@ class Preprocess:
             result["pixel_values"] = self.processor.pixel_values(images).numpy()
         if self.processor.use_prior:
             result["prior"] = np.stack([np.asarray(p, np.float32) for p in batch["prior"]])
+        if self.aux_targets:
+            result["au_targets"] = np.stack([np.asarray(t, np.float32) for t in batch["au_targets"]])
+            result["au_mask"] = np.asarray(batch["au_mask"], np.int64)
         return result
 
 
@@ -106,4 +116,7 @@ def collate(batch: dict[str, np.ndarray], pad_id: int) -> dict[str, torch.Tensor
         out["pixel_values"] = torch.as_tensor(np.asarray(batch["pixel_values"], np.float32))
     if "prior" in batch:
         out["prior"] = torch.as_tensor(np.asarray(batch["prior"], np.float32))
+    if "au_targets" in batch:
+        out["au_targets"] = torch.as_tensor(np.asarray(batch["au_targets"], np.float32))
+        out["au_mask"] = torch.as_tensor(np.asarray(batch["au_mask"], np.int64))
     return out

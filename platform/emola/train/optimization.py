@@ -7,11 +7,11 @@ import math
 import torch
 
 from emola.config.schema import TrainConfig
-from emola.model.modeling import EmolaForConditionalGeneration
 
 
-def parameter_groups(model: EmolaForConditionalGeneration, cfg: TrainConfig) -> list[dict]:
-    """LoRA, fully trained LLM modules and the prior projector at ``lr``; the vision projector at ``projector_lr``."""
+def parameter_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict]:
+    """LoRA, fully trained LLM modules, the prior projector (and its AU head, when training has one) at ``lr``;
+    the vision projector at ``projector_lr``."""
     vision, rest = [], []
     for name, param in model.named_parameters():
         if param.requires_grad:

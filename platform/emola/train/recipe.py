@@ -82,6 +82,10 @@ class TrainingRecipe:
         if self.train_cfg.gradient_checkpointing:
             model.base_llava.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.train()
+        if self.train_cfg.prior_aux_weight > 0:
+            from emola.train.objective import PriorAuxObjective
+
+            model = PriorAuxObjective(model, self.train_cfg.prior_aux_weight)
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model,
             model_parameters=parameter_groups(model, self.train_cfg),
@@ -142,6 +146,9 @@ class TrainingRecipe:
                            "grad_norm": float(self.engine.get_global_grad_norm() or 0.0),
                            "samples_per_s": window_samples / elapsed, "tokens_per_s": window_tokens / elapsed,
                            "epoch": self.epoch}
+                if self.train_cfg.prior_aux_weight > 0:
+                    objective = self.engine.module
+                    metrics.update(lm_loss=float(objective.last_lm_loss), aux_loss=float(objective.last_aux_loss))
                 if self.step > 2:
                     self.timed_samples += window_samples
                     self.timed_seconds += elapsed
@@ -172,6 +179,12 @@ class TrainingRecipe:
                 "samples_per_s": self.timed_samples / self.timed_seconds if self.timed_seconds else 0.0,
                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
+    @property
+    def emola_model(self):
+        """The EmoLA model being trained (inside the training objective when it has an AU head)."""
+        module = self.engine.module
+        return module.model if self.train_cfg.prior_aux_weight > 0 else module
+
     def save_checkpoint(self) -> None:
         """DeepSpeed state of every rank plus the data position, reported as one Ray checkpoint."""
         import ray.train
@@ -194,11 +207,11 @@ class TrainingRecipe:
             if self.train_cfg.zero_stage == 3:  # parameters are partitioned: gather them to save
                 import deepspeed
 
-                with deepspeed.zero.GatheredParameters(list(self.engine.module.parameters()), modifier_rank=None):
+                with deepspeed.zero.GatheredParameters(list(self.emola_model.parameters()), modifier_rank=None):
                     if self.rank == 0:
-                        save_checkpoint(self.engine.module, self.processor, self.model_config, Path(directory, EXPORT_DIR))
+                        save_checkpoint(self.emola_model, self.processor, self.model_config, Path(directory, EXPORT_DIR))
             elif self.rank == 0:
-                save_checkpoint(self.engine.module, self.processor, self.model_config, Path(directory, EXPORT_DIR))
+                save_checkpoint(self.emola_model, self.processor, self.model_config, Path(directory, EXPORT_DIR))
             if self.rank == 0:
                 Path(directory, TRAIN_STATE).write_text(json.dumps(self._state(finished=True)))
             ray.train.report(self._final_metrics(),

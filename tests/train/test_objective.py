@@ -1,0 +1,99 @@
+"""The training objective: AU targets of a row, and the AU head on the prior token."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from emola.data.manifest import ManifestRow
+from emola.train.examples import Preprocess, build_examples, collate
+from emola.train.objective import AUX_AUS, PriorAuxObjective, au_targets
+from tests.conftest import build_tiny
+
+AU_ANSWER = "I can identify two active action units. AU4 (Brow Lowerer) is present. AU012 is a typo. AU25 parts the lips."
+
+
+def _row(task: str, answer: str, aus=None, uid="r") -> ManifestRow:
+    return ManifestRow(uid=uid, id=uid, task=task, split="train", root="/data", image="a.jpg", image_sha256="sha",
+                       question="What AUs are conveyed by this face?", answer=answer, aus=aus)
+
+
+def test_au_targets_use_the_label_else_the_aus_the_answer_names():
+    labelled = au_targets(_row("au", AU_ANSWER, aus=[1, 43]))
+    assert [au for au, v in zip(AUX_AUS, labelled) if v] == [1, 43]  # the label wins over the text
+    parsed = au_targets(_row("au", AU_ANSWER))
+    assert [au for au, v in zip(AUX_AUS, parsed) if v] == [4, 25]  # REGE's rule: AU012 is not AU12
+    assert au_targets(_row("emotion", "The face conveys joy.")) is None
+
+
+def test_examples_carry_targets_and_a_mask_through_preprocessing_and_collate(tiny_checkpoint):
+    rows = [_row("au", AU_ANSWER, uid="a"), _row("emotion", "The face conveys joy.", uid="e")]
+    examples = build_examples(rows, ["emotion", "au"], {"sha": np.zeros(136, np.float32)}).rows
+    assert [e["au_mask"] for e in examples] == [1, 0] and examples[1]["au_targets"] == [0.0] * len(AUX_AUS)
+    batch = {k: np.array([e[k] for e in examples], dtype=object if k in ("question", "answer", "image") else None)
+             for k in ("question", "answer", "prior", "au_targets", "au_mask")}
+    for aux_targets in (False, True):
+        stage = Preprocess(str(tiny_checkpoint), max_length=512, aux_targets=aux_targets)
+        stage.processor.use_image = False  # no image files here; the targets do not depend on them
+        tensors = collate(stage(batch), pad_id=0)
+        if not aux_targets:  # the published recipe's batches stay model inputs only
+            assert "au_targets" not in tensors and "au_mask" not in tensors
+    assert tensors["au_mask"].tolist() == [1, 0]
+    assert tensors["au_targets"].shape == (2, len(AUX_AUS)) and tensors["au_targets"][0].sum() == 2
+
+
+@pytest.fixture(scope="module")
+def tiny_batch(tiny_params, tiny_corpus):
+    torch.manual_seed(0)
+    model, processor, _ = build_tiny(tiny_params, tiny_corpus)
+    images = [Image.fromarray(np.full((96, 96, 3), 120 + 40 * i, np.uint8)) for i in range(3)]
+    batch = processor.training_batch(["What AUs are conveyed by this face?"] * 3,
+                                     [AU_ANSWER, "The face conveys joy.", "AU1 (Inner Brow Raiser) is present."],
+                                     images, np.random.default_rng(0).normal(size=(3, 136)).astype(np.float32))
+    targets = torch.zeros(3, len(AUX_AUS))
+    targets[0, [AUX_AUS.index(4), AUX_AUS.index(25)]] = 1
+    targets[2, AUX_AUS.index(1)] = 1
+    return model, batch, targets
+
+
+def test_loss_is_the_lm_loss_plus_the_weighted_bce_of_the_au_rows(tiny_batch):
+    model, batch, targets = tiny_batch
+    objective = PriorAuxObjective(model, weight=0.5).eval()
+    mask = torch.tensor([1, 0, 1])
+    loss = objective(au_targets=targets, au_mask=mask, **batch).loss
+    lm = model(**batch).loss
+    logits = objective.head(model.prior_projector(batch["prior"][[0, 2]]))
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets[[0, 2]])
+    torch.testing.assert_close(loss, lm + 0.5 * bce)
+    torch.testing.assert_close(objective.last_lm_loss, lm.detach())
+    torch.testing.assert_close(objective.last_aux_loss, bce.detach())
+    # A batch without AU rows is the language-model loss alone...
+    no_au = objective(au_targets=targets, au_mask=torch.zeros(3, dtype=torch.long), **batch).loss
+    torch.testing.assert_close(no_au, lm)
+    # ...yet the head is in its graph: every data-parallel rank must reduce the same gradients.
+    objective.zero_grad()
+    no_au.backward()
+    assert objective.head.weight.grad is not None and not objective.head.weight.grad.any()
+
+
+def test_the_au_loss_reaches_the_prior_projector_and_nothing_else_of_the_model(tiny_batch):
+    model, batch, targets = tiny_batch
+    objective = PriorAuxObjective(model, weight=1.0).eval()
+    grads = {}
+    for weight in (0.0, 1.0):
+        objective.weight = weight
+        objective.zero_grad()
+        objective(au_targets=targets, au_mask=torch.tensor([1, 0, 1]), **batch).loss.backward()
+        grads[weight] = {n: p.grad.clone() for n, p in objective.named_parameters() if p.grad is not None}
+    changed = {n for n in grads[1.0] if n not in grads[0.0] or not torch.allclose(grads[1.0][n], grads[0.0][n])}
+    assert any(n.startswith("head.") for n in changed)
+    assert any(n.startswith("model.prior_projector.") for n in changed)
+    assert all(n.startswith(("head.", "model.prior_projector.")) for n in changed), sorted(changed)
+
+
+def test_a_model_without_a_prior_token_is_refused(tiny_params, tiny_corpus):
+    model, _, _ = build_tiny(tiny_params, tiny_corpus, prior="none")
+    with pytest.raises(ValueError, match="prior_aux_weight"):
+        PriorAuxObjective(model, weight=1.0)
