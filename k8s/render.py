@@ -24,7 +24,7 @@ from serve.app import serve_config  # noqa: E402
 
 BASE = REPO / "k8s" / "base"
 #: What the cluster's serve config changes relative to serve/config.yaml: the published
-#: profile (its serve section: 0.0.0.0, models:/emola@champion, 1-4 GPU replicas).
+#: profile (its serve section: 0.0.0.0, one model per task from the registry, 1-4 GPU replicas each).
 CLUSTER_OVERRIDES = ["profile=emola-7b"]
 #: Cluster runs use the published profile; the DVC remote and Ray storage live on S3.
 # data/ and models/ are the workspace PVC; Ray Train checkpoints go to S3.

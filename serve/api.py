@@ -33,6 +33,11 @@ TASKS = ("emotion", "au", "both")
 app = FastAPI(title="EmoLA", description="Facial affective behaviour analysis with EmoLA", version="1")
 
 
+def _version(info: dict) -> dict:
+    """Which model version answered, from a model deployment's ``info``."""
+    return {k: info.get(k) for k in ("reference", "registry_name", "registry_version", "training_run", "mlflow_run_id")}
+
+
 def _error(err: RequestError) -> JSONResponse:
     return JSONResponse(err.to_json(), status_code=err.status)
 
@@ -103,10 +108,11 @@ def _json(body: bytes) -> dict:
 @serve.deployment(name="EmolaAPI")
 @serve.ingress(app)
 class EmolaAPI:
-    def __init__(self, faces, model, settings: dict):
-        self.faces, self.model, self.settings = faces, model, settings
+    def __init__(self, faces, models: dict, settings: dict):
+        """``models``: part name -> model deployment handle (one part named "" for a joint model)."""
+        self.faces, self.models, self.settings = faces, models, settings
         app.state.settings = settings
-        self.model_info: dict | None = None
+        self.part_info: dict[str, dict] | None = None
 
     # ---------------------------------------------------------------- helpers
     async def _call(self, response, what: str):
@@ -115,10 +121,31 @@ class EmolaAPI:
         except asyncio.TimeoutError:
             raise RequestError(504, "timeout", f"{what} took longer than {self.settings['request_timeout_s']} s") from None
 
-    async def _info(self) -> dict:
-        if self.model_info is None:
-            self.model_info = await self._call(self.model.info.remote(), "model info")
-        return self.model_info
+    def _model_id(self, part: str) -> str:
+        return f"{self.settings['model_name']}-{part}" if part else self.settings["model_name"]
+
+    async def _parts(self) -> dict[str, dict]:
+        """Part name -> the checkpoint it serves (with its ``tasks``), asked once."""
+        if self.part_info is None:
+            infos = await asyncio.gather(*[self._call(m.info.remote(), "model info") for m in self.models.values()])
+            self.part_info = dict(zip(self.models, infos))
+        return self.part_info
+
+    async def _part_for_task(self, task: str) -> str:
+        for part, info in (await self._parts()).items():
+            if task in info["tasks"]:
+                return part
+        raise RequestError(400, "task_not_served", f"task: no served model was trained for {task!r}")
+
+    async def _part_for_model(self, model_id) -> str:
+        """The part a chat request names with OpenAI's ``model``; a single model answers any name."""
+        parts = await self._parts()
+        ids = {self._model_id(part): part for part in parts}
+        if model_id in ids:
+            return ids[model_id]
+        if len(parts) == 1:
+            return next(iter(parts))
+        raise RequestError(404, "model_not_found", f"model: {model_id!r} is not one of {', '.join(ids)}")
 
     async def _face(self, image) -> dict:
         face = await self._call(self.faces.detect.remote(image.pixels, image.sha256), "face detection")
@@ -153,17 +180,17 @@ class EmolaAPI:
     @app.get("/readyz")
     async def readyz(self):
         try:
-            info = await asyncio.wait_for(self.model.info.remote(), timeout=5)
+            infos = await asyncio.wait_for(asyncio.gather(*[m.info.remote() for m in self.models.values()]), timeout=5)
             faces = await asyncio.wait_for(self.faces.info.remote(), timeout=5)
         except Exception as err:  # noqa: BLE001 - not ready, whatever the reason; the probe says why
             return JSONResponse({"status": "not_ready", "reason": f"{type(err).__name__}: {err}"}, status_code=503)
-        return {"status": "ready", "model": info, "faces": faces}
+        return {"status": "ready", "model": infos[0], "models": dict(zip(self.models, infos)), "faces": faces}
 
     @app.get("/v1/models")
     async def models(self) -> dict:
-        info = await self._info()
-        return {"object": "list", "data": [{"id": self.settings["model_name"], "object": "model", "created": 0,
-                                            "owned_by": "emola", "checkpoint": info}]}
+        return {"object": "list", "data": [{"id": self._model_id(part), "object": "model", "created": 0,
+                                            "owned_by": "emola", "tasks": info["tasks"], "checkpoint": info}
+                                           for part, info in (await self._parts()).items()]}
 
     @app.post("/v1/analyze")
     async def analyze(self, request: Request) -> dict:
@@ -191,23 +218,24 @@ class EmolaAPI:
         t1 = time.perf_counter()
         face = await self._face(image)
         tasks = ["emotion", "au"] if task == "both" else [task]
+        parts = [await self._part_for_task(t) for t in tasks]
         generation = self._generation()
         outputs = await asyncio.gather(*[
-            self._call(self.model.generate.remote({"question": EVAL_QUESTIONS[t], "pixels": image.pixels,
-                                                   "prior": face["prior"], "generation": generation}), "generation")
-            for t in tasks])
+            self._call(self.models[part].generate.remote({"question": EVAL_QUESTIONS[t], "pixels": image.pixels,
+                                                          "prior": face["prior"], "generation": generation}), "generation")
+            for t, part in zip(tasks, parts)])
+        infos = await self._parts()
         results = {}
-        for t, out in zip(tasks, outputs):
-            results[t] = {"description": out["text"], "batch_size": out["batch_size"]}
+        for t, part, out in zip(tasks, parts, outputs):
+            results[t] = {"description": out["text"], "batch_size": out["batch_size"], "model": self._model_id(part),
+                          "model_version": _version(infos[part])}
             if t == "emotion":
                 results[t]["emotion"] = emotion_of(out["text"])
             else:
                 results[t]["aus"] = sorted(aus_of(out["text"]))
-        info = await self._info()
         return {
             "id": f"analyze-{uuid.uuid4().hex[:16]}", "model": self.settings["model_name"],
-            "model_version": {k: info.get(k) for k in ("reference", "registry_name", "registry_version",
-                                                       "training_run", "mlflow_run_id")},
+            "model_version": results[tasks[0]]["model_version"],   # each result names its own model too
             "task": task, "image_sha256": image.sha256,
             "width": int(image.pixels.shape[1]), "height": int(image.pixels.shape[0]),
             "face": face["face"], "landmark_source": face["source"],
@@ -226,6 +254,7 @@ class EmolaAPI:
             raise RequestError(400, "invalid_messages", "messages: a non-empty list of message objects")
         if payload.get("n", 1) != 1:
             raise RequestError(400, "unsupported_n", "n: only 1 is supported")
+        part = await self._part_for_model(payload.get("model"))
         turn = last_user_turn(messages)
         generation = self._generation(payload.get("max_tokens", payload.get("max_completion_tokens")),
                                       payload.get("temperature"), payload.get("top_p"))
@@ -234,10 +263,11 @@ class EmolaAPI:
         image = decode_upload(data, self.settings["max_image_pixels"], "image_url")
         face = await self._face(image)
         item = {"question": turn.question, "pixels": image.pixels, "prior": face["prior"], "generation": generation}
-        completion_id, created, model = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time()), self.settings["model_name"]
+        completion_id, created, model = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time()), self._model_id(part)
         if payload.get("stream"):
-            return StreamingResponse(self._chat_stream(item, completion_id, created, model), media_type="text/event-stream")
-        out = await self._call(self.model.generate.remote(item), "generation")
+            return StreamingResponse(self._chat_stream(self.models[part], item, completion_id, created, model),
+                                     media_type="text/event-stream")
+        out = await self._call(self.models[part].generate.remote(item), "generation")
         prompt_tokens = len(turn.question.split())
         completion_tokens = len(out["text"].split())
         return {"id": completion_id, "object": "chat.completion", "created": created, "model": model,
@@ -247,7 +277,7 @@ class EmolaAPI:
                 "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                           "total_tokens": prompt_tokens + completion_tokens}}
 
-    async def _chat_stream(self, item: dict, completion_id: str, created: int, model: str):
+    async def _chat_stream(self, handle, item: dict, completion_id: str, created: int, model: str):
         def chunk(delta: dict, finish: str | None = None) -> str:
             body = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
                     "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
@@ -255,7 +285,7 @@ class EmolaAPI:
 
         yield chunk({"role": "assistant", "content": ""})
         try:
-            pieces = self.model.options(stream=True).stream.remote(item)
+            pieces = handle.options(stream=True).stream.remote(item)
             async for piece in pieces:
                 yield chunk({"content": piece})
         except Exception as err:  # noqa: BLE001 - the status line is sent; report in-band like OpenAI does

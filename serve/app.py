@@ -1,4 +1,8 @@
-"""The Ray Serve application: ingress -> face detector and model, configured from ``params.yaml``.
+"""The Ray Serve application: ingress -> face detector and model(s), configured from ``params.yaml``.
+
+One model deployment serves a joint checkpoint; per-task models (``train.separate_models``,
+or ``serve.checkpoint`` as a task mapping) get one deployment each, and the ingress routes
+every request to the model of its task.
 
 ``serve run serve/config.yaml`` (or ``serve deploy``) imports :func:`build_app` with the
 ``args`` of that file: the params file and optional ``KEY=VALUE`` overrides. Deployment
@@ -23,17 +27,25 @@ APP_NAME = "emola"
 IMPORT_PATH = "serve.app:build_app"
 
 
+def model_deployment_name(part: str) -> str:
+    """``EmolaModel`` for a single model; ``EmolaModel-<part>`` for each per-task model."""
+    return f"EmolaModel-{part}" if part else "EmolaModel"
+
+
 def deployment_options(cfg: EmolaConfig) -> dict[str, dict]:
-    """Serve options per deployment, from the ``serve`` section."""
+    """Serve options per deployment, from the ``serve`` section (one model deployment per served part)."""
+    from emola.model.reference import serving_parts
+
     s = cfg.serve
     autoscaling = {"min_replicas": s.min_replicas, "max_replicas": s.max_replicas,
                    "target_ongoing_requests": s.target_ongoing_requests,
                    # React within seconds: a request here takes tenths of a second to seconds.
                    "upscale_delay_s": 2.0, "downscale_delay_s": 10.0, "metrics_interval_s": 1.0,
                    "look_back_period_s": 5.0}
+    model = {"max_ongoing_requests": s.max_ongoing_requests, "autoscaling_config": autoscaling,
+             "ray_actor_options": {"num_cpus": s.num_cpus, "num_gpus": s.num_gpus}}
     return {
-        "EmolaModel": {"max_ongoing_requests": s.max_ongoing_requests, "autoscaling_config": autoscaling,
-                       "ray_actor_options": {"num_cpus": s.num_cpus, "num_gpus": s.num_gpus}},
+        **{model_deployment_name(part): dict(model) for part in serving_parts(s.checkpoint)},
         "FaceDetector": {"max_ongoing_requests": s.max_ongoing_requests, "autoscaling_config": dict(autoscaling),
                          "ray_actor_options": {"num_cpus": cfg.landmarks.cpus_per_actor,
                                                "num_gpus": cfg.landmarks.gpus_per_actor}},
@@ -53,17 +65,20 @@ def build_app(args: dict | None = None):
     params = Path(args.get("params", "params.yaml"))
     if not params.is_absolute() and not params.is_file():
         params = REPO / params   # replicas on a cluster need not start in the repository
+    from emola.model.reference import serving_parts
+
     cfg = load_config(params, list(args.get("overrides") or []))
     options = deployment_options(cfg)
     s = cfg.serve
+    parts = serving_parts(s.checkpoint)
     faces = FaceDetector.options(**options["FaceDetector"]).bind(
-        s.checkpoint, cfg.landmarks.model_dump(), s.landmark_cache)
-    model = EmolaModel.options(**options["EmolaModel"]).bind(
-        s.checkpoint, s.max_batch_size, s.batch_wait_timeout_s, max(1, int(s.num_cpus)))
+        list(parts.values()), cfg.landmarks.model_dump(), s.landmark_cache)
+    models = {part: EmolaModel.options(name=model_deployment_name(part), **options[model_deployment_name(part)]).bind(
+        reference, s.max_batch_size, s.batch_wait_timeout_s, max(1, int(s.num_cpus))) for part, reference in parts.items()}
     settings = {"model_name": s.model_name, "max_body_bytes": s.max_body_bytes, "max_image_pixels": s.max_image_pixels,
                 "request_timeout_s": s.request_timeout_s, "allow_remote_images": s.allow_remote_images,
                 "generation": cfg.evaluate.generation.model_dump()}
-    return EmolaAPI.options(**options["EmolaAPI"]).bind(faces, model, settings)
+    return EmolaAPI.options(**options["EmolaAPI"]).bind(faces, models, settings)
 
 
 def serve_config(params: str | Path = "params.yaml", overrides: list[str] | None = None) -> dict:

@@ -34,14 +34,20 @@ def _cached_results(cache_root: str | None, backend_key: str) -> dict[str, dict]
 
 @serve.deployment(name="FaceDetector")
 class FaceDetector:
-    def __init__(self, checkpoint: str, landmarks: dict, landmark_cache: str | None):
+    def __init__(self, checkpoints: list[str], landmarks: dict, landmark_cache: str | None):
+        """``checkpoints``: every served model; they must read priors of one landmark backend."""
         from emola.analyzer import inference_backend_name
         from emola.config.schema import LandmarksConfig
         from emola.faces.registry import build_backend
         from emola.model.configuration import EmolaModelConfig
         from emola.model.reference import resolve_checkpoint
 
-        config = EmolaModelConfig.load(resolve_checkpoint(checkpoint).path)
+        configs = {reference: EmolaModelConfig.load(resolve_checkpoint(reference).path) for reference in checkpoints}
+        backends = {(c.prior, c.landmark_backend) for c in configs.values()}
+        if len(backends) > 1:
+            raise ValueError("the served models need different face priors; serve them separately: "
+                             + ", ".join(f"{r}: {c.prior} {c.landmark_backend}" for r, c in configs.items()))
+        config = next(iter(configs.values()))
         name = inference_backend_name(config)
         self.backend = build_backend(LandmarksConfig.model_validate(landmarks), name=name) if name else None
         self.cached = _cached_results(landmark_cache, config.landmark_backend) if name else {}

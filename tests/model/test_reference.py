@@ -61,3 +61,20 @@ def test_model_parts_reads_one_checkpoint_or_one_per_task(tiny_checkpoint, tmp_p
     shutil.copytree(tiny_checkpoint, clash / "b")
     with pytest.raises(ValueError, match="is in both a/ and b/"):
         model_parts(clash)
+
+
+def test_serving_parts_of_a_mapping_a_parts_folder_and_a_single_reference(tiny_checkpoint, tmp_path):
+    from emola.model.reference import serving_parts
+    from tests.conftest import copy_as_task_part
+
+    mapping = {"emotion": "models:/emola-emotion@champion", "au": "models:/emola-au@champion"}
+    assert serving_parts(mapping) == mapping
+    copy_as_task_part(tiny_checkpoint, tmp_path / "split/emotion", "emotion")
+    copy_as_task_part(tiny_checkpoint, tmp_path / "split/au", "au")
+    assert serving_parts(str(tmp_path / "split")) == {"au": str(tmp_path / "split/au"),
+                                                       "emotion": str(tmp_path / "split/emotion")}
+    for single in (str(tiny_checkpoint), "models:/emola@champion", str(tmp_path / "not-trained-yet")):
+        assert serving_parts(single) == {"": single}
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="neither an EmoLA checkpoint"):
+        serving_parts(str(tmp_path / "empty"))

@@ -52,6 +52,7 @@ def test_analyze_a_faba_synth_test_image(server, synth_test_images, small_pipeli
     assert len(body["face"]["landmarks"]) == 68 and len(body["face"]["box"]) == 4
     assert body["landmark_source"] == "annotation@1-68"
     assert body["model_version"]["reference"].endswith("checkpoint")
+    assert {r["model"] for r in body["results"].values()} == {"emola-tiny"}   # one joint model answers both
     assert {"decode", "landmarks", "generate", "total"} <= set(body["timings_ms"])
     # Emotion and AU questions for one image are generated in one batch.
     assert body["results"]["emotion"]["batch_size"] == 2

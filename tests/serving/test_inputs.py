@@ -84,3 +84,16 @@ def test_deployment_options_follow_params_overrides():
     model = next(d for d in config["applications"][0]["deployments"] if d["name"] == "EmolaModel")
     assert model["autoscaling_config"]["max_replicas"] == 5 and model["ray_actor_options"]["num_gpus"] == 1
     assert config["applications"][0]["args"]["overrides"] == ["serve.max_replicas=5", "serve.num_gpus=1"]
+
+
+def test_per_task_models_get_one_deployment_each(tiny_checkpoint, tmp_path):
+    from serve.app import serve_config
+    from tests.conftest import copy_as_task_part
+
+    for task in ("emotion", "au"):
+        copy_as_task_part(tiny_checkpoint, tmp_path / "split" / task, task)
+    names = lambda config: [d["name"] for d in config["applications"][0]["deployments"]]  # noqa: E731
+    assert names(serve_config("params.yaml", [f"serve.checkpoint={tmp_path / 'split'}"]))[:2] == \
+        ["EmolaModel-au", "EmolaModel-emotion"]
+    assert names(serve_config("params.yaml", ["profile=emola-7b"]))[:2] == ["EmolaModel-emotion", "EmolaModel-au"]
+    assert names(serve_config("params.yaml"))[0] == "EmolaModel"

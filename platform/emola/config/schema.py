@@ -210,7 +210,10 @@ class ServeConfig(Section):
 
     host: str
     port: int = Field(ge=1, le=65535)
-    checkpoint: str = Field(description="checkpoint folder or MLflow URI such as models:/emola@champion")
+    checkpoint: str | dict[Task, str] = Field(
+        description="checkpoint folder (one model, or train.separate_models' per-task parts) or MLflow URI such as "
+                    "models:/emola@champion; or one reference per task, e.g. {emotion: models:/emola-emotion@champion, "
+                    "au: models:/emola-au@champion}")
     model_name: str = Field(min_length=1, description="the model id of /v1/models and chat completions")
     landmark_cache: str | None = Field(description="landmark cache consulted by image hash before the live backend")
     min_replicas: int = Field(ge=0)
@@ -230,6 +233,8 @@ class ServeConfig(Section):
     def _replica_bounds(self) -> "ServeConfig":
         if self.min_replicas > self.max_replicas:
             raise ValueError("serve.min_replicas must not exceed serve.max_replicas")
+        if isinstance(self.checkpoint, dict) and not self.checkpoint:
+            raise ValueError("serve.checkpoint: an empty task mapping")
         return self
 
 

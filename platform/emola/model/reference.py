@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -70,6 +71,22 @@ def model_parts(path: Path | str) -> list[Path]:
                 raise ValueError(f"{path}: task {task!r} is in both {owner[task].name}/ and {part.name}/")
             owner[task] = part
     return parts
+
+
+def serving_parts(checkpoint: str | Mapping[str, str]) -> dict[str, str]:
+    """The models a deployment serves: part name -> checkpoint reference.
+
+    A task mapping (``{emotion: models:/emola-emotion@champion, au: ...}``) is served as
+    given; a local folder of per-task checkpoints (``train.separate_models``) gives one part
+    per subfolder, named after it; anything else (one checkpoint folder, an MLflow URI, a
+    path not there yet) is one part named ``""``.
+    """
+    if isinstance(checkpoint, Mapping):
+        return {str(name): str(reference) for name, reference in checkpoint.items()}
+    path = Path(checkpoint)
+    if not is_mlflow_uri(checkpoint) and path.is_dir() and not (path / CONFIG_FILE).is_file():
+        return {part.name: str(part) for part in model_parts(path)}
+    return {"": checkpoint}
 
 
 def is_mlflow_uri(reference: str) -> bool:
