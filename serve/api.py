@@ -38,6 +38,15 @@ def _version(info: dict) -> dict:
     return {k: info.get(k) for k in ("reference", "registry_name", "registry_version", "training_run", "mlflow_run_id")}
 
 
+def _usage(out: dict) -> dict:
+    """OpenAI ``usage`` from a model output: tokens of the served model's own tokenizer.
+
+    The prompt count includes the template, the image tokens and the prior token.
+    """
+    return {"prompt_tokens": out["prompt_tokens"], "completion_tokens": out["completion_tokens"],
+            "total_tokens": out["prompt_tokens"] + out["completion_tokens"]}
+
+
 def _error(err: RequestError) -> JSONResponse:
     return JSONResponse(err.to_json(), status_code=err.status)
 
@@ -268,14 +277,10 @@ class EmolaAPI:
             return StreamingResponse(self._chat_stream(self.models[part], item, completion_id, created, model),
                                      media_type="text/event-stream")
         out = await self._call(self.models[part].generate.remote(item), "generation")
-        prompt_tokens = len(turn.question.split())
-        completion_tokens = len(out["text"].split())
         return {"id": completion_id, "object": "chat.completion", "created": created, "model": model,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": out["text"]},
-                             "finish_reason": "stop"}],
-                # Word counts, not tokenizer tokens: the tiny and 7B tokenizers differ, words do not.
-                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                          "total_tokens": prompt_tokens + completion_tokens}}
+                             "finish_reason": out["finish_reason"]}],
+                "usage": _usage(out)}
 
     async def _chat_stream(self, handle, item: dict, completion_id: str, created: int, model: str):
         def chunk(delta: dict, finish: str | None = None) -> str:
@@ -284,12 +289,16 @@ class EmolaAPI:
             return f"data: {json.dumps(body)}\n\n"
 
         yield chunk({"role": "assistant", "content": ""})
+        finish = {"finish_reason": "stop"}
         try:
             pieces = handle.options(stream=True).stream.remote(item)
             async for piece in pieces:
+                if isinstance(piece, dict):   # the model's last message: why it stopped, token counts
+                    finish = piece
+                    continue
                 yield chunk({"content": piece})
         except Exception as err:  # noqa: BLE001 - the status line is sent; report in-band like OpenAI does
             yield f"data: {json.dumps({'error': {'message': f'generation failed: {err}', 'code': 'stream_failed'}})}\n\n"
             return
-        yield chunk({}, "stop")
+        yield chunk({}, finish["finish_reason"])
         yield "data: [DONE]\n\n"

@@ -58,14 +58,17 @@ class EmolaModel:
                 "vision": self.config.vision, "prior": self.config.prior, "landmark_backend": self.config.landmark_backend,
                 "template": self.config.template, "tasks": self.config.tasks}
 
-    def _run(self, items: list[dict], streamer=None) -> list[str]:
-        """Generate for items that share one decoding setting (blocking; called in a thread)."""
+    def _run(self, items: list[dict], streamer=None) -> list:
+        """Generate :class:`~emola.model.inference.Completion` s for items that share one decoding setting.
+
+        Blocking; called in a thread.
+        """
         from emola.config.schema import GenerationConfig
-        from emola.model.inference import generate_descriptions
+        from emola.model.inference import generate_completions
 
         generation = GenerationConfig(**items[0]["generation"])
         with self.lock:
-            return generate_descriptions(
+            return generate_completions(
                 self.model, self.processor, [i["question"] for i in items],
                 images=[i["pixels"] for i in items] if self.processor.use_image else None,
                 priors=np.stack([np.asarray(i["prior"], np.float32) for i in items]) if self.processor.use_prior else None,
@@ -75,7 +78,8 @@ class EmolaModel:
     async def generate(self, items: list[dict]) -> list[dict]:
         """Each item: ``question``, ``pixels`` ``(H, W, 3)``, ``prior`` list, ``generation`` dict.
 
-        Returns per item ``text``, ``batch_size`` (requests generated together) and ``generate_ms``.
+        Returns per item ``text``, ``prompt_tokens``, ``completion_tokens``, ``finish_reason``,
+        ``batch_size`` (requests generated together) and ``generate_ms``.
         """
         out: list[dict | None] = [None] * len(items)
         keys = [sorted(item["generation"].items()) for item in items]
@@ -83,20 +87,22 @@ class EmolaModel:
         for _, group in groupby(order, key=keys.__getitem__):
             group = list(group)
             started = time.perf_counter()
-            texts = await asyncio.to_thread(self._run, [items[i] for i in group])  # keeps the replica responsive
+            completions = await asyncio.to_thread(self._run, [items[i] for i in group])  # keeps the replica responsive
             ms = round(1e3 * (time.perf_counter() - started), 2)
-            for i, text in zip(group, texts):
-                out[i] = {"text": text, "batch_size": len(group), "generate_ms": ms}
+            for i, completion in zip(group, completions):
+                out[i] = {"text": completion.text, "prompt_tokens": completion.prompt_tokens,
+                          "completion_tokens": completion.completion_tokens,
+                          "finish_reason": completion.finish_reason, "batch_size": len(group), "generate_ms": ms}
         return out
 
-    async def stream(self, item: dict) -> AsyncIterator[str]:
-        """The text of one item in pieces as it is generated."""
+    async def stream(self, item: dict) -> AsyncIterator[str | dict]:
+        """The text of one item in pieces as it is generated, then one dict: ``finish_reason`` and token counts."""
         loop = asyncio.get_running_loop()
         streamer = _TokenQueue(loop)
 
-        def run() -> None:
+        def run():
             try:
-                self._run([item], streamer)
+                return self._run([item], streamer)[0]
             finally:
                 streamer.end()
 
@@ -110,7 +116,9 @@ class EmolaModel:
             if len(text) > len(sent) and text.startswith(sent) and not text.endswith("\ufffd"):
                 yield text[len(sent):]
                 sent = text
-        await worker  # re-raises a generation error
+        completion = await worker  # re-raises a generation error
         text = self.processor.decode(ids)
         if len(text) > len(sent) and text.startswith(sent):
             yield text[len(sent):]
+        yield {"finish_reason": completion.finish_reason, "prompt_tokens": completion.prompt_tokens,
+               "completion_tokens": completion.completion_tokens}

@@ -77,11 +77,16 @@ def test_openai_client_chat_completion_and_stream(server, synth_test_images):
         {"type": "image_url", "image_url": {"url": _data_url(image)}}]}]
     completion = client.chat.completions.create(model="emola-tiny", messages=messages, max_tokens=24)
     text = completion.choices[0].message.content
-    assert text and completion.object == "chat.completion" and completion.usage.completion_tokens > 0
+    assert text and completion.object == "chat.completion"
+    # The untrained test checkpoint never says </s> within 24 tokens: cut by the limit, counted in tokens.
+    assert completion.choices[0].finish_reason == "length" and completion.usage.completion_tokens == 24
+    assert completion.usage.prompt_tokens > 36   # template, question, 36 image tokens and the prior token
     stream = client.chat.completions.create(model="emola-tiny", messages=messages, max_tokens=24, stream=True)
-    pieces = [c.choices[0].delta.content for c in stream if c.choices and c.choices[0].delta.content]
+    chunks = [c for c in stream if c.choices]
+    pieces = [c.choices[0].delta.content for c in chunks if c.choices[0].delta.content]
     assert len(pieces) > 3                      # streamed in pieces, not one block
     assert "".join(pieces) == text              # the same decoding as the non-streamed answer
+    assert chunks[-1].choices[0].finish_reason == "length"
     with pytest.raises(openai.BadRequestError, match="remote URLs are disabled"):
         client.chat.completions.create(model="emola-tiny", messages=[{"role": "user", "content": [
             {"type": "text", "text": "Describe the face."},
