@@ -1,6 +1,6 @@
 """AU recognition with and without the AU head on the prior token (``train.prior_aux_weight``).
 
-    python benchmarks/prior_aux.py [--steps 450] [--every 150] [--weight 1.0]
+    python benchmarks/prior_aux.py [--steps 450] [--every 150] [--weight 1.0] [--seed 1]
 
 Trains the tiny profile on the AU task alone in one process, twice from the same initial
 model, data order and seed: once on the language-model loss (the published objective) and
@@ -85,11 +85,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=450)
     parser.add_argument("--every", type=int, default=150)
     parser.add_argument("--weight", type=float, default=1.0, help="prior_aux_weight of the second variant")
+    parser.add_argument("--seed", type=int, default=None, help="train.seed (initial model and data order)")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/prior_aux.json"))
     args = parser.parse_args()
 
-    cfg = load_config(args.params)
+    cfg = load_config(args.params, [f"train.seed={args.seed}"] if args.seed is not None else [])
     manifests, cache = Path(cfg.data.manifests), Path(cfg.landmarks.cache)
     (backend_key,) = sorted(set(LandmarkCache(cache).read().column("backend").to_pylist()))
     rows = {split: [r for r in read_manifest(manifests / f"{split}.jsonl") if r.task == "au"] for split in ("train", "test")}
@@ -102,7 +103,7 @@ def main() -> None:
         print(f"{points[0]['step']:4d}  " + "  ".join(f"{p['S_re']:16.1f}" for p in points)
               + f"   difference {points[1]['S_re'] - points[0]['S_re']:+.1f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"steps": args.steps, "variants": results}, indent=2) + "\n")
+    args.out.write_text(json.dumps({"steps": args.steps, "seed": cfg.train.seed, "variants": results}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

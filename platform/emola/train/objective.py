@@ -5,8 +5,9 @@ the recipe then hands DeepSpeed the model itself). With a positive weight the re
 :class:`PriorAuxObjective` instead: a linear head reads the AU multi-label target of each
 AU-task sample off its projected prior token. Why: the language-model gradient reaching the
 prior projector is weak and noisy (a few AU-naming tokens among ~250), so the projector
-learns the AU geometry slowly; AUs that occur only in free combinations are never named by
-the tiny profile within its step budget. The head gives the projector a direct signal.
+learns the AU geometry slowly: without the head, the tiny profile never named the AUs that
+occur only in free combinations within its step budget. The head gives the projector a
+direct signal (``benchmarks/prior_aux.py`` measures it).
 The head is a training device only: the exported checkpoint is the wrapped model, and
 inference never sees the head.
 """
