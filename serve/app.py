@@ -21,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from emola.config import EmolaConfig, load_config
+from emola.model.reference import serving_parts
 
 REPO = Path(__file__).resolve().parents[1]
 APP_NAME = "emola"
@@ -32,10 +33,11 @@ def model_deployment_name(part: str) -> str:
     return f"EmolaModel-{part}" if part else "EmolaModel"
 
 
-def deployment_options(cfg: EmolaConfig) -> dict[str, dict]:
-    """Serve options per deployment, from the ``serve`` section (one model deployment per served part)."""
-    from emola.model.reference import serving_parts
+def deployment_options(cfg: EmolaConfig, parts: dict[str, str]) -> dict[str, dict]:
+    """Serve options per deployment, from the ``serve`` section; one model deployment per served part.
 
+    ``parts``: :func:`~emola.model.reference.serving_parts` of ``serve.checkpoint``.
+    """
     s = cfg.serve
     autoscaling = {"min_replicas": s.min_replicas, "max_replicas": s.max_replicas,
                    "target_ongoing_requests": s.target_ongoing_requests,
@@ -45,7 +47,7 @@ def deployment_options(cfg: EmolaConfig) -> dict[str, dict]:
     model = {"max_ongoing_requests": s.max_ongoing_requests, "autoscaling_config": autoscaling,
              "ray_actor_options": {"num_cpus": s.num_cpus, "num_gpus": s.num_gpus}}
     return {
-        **{model_deployment_name(part): dict(model) for part in serving_parts(s.checkpoint)},
+        **{model_deployment_name(part): dict(model) for part in parts},
         "FaceDetector": {"max_ongoing_requests": s.max_ongoing_requests, "autoscaling_config": dict(autoscaling),
                          "ray_actor_options": {"num_cpus": cfg.landmarks.cpus_per_actor,
                                                "num_gpus": cfg.landmarks.gpus_per_actor}},
@@ -65,12 +67,10 @@ def build_app(args: dict | None = None):
     params = Path(args.get("params", "params.yaml"))
     if not params.is_absolute() and not params.is_file():
         params = REPO / params   # replicas on a cluster need not start in the repository
-    from emola.model.reference import serving_parts
-
     cfg = load_config(params, list(args.get("overrides") or []))
-    options = deployment_options(cfg)
     s = cfg.serve
     parts = serving_parts(s.checkpoint)
+    options = deployment_options(cfg, parts)
     faces = FaceDetector.options(**options["FaceDetector"]).bind(
         list(parts.values()), cfg.landmarks.model_dump(), s.landmark_cache)
     models = {part: EmolaModel.options(name=model_deployment_name(part), **options[model_deployment_name(part)]).bind(
@@ -84,7 +84,7 @@ def build_app(args: dict | None = None):
 def serve_config(params: str | Path = "params.yaml", overrides: list[str] | None = None) -> dict:
     """The Serve config file (``serve/config.yaml``) for these params."""
     cfg = load_config(params, overrides or [])
-    options = deployment_options(cfg)
+    options = deployment_options(cfg, serving_parts(cfg.serve.checkpoint))
     return {
         "proxy_location": "EveryNode",
         "http_options": {"host": cfg.serve.host, "port": cfg.serve.port,

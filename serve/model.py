@@ -13,6 +13,7 @@ import asyncio
 import threading
 import time
 from collections.abc import AsyncIterator
+from dataclasses import asdict
 from itertools import groupby
 
 import numpy as np
@@ -90,9 +91,7 @@ class EmolaModel:
             completions = await asyncio.to_thread(self._run, [items[i] for i in group])  # keeps the replica responsive
             ms = round(1e3 * (time.perf_counter() - started), 2)
             for i, completion in zip(group, completions):
-                out[i] = {"text": completion.text, "prompt_tokens": completion.prompt_tokens,
-                          "completion_tokens": completion.completion_tokens,
-                          "finish_reason": completion.finish_reason, "batch_size": len(group), "generate_ms": ms}
+                out[i] = {**asdict(completion), "batch_size": len(group), "generate_ms": ms}
         return out
 
     async def stream(self, item: dict) -> AsyncIterator[str | dict]:
@@ -120,5 +119,4 @@ class EmolaModel:
         text = self.processor.decode(ids)
         if len(text) > len(sent) and text.startswith(sent):
             yield text[len(sent):]
-        yield {"finish_reason": completion.finish_reason, "prompt_tokens": completion.prompt_tokens,
-               "completion_tokens": completion.completion_tokens}
+        yield {k: v for k, v in asdict(completion).items() if k != "text"}  # the text went out in pieces

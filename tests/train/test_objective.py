@@ -31,9 +31,9 @@ def test_au_targets_use_the_label_else_the_aus_the_answer_names():
 def test_examples_carry_targets_and_a_mask_through_preprocessing_and_collate(tiny_checkpoint):
     rows = [_row("au", AU_ANSWER, uid="a"), _row("emotion", "The face conveys joy.", uid="e")]
     examples = build_examples(rows, ["emotion", "au"], {"sha": np.zeros(136, np.float32)}).rows
-    assert [e["au_mask"] for e in examples] == [1, 0] and examples[1]["au_targets"] == [0.0] * len(AUX_AUS)
+    assert examples[1]["au_targets"] == [0.0] * len(AUX_AUS)
     batch = {k: np.array([e[k] for e in examples], dtype=object if k in ("question", "answer", "image") else None)
-             for k in ("question", "answer", "prior", "au_targets", "au_mask")}
+             for k in ("question", "answer", "task", "prior", "au_targets")}
     for aux_targets in (False, True):
         stage = Preprocess(str(tiny_checkpoint), max_length=512, aux_targets=aux_targets)
         stage.processor.use_image = False  # no image files here; the targets do not depend on them

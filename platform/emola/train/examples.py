@@ -22,7 +22,7 @@ from emola.train.objective import AUX_AUS, au_targets
 
 @dataclass
 class ExampleSet:
-    rows: list[dict]          # image, question, answer, task, prior (list) or None, au_targets, au_mask
+    rows: list[dict]          # image, question, answer, task, prior (list) or None, au_targets
     skipped: list[str]        # uids without a usable prior vector
 
 
@@ -38,11 +38,11 @@ def build_examples(rows: Sequence[ManifestRow], tasks: Sequence[str], priors: di
             if prior is None:
                 skipped.append(row.uid)
                 continue
-        targets = au_targets(row)  # for train.prior_aux_weight; zeros and mask 0 outside the AU task
+        targets = au_targets(row)  # for train.prior_aux_weight; zeros outside the AU task
         examples.append({"uid": row.uid, "image": str(row.image_path()), "question": row.question,
                          "answer": row.answer, "task": row.task,
                          "prior": None if prior is None else np.asarray(prior, np.float32).tolist(),
-                         "au_targets": targets or [0.0] * len(AUX_AUS), "au_mask": int(targets is not None)})
+                         "au_targets": targets or [0.0] * len(AUX_AUS)})
     return ExampleSet(examples, skipped)
 
 
@@ -90,7 +90,7 @@ class Preprocess:
             result["prior"] = np.stack([np.asarray(p, np.float32) for p in batch["prior"]])
         if self.aux_targets:
             result["au_targets"] = np.stack([np.asarray(t, np.float32) for t in batch["au_targets"]])
-            result["au_mask"] = np.asarray(batch["au_mask"], np.int64)
+            result["au_mask"] = np.asarray([str(task) == "au" for task in batch["task"]], np.int64)
         return result
 
 
