@@ -1,4 +1,4 @@
-"""Schedule, parameter groups, DeepSpeed settings, example ordering and collation."""
+"""Schedule, parameter groups, DeepSpeed settings, task weights, example ordering and collation."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from emola.config import load_config
-from emola.train.examples import collate, length_grouped_order
+from emola.config.loader import ParamsError
+from emola.train.examples import collate, example_order, length_grouped_order, weighted_examples
 from emola.train.optimization import deepspeed_config, lr_factor, parameter_groups
 from tests.conftest import build_tiny
 
@@ -52,6 +53,38 @@ def test_length_grouped_order_is_a_permutation_with_similar_lengths_per_batch():
     random_spread = np.mean([np.ptp(lengths[s:s + 8]) for s in range(0, 1000, 8)])
     assert spread < random_spread / 4
     assert order != length_grouped_order(lengths, batch=8, seed=2)
+
+
+def test_ungrouped_order_is_a_seeded_shuffle_that_mixes_tasks():
+    lengths = [50] * 300 + [250] * 300  # the manifest's layout: emotion rows, then AU rows
+    order = example_order(lengths, batch=8, seed=1, group_by_length=False)
+    assert sorted(order) == list(range(600)) and order == example_order(lengths, 8, 1, group_by_length=False)
+    assert 20 <= sum(i >= 300 for i in order[:80]) <= 60  # both tasks from the start, not one after the other
+    assert example_order(lengths, 8, 1, group_by_length=True) == length_grouped_order(lengths, 8, 1)
+
+
+def test_task_weights_repeat_each_tasks_examples():
+    examples = [{"uid": f"e{i}", "task": "emotion"} for i in range(400)] + [{"uid": f"a{i}", "task": "au"} for i in range(400)]
+    doubled = weighted_examples(examples, {"au": 2.0}, seed=1)
+    counts = {e["uid"]: 0 for e in examples}
+    for e in doubled:
+        counts[e["uid"]] += 1
+    assert {counts[f"e{i}"] for i in range(400)} == {1} and {counts[f"a{i}"] for i in range(400)} == {2}
+    # A fraction rounds per example, reproducibly: about 1.5 copies each, never fewer than one.
+    fractional = weighted_examples(examples, {"au": 1.5}, seed=1)
+    au = [e["uid"] for e in fractional if e["task"] == "au"]
+    assert 540 <= len(au) <= 660 and set(au) == {f"a{i}" for i in range(400)}
+    assert fractional == weighted_examples(examples, {"au": 1.5}, seed=1)
+    assert weighted_examples(examples, {}, seed=1) == examples
+
+
+def test_task_weights_are_checked_and_part_of_the_profiles(repo_root):
+    assert load_config(repo_root / "params.yaml", {"profile": "emola-7b"}).train.task_weights == {}  # published
+    assert load_config(repo_root / "params.yaml", ["train.task_weights={au: 2}"]).train.task_weights == {"au": 2.0}
+    with pytest.raises(ParamsError, match="must be > 0"):
+        load_config(repo_root / "params.yaml", ["train.task_weights={au: 0}"])
+    with pytest.raises(ParamsError, match="task_weights"):
+        load_config(repo_root / "params.yaml", ["train.task_weights={video: 1.0}"])
 
 
 def test_collate_pads_right_and_masks_padding():

@@ -36,7 +36,8 @@ def _mlflow_run(tmp_path: Path, run_id: str):
 
 
 def test_training_run_exports_a_checkpoint_and_tracks_it_in_mlflow(small_pipeline, tmp_path):
-    run = subprocess.run([sys.executable, "-m", "jobs.train", *small_training_overrides(small_pipeline, tmp_path)],
+    overrides = small_training_overrides(small_pipeline, tmp_path, **{"train.task_weights": "{au: 2}"})
+    run = subprocess.run([sys.executable, "-m", "jobs.train", *overrides],
                          cwd=REPO, env=_env(tmp_path), capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert re.search(r"step 12/12 loss [\d.]+ lr .* samples/s .* tokens/s", run.stdout + run.stderr)
@@ -57,6 +58,8 @@ def test_training_run_exports_a_checkpoint_and_tracks_it_in_mlflow(small_pipelin
     for metric in ("lr", "grad_norm", "samples_per_s", "tokens_per_s", "lm_loss", "aux_loss"):  # tiny has the AU head
         assert len(client.get_metric_history(mlrun.info.run_id, metric)) == 12
     params = mlrun.data.params
+    tasks = [json.loads(line)["task"] for line in (small_pipeline["manifests"] / "train.jsonl").read_text().splitlines()]
+    assert params["examples"] == str(tasks.count("emotion") + 2 * tasks.count("au"))  # train.task_weights {au: 2}
     assert params["train.zero_stage"] == "2" and params["profile"] == "tiny" and "git.commit" in params
     assert any(k.startswith("system/") for k in mlrun.data.metrics)  # system metrics
     artifacts = {a.path for a in client.list_artifacts(mlrun.info.run_id, "model")}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Task = Literal["emotion", "au"]
 
@@ -158,6 +158,10 @@ class TrainConfig(Section):
     """Stage ``train``: Ray Train + DeepSpeed LoRA fine-tuning."""
 
     tasks: list[Task] = Field(min_length=1)
+    task_weights: dict[Task, float] = Field(
+        default_factory=dict,
+        description="times each task's examples appear per epoch (default 1; fractions round per example with "
+                    "train.seed), e.g. {au: 2}; published: {}")
     separate_models: bool = Field(description="one model per task, as published")
     epochs: int = Field(ge=1)
     max_steps: int | None = Field(ge=1, description="stop after this many optimizer steps")
@@ -184,6 +188,14 @@ class TrainConfig(Section):
     storage_path: str
     output: str = Field(description="exported model folder (a DVC output)")
     log_every: int = Field(ge=1)
+
+    @field_validator("task_weights")
+    @classmethod
+    def _positive_weights(cls, weights: dict[str, float]) -> dict[str, float]:
+        bad = {task: w for task, w in weights.items() if not w > 0}
+        if bad:
+            raise ValueError(f"task weights must be > 0 (drop the task from train.tasks instead): {bad}")
+        return weights
 
 
 # ----------------------------------------------------------------------- evaluate

@@ -74,7 +74,7 @@ def train_one(cfg: EmolaConfig, tasks: list[str], output: Path, *, repo_root: Pa
     from emola.model.checkpoint import save_checkpoint
     from emola.model.processing import EmolaProcessor
     from emola.runtime import init_ray
-    from emola.train.examples import Preprocess, build_examples, length_grouped_order
+    from emola.train.examples import Preprocess, build_examples, example_order, weighted_examples
     from emola.train.recipe import EXPORT_DIR, train_loop_per_worker
 
     started = time.perf_counter()
@@ -110,9 +110,10 @@ def train_one(cfg: EmolaConfig, tasks: list[str], output: Path, *, repo_root: Pa
     processor = EmolaProcessor.load(init_dir)
 
     world = t.num_workers
-    lengths = [len(processor.example_ids(e["question"], e["answer"])[0]) for e in examples.rows]
-    order = length_grouped_order(lengths, t.micro_batch, t.seed) if t.group_by_length else list(range(len(lengths)))
-    ordered = [examples.rows[i] for i in order]
+    epoch = weighted_examples(examples.rows, t.task_weights, t.seed)
+    lengths = [len(processor.example_ids(e["question"], e["answer"])[0]) for e in epoch]
+    order = example_order(lengths, t.micro_batch, t.seed, group_by_length=t.group_by_length)
+    ordered = [epoch[i] for i in order]
     per_worker = len(ordered) // world
     steps_per_epoch = math.ceil(per_worker / t.micro_batch) // t.grad_accum
     total = min(t.max_steps or 10**12, t.epochs * steps_per_epoch)
