@@ -56,11 +56,17 @@ def test_length_grouped_order_is_a_permutation_with_similar_lengths_per_batch():
 
 
 def test_ungrouped_order_is_a_seeded_shuffle_that_mixes_tasks():
-    lengths = [50] * 300 + [250] * 300  # the manifest's layout: emotion rows, then AU rows
-    order = example_order(lengths, batch=8, seed=1, group_by_length=False)
-    assert sorted(order) == list(range(600)) and order == example_order(lengths, 8, 1, group_by_length=False)
+    examples = [{"length": 50}] * 300 + [{"length": 250}] * 300  # the manifest's layout: emotion rows, then AU rows
+    lengths = [e["length"] for e in examples]
+
+    def unused(_example):
+        raise AssertionError("no tokenizing when the order ignores lengths")
+
+    order = example_order(examples, unused, batch=8, seed=1, group_by_length=False)
+    assert sorted(order) == list(range(600)) and order == example_order(examples, unused, 8, 1, group_by_length=False)
     assert 20 <= sum(i >= 300 for i in order[:80]) <= 60  # both tasks from the start, not one after the other
-    assert example_order(lengths, 8, 1, group_by_length=True) == length_grouped_order(lengths, 8, 1)
+    grouped = example_order(examples, lambda e: e["length"], 8, 1, group_by_length=True)
+    assert grouped == length_grouped_order(lengths, 8, 1)
 
 
 def test_task_weights_repeat_each_tasks_examples():

@@ -9,7 +9,7 @@ read their shard with :func:`collate`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,14 +65,16 @@ def weighted_examples(examples: Sequence[dict], weights: Mapping[str, float], se
     return out
 
 
-def example_order(lengths: Sequence[int], batch: int, seed: int, *, group_by_length: bool) -> list[int]:
+def example_order(examples: Sequence[dict], length: Callable[[dict], int], batch: int, seed: int, *,
+                  group_by_length: bool) -> list[int]:
     """The epoch's example order: :func:`length_grouped_order`, or a plain shuffle with ``seed``.
 
-    Shuffled either way: the manifest lists one task's rows after the other's.
+    Shuffled either way: the manifest lists one task's rows after the other's. ``length``
+    (tokenizing an example) is called only when grouping needs it.
     """
     if group_by_length:
-        return length_grouped_order(lengths, batch, seed)
-    return [int(i) for i in np.random.default_rng(seed).permutation(len(lengths))]
+        return length_grouped_order([length(e) for e in examples], batch, seed)
+    return [int(i) for i in np.random.default_rng(seed).permutation(len(examples))]
 
 
 def length_grouped_order(lengths: Sequence[int], batch: int, seed: int, window: int = 16) -> list[int]:

@@ -111,8 +111,8 @@ def train_one(cfg: EmolaConfig, tasks: list[str], output: Path, *, repo_root: Pa
 
     world = t.num_workers
     epoch = weighted_examples(examples.rows, t.task_weights, t.seed)
-    lengths = [len(processor.example_ids(e["question"], e["answer"])[0]) for e in epoch]
-    order = example_order(lengths, t.micro_batch, t.seed, group_by_length=t.group_by_length)
+    order = example_order(epoch, lambda e: len(processor.example_ids(e["question"], e["answer"])[0]),
+                          t.micro_batch, t.seed, group_by_length=t.group_by_length)
     ordered = [epoch[i] for i in order]
     per_worker = len(ordered) // world
     steps_per_epoch = math.ceil(per_worker / t.micro_batch) // t.grad_accum
