@@ -1,11 +1,13 @@
-"""AU recognition with and without the AU head on the prior token (``train.prior_aux_weight``).
+"""AU recognition with and without the training devices of :mod:`emola.train.objective`.
 
-    python benchmarks/prior_aux.py [--steps 450] [--every 150] [--weight 1.0] [--seed 1]
+    python benchmarks/prior_aux.py [--steps 450] [--every 150] [--weight 1.0] [--code-weight 5] [--seed 1]
 
-Trains the tiny profile on the AU task alone in one process, twice from the same initial
-model, data order and seed: once on the language-model loss (the published objective) and
-once with :class:`~emola.train.objective.PriorAuxObjective`. Every ``--every`` steps both
-generate descriptions for the whole AU test split with the evaluation job's decoding
+Trains the tiny profile on the AU task alone in one process, from the same initial model,
+data order and seed: on the language-model loss (the published objective), with the AU
+head on the prior token (``train.prior_aux_weight``: ``--weight``), and, given
+``--code-weight``, with the head and AU-code token weights (``train.au_code_weight``).
+``--skip-plain`` leaves out the first. Every ``--every`` steps each variant
+generates descriptions for the whole AU test split with the evaluation job's decoding
 settings and are scored with REGE (macro F1 over FABA's 12 scored AUs, and per AU). Needs
 the default pipeline's manifests and landmark cache (run ``dvc repro`` first). The loop is
 the recipe's without Ray and DeepSpeed (cosine schedule, AdamW, the same parameter
@@ -22,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 
-def run(weight: float, steps: int, every: int, cfg, rows: dict, priors: dict, backend_key: str) -> dict:
+def run(weight: float, code_weight: float, steps: int, every: int, cfg, rows: dict, priors: dict,
+        backend_key: str) -> dict:
     import torch
 
     from emola.evaluate.predict import predict_rows
@@ -30,7 +33,8 @@ def run(weight: float, steps: int, every: int, cfg, rows: dict, priors: dict, ba
     from emola.metrics.rege import rege
     from emola.model.builder import build_emola
     from emola.model.lora import apply_lora
-    from emola.train.objective import PriorAuxObjective, au_targets
+    from emola.train.examples import au_code_weights
+    from emola.train.objective import TrainingObjective, au_targets
     from emola.train.optimization import make_scheduler, parameter_groups
 
     torch.manual_seed(cfg.train.seed)
@@ -40,7 +44,7 @@ def run(weight: float, steps: int, every: int, cfg, rows: dict, priors: dict, ba
     model.prior_projector.fit_normalization(torch.tensor(np.stack([priors[r.image_sha256] for r in train])),
                                             standardize=cfg.model.prior_standardize)
     apply_lora(model, cfg.model.lora)
-    objective = PriorAuxObjective(model, weight)  # weight 0: the language-model loss alone
+    objective = TrainingObjective(model, weight)  # weight 0: no head
     optimizer = torch.optim.AdamW(parameter_groups(objective, cfg.train))
     scheduler = make_scheduler(optimizer, steps, cfg.train)
     params = [p for p in objective.parameters() if p.requires_grad]
@@ -55,8 +59,15 @@ def run(weight: float, steps: int, every: int, cfg, rows: dict, priors: dict, ba
         batch = processor.training_batch([r.question for r in chunk], [r.answer for r in chunk],
                                          [images[r.uid] for r in chunk], np.stack([priors[r.image_sha256] for r in chunk]),
                                          cfg.train.max_length)
+        if code_weight != 1.0:  # as the recipe's data pipeline builds them, padded like the labels
+            batch["loss_weights"] = torch.zeros(batch["labels"].shape)
+            for i, r in enumerate(chunk):
+                answer = au_code_weights(processor, r.answer, code_weight)
+                length = int(batch["attention_mask"][i].sum())
+                batch["loss_weights"][i, length - len(answer): length] = torch.tensor(answer[: length])
         objective.train()
-        loss = objective(au_targets=targets[picked], au_mask=torch.ones(len(chunk), dtype=torch.long), **batch).loss
+        extra = {"au_targets": targets[picked], "au_mask": torch.ones(len(chunk), dtype=torch.long)} if weight else {}
+        loss = objective(**extra, **batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
@@ -70,9 +81,9 @@ def run(weight: float, steps: int, every: int, cfg, rows: dict, priors: dict, ba
             curve.append({"step": step, "S_re": round(result.S_re, 1),
                           "per_au_f1": {str(k): round(v) for k, v in result.per_au_f1.items()},
                           "train_seconds": round(time.perf_counter() - started, 1)})
-            print(f"weight {weight}: step {step} loss {loss.item():.3f} AU macro F1 {result.S_re:.1f} "
+            print(f"weight {weight}, code weight {code_weight}: step {step} loss {loss.item():.3f} AU macro F1 {result.S_re:.1f} "
                   f"per AU {curve[-1]['per_au_f1']}", flush=True)
-    return {"weight": weight, "curve": curve}
+    return {"weight": weight, "code_weight": code_weight, "curve": curve}
 
 
 def main() -> None:
@@ -85,6 +96,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=450)
     parser.add_argument("--every", type=int, default=150)
     parser.add_argument("--weight", type=float, default=1.0, help="prior_aux_weight of the second variant")
+    parser.add_argument("--code-weight", type=float, default=None,
+                        help="au_code_weight of a third variant (with the head)")
+    parser.add_argument("--skip-plain", action="store_true", help="leave out the language-model-loss-only variant")
     parser.add_argument("--seed", type=int, default=None, help="train.seed (initial model and data order)")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/prior_aux.json"))
@@ -97,11 +111,14 @@ def main() -> None:
     priors = prior_vectors(cache, backend_key, {r.image_sha256 for rs in rows.values() for r in rs})
     rows = {split: [r for r in rs if r.image_sha256 in priors] for split, rs in rows.items()}
     print(f"AU task: {len(rows['train'])} train, {len(rows['test'])} test samples; {args.steps} steps per variant")
-    results = [run(weight, args.steps, args.every, cfg, rows, priors, backend_key) for weight in (0.0, args.weight)]
-    print("\nstep  " + "  ".join(f"weight {r['weight']}: F1" for r in results))
+    variants = [] if args.skip_plain else [(0.0, 1.0)]
+    variants.append((args.weight, 1.0))
+    if args.code_weight is not None:
+        variants.append((args.weight, args.code_weight))
+    results = [run(weight, code, args.steps, args.every, cfg, rows, priors, backend_key) for weight, code in variants]
+    print("\nAU macro F1\nstep  " + "  ".join(f"head {r['weight']} code {r['code_weight']}" for r in results))
     for points in zip(*(r["curve"] for r in results)):
-        print(f"{points[0]['step']:4d}  " + "  ".join(f"{p['S_re']:16.1f}" for p in points)
-              + f"   difference {points[1]['S_re'] - points[0]['S_re']:+.1f}")
+        print(f"{points[0]['step']:4d}  " + "  ".join(f"{p['S_re']:19.1f}" for p in points))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"steps": args.steps, "seed": cfg.train.seed, "variants": results}, indent=2) + "\n")
 

@@ -1,4 +1,4 @@
-"""The training objective: AU targets of a row, and the AU head on the prior token."""
+"""The training objective: AU targets of a row, the AU head on the prior token, AU-code token weights."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 
 from emola.data.manifest import ManifestRow
-from emola.train.examples import Preprocess, build_examples, collate
-from emola.train.objective import AUX_AUS, PriorAuxObjective, au_targets
+from emola.train.examples import Preprocess, au_code_weights, build_examples, collate
+from emola.train.objective import AUX_AUS, TrainingObjective, au_targets, next_token_losses
 from tests.conftest import build_tiny
 
 AU_ANSWER = "I can identify two active action units. AU4 (Brow Lowerer) is present. AU012 is a typo. AU25 parts the lips."
@@ -60,7 +60,7 @@ def tiny_batch(tiny_params, tiny_corpus):
 
 def test_loss_is_the_lm_loss_plus_the_weighted_bce_of_the_au_rows(tiny_batch):
     model, batch, targets = tiny_batch
-    objective = PriorAuxObjective(model, weight=0.5).eval()
+    objective = TrainingObjective(model, aux_weight=0.5).eval()
     mask = torch.tensor([1, 0, 1])
     loss = objective(au_targets=targets, au_mask=mask, **batch).loss
     lm = model(**batch).loss
@@ -80,10 +80,10 @@ def test_loss_is_the_lm_loss_plus_the_weighted_bce_of_the_au_rows(tiny_batch):
 
 def test_the_au_loss_reaches_the_prior_projector_and_nothing_else_of_the_model(tiny_batch):
     model, batch, targets = tiny_batch
-    objective = PriorAuxObjective(model, weight=1.0).eval()
+    objective = TrainingObjective(model, aux_weight=1.0).eval()
     grads = {}
     for weight in (0.0, 1.0):
-        objective.weight = weight
+        objective.aux_weight = weight
         objective.zero_grad()
         objective(au_targets=targets, au_mask=torch.tensor([1, 0, 1]), **batch).loss.backward()
         grads[weight] = {n: p.grad.clone() for n, p in objective.named_parameters() if p.grad is not None}
@@ -96,4 +96,78 @@ def test_the_au_loss_reaches_the_prior_projector_and_nothing_else_of_the_model(t
 def test_a_model_without_a_prior_token_is_refused(tiny_params, tiny_corpus):
     model, _, _ = build_tiny(tiny_params, tiny_corpus, prior="none")
     with pytest.raises(ValueError, match="prior_aux_weight"):
-        PriorAuxObjective(model, weight=1.0)
+        TrainingObjective(model, aux_weight=1.0)
+
+
+# ------------------------------------------------------------------ AU-code token weights
+def test_au_code_weights_mark_every_token_of_each_au_code_and_line_up_with_the_labels(tiny_checkpoint):
+    processor = Preprocess(str(tiny_checkpoint), max_length=512).processor
+    weights = au_code_weights(processor, AU_ANSWER, 5.0)
+    ids, labels = processor.example_ids("What AUs are conveyed by this face?", AU_ANSWER)
+    answer_ids = [i for i in labels if i != -100]
+    assert len(weights) == len(answer_ids) and weights[-1] == 1.0  # the end token weighs 1
+    marked = [i for i, w in zip(answer_ids, weights) if w == 5.0]
+    # Every token that spells part of a code, however the tokenizer splits it (AU012 is a code as written).
+    assert processor.tokenizer.decode(marked).replace(" ", "") == "AU4AU012AU25"
+    assert set(weights) == {1.0, 5.0}
+    assert au_code_weights(processor, "The face conveys joy.", 5.0) == [1.0] * len(
+        [i for i in processor.example_ids("q", "The face conveys joy.")[1] if i != -100])
+
+
+def test_preprocessing_passes_weights_aligned_with_the_labels_only_when_asked(tiny_checkpoint):
+    answers = [AU_ANSWER, "The face conveys joy."]
+    batch = {"question": np.array(["What AUs are conveyed by this face?"] * 2, dtype=object),
+             "answer": np.array(answers, dtype=object), "task": np.array(["au", "emotion"], dtype=object),
+             "prior": np.zeros((2, 136), np.float32)}
+    stage = Preprocess(str(tiny_checkpoint), max_length=512, au_code_weight=3.0)
+    stage.processor.use_image = False
+    tensors = collate(stage(batch), pad_id=0)
+    weights, labels = tensors["loss_weights"], tensors["labels"]
+    assert weights.shape == labels.shape
+    assert not weights[labels == -100].any()  # prompt and padding carry no weight
+    assert set(weights[labels != -100].tolist()) == {1.0, 3.0}
+    assert not (weights[1] == 3.0).any()  # the emotion answer names no AU code
+    marked = labels[0][weights[0] == 3.0].tolist()
+    assert stage.processor.tokenizer.decode(marked).replace(" ", "") == "AU4AU012AU25"
+    published = Preprocess(str(tiny_checkpoint), max_length=512)
+    published.processor.use_image = False
+    assert "loss_weights" not in collate(published(batch), pad_id=0)
+
+
+def test_unit_weights_give_the_models_own_loss_and_code_weights_scale_their_terms(tiny_batch):
+    model, batch, targets = tiny_batch
+    model.eval()
+    objective = TrainingObjective(model).eval()
+    assert objective.head is None  # no AU head at aux_weight 0
+    reference = model(**batch)
+    labels = batch["labels"]
+    ones = torch.ones(labels.shape)
+    torch.testing.assert_close(objective(loss_weights=ones, **batch).loss, reference.loss)
+    losses, labelled = next_token_losses(reference.logits, labels)
+    torch.testing.assert_close(losses.sum() / labelled.sum(), reference.loss)
+    weights = ones.clone()
+    picked = [(row, int((labels[row] != -100).nonzero()[-2])) for row in (0, 2)]  # one answer token per row
+    for row, position in picked:
+        weights[row, position] = 4.0
+    # losses[:, t - 1] is the loss of predicting labels[:, t]
+    expected = (losses.sum() + 3.0 * sum(losses[row, position - 1] for row, position in picked)) / labelled.sum()
+    weighted = objective(loss_weights=weights, **batch)
+    torch.testing.assert_close(weighted.loss, expected)
+    torch.testing.assert_close(objective.last_lm_loss, reference.loss.detach())  # logged: the plain loss
+    # With the head as well, the AU term adds on top of the weighted language-model loss.
+    with_head = TrainingObjective(model, aux_weight=0.5).eval()
+    mask = torch.tensor([1, 0, 1])
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(
+        with_head.head(model.prior_projector(batch["prior"][[0, 2]])), targets[[0, 2]])
+    torch.testing.assert_close(with_head(au_targets=targets, au_mask=mask, loss_weights=weights, **batch).loss,
+                               expected + 0.5 * bce)
+    with pytest.raises(ValueError, match="au_targets"):
+        with_head(**batch)
+
+
+def test_token_weights_need_no_prior_token(tiny_params, tiny_corpus):
+    model, processor, _ = build_tiny(tiny_params, tiny_corpus, prior="none")
+    images = [Image.fromarray(np.full((96, 96, 3), 100, np.uint8))]
+    batch = processor.training_batch(["What AUs are conveyed by this face?"], [AU_ANSWER], images)
+    loss = TrainingObjective(model)(loss_weights=torch.full(batch["labels"].shape, 2.0), **batch).loss
+    torch.testing.assert_close(loss, 2.0 * model(**batch).loss)

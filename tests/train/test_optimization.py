@@ -93,6 +93,13 @@ def test_task_weights_are_checked_and_part_of_the_profiles(repo_root):
         load_config(repo_root / "params.yaml", ["train.task_weights={video: 1.0}"])
 
 
+def test_au_code_weight_is_checked_and_published_as_one(repo_root):
+    assert load_config(repo_root / "params.yaml", {"profile": "emola-7b"}).train.au_code_weight == 1.0  # published
+    assert load_config(repo_root / "params.yaml", []).train.au_code_weight == 5.0
+    with pytest.raises(ParamsError, match="au_code_weight"):
+        load_config(repo_root / "params.yaml", ["train.au_code_weight=0"])
+
+
 def test_collate_pads_right_and_masks_padding():
     ids = np.empty(2, dtype=object)
     ids[:] = [np.array([1, 2, 3]), np.array([4, 5])]

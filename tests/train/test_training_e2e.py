@@ -57,10 +57,16 @@ def test_training_run_exports_a_checkpoint_and_tracks_it_in_mlflow(small_pipelin
     assert len(losses) == 12 and sum(losses[-3:]) / 3 < sum(losses[:3]) / 3  # the loss falls
     for metric in ("lr", "grad_norm", "samples_per_s", "tokens_per_s", "lm_loss", "aux_loss"):  # tiny has the AU head
         assert len(client.get_metric_history(mlrun.info.run_id, metric)) == 12
+    # tiny weighs AU-code tokens 5x: the weights reach the workers, so the loss exceeds its unweighted terms
+    # whenever rank 0's batch holds an AU answer (aux_loss is NaN when it holds none).
+    history = {m: [x.value for x in client.get_metric_history(mlrun.info.run_id, m)] for m in ("lm_loss", "aux_loss")}
+    with_au = [(loss, lm, aux) for loss, lm, aux in zip(losses, history["lm_loss"], history["aux_loss"]) if aux == aux]
+    assert with_au and all(loss > lm + aux + 1e-4 for loss, lm, aux in with_au)
     params = mlrun.data.params
     tasks = [json.loads(line)["task"] for line in (small_pipeline["manifests"] / "train.jsonl").read_text().splitlines()]
     assert params["examples"] == str(tasks.count("emotion") + 2 * tasks.count("au"))  # train.task_weights {au: 2}
     assert params["train.zero_stage"] == "2" and params["profile"] == "tiny" and "git.commit" in params
+    assert params["train.au_code_weight"] == "5.0"
     assert any(k.startswith("system/") for k in mlrun.data.metrics)  # system metrics
     artifacts = {a.path for a in client.list_artifacts(mlrun.info.run_id, "model")}
     assert "model/emola_config.json" in artifacts

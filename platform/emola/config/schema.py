@@ -170,6 +170,9 @@ class TrainConfig(Section):
     lr: float = Field(gt=0)
     projector_lr: float = Field(gt=0)
     prior_aux_weight: float = Field(ge=0, description="weight of the AU loss on the prior token; 0: published recipe")
+    au_code_weight: float = Field(
+        default=1.0, gt=0,
+        description="language-model loss weight of the answer tokens that spell an AU code (AU12); 1: published recipe")
     weight_decay: float = Field(ge=0)
     warmup_ratio: float = Field(ge=0, lt=1)
     schedule: Literal["cosine", "linear", "constant"]

@@ -45,7 +45,8 @@ NEGATIONS: tuple[str, ...] = ("not", "no", "isn't ", "nothing", "cannot", "won't
 _SENTENCE_SPLIT = re.compile(r"(?<!\w\.\w.)(?<![A-Z][a-z]\.)(?<=\.|\?)\s")
 _FIRST_SENTENCE = re.compile(r"^.*?[.!?]")
 _WORD = re.compile(r"\b\w+\b")
-_AU = re.compile(r"AU(\d+)")
+#: An AU code as REGE reads it: case-sensitive, digits as written ("AU012" is not AU 12).
+AU_CODE = re.compile(r"AU(\d+)")
 
 
 def drop_negated_sentences(text: str) -> str:
@@ -76,4 +77,4 @@ def aus_of(text: str, label_space: Sequence[int] = AU_LISTS["FABA"]) -> tuple[in
     The digits must spell an AU of ``label_space`` exactly: ``AU012`` is not AU12.
     """
     allowed = {str(au): au for au in label_space}
-    return tuple(sorted({allowed[d] for d in _AU.findall(text) if d in allowed}))
+    return tuple(sorted({allowed[d] for d in AU_CODE.findall(text) if d in allowed}))

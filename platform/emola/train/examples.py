@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from emola.data.manifest import ManifestRow
+from emola.metrics.rege_parsers import AU_CODE
 from emola.model.processing import IGNORE_INDEX, EmolaProcessor
 from emola.train.objective import AUX_AUS, au_targets
 
@@ -99,26 +100,49 @@ def length_grouped_order(lengths: Sequence[int], batch: int, seed: int, window: 
     return [int(i) for b in batches for i in b]
 
 
+def au_code_weights(processor: EmolaProcessor, answer: str, weight: float) -> list[float]:
+    """Loss weight of each answer token as :meth:`EmolaProcessor.example_ids` labels them.
+
+    ``weight`` for every token that spells part of an AU code (``AU12``: the "AU" and the
+    digits, however the tokenizer splits them), 1 for the others and for the end token.
+    Why: these are the few tokens the AU score reads, among ~250 of phrasing per description.
+    """
+    text = processor.template.answer_prefix + answer.strip()
+    encoded = processor.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    codes = [match.span() for match in AU_CODE.finditer(text)]
+    weights = [weight if any(start < end_code and start_code < end for start_code, end_code in codes) else 1.0
+               for start, end in encoded["offset_mapping"]]
+    return weights + [1.0]  # the end token
+
+
 class Preprocess:
     """Ray Data stage: tokenize with label masking, load and preprocess images, attach priors.
 
     ``aux_targets``: also pass on the AU head's targets (``train.prior_aux_weight > 0``).
+    ``au_code_weight``: other than 1, also pass per-token loss weights (``train.au_code_weight``).
     """
 
-    def __init__(self, processor_dir: str, max_length: int, aux_targets: bool = False):
+    def __init__(self, processor_dir: str, max_length: int, aux_targets: bool = False, au_code_weight: float = 1.0):
         self.processor = EmolaProcessor.load(processor_dir)
         self.max_length = max_length
         self.aux_targets = aux_targets
+        self.au_code_weight = au_code_weight
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from emola.imaging import read_image_file
 
-        out: dict[str, list] = {"input_ids": [], "labels": []}
+        out: dict[str, list] = {"input_ids": [], "labels": [], "loss_weights": []}
         for question, answer in zip(batch["question"], batch["answer"]):
             ids, labels = self.processor.example_ids(str(question), str(answer))
             out["input_ids"].append(np.asarray(ids[: self.max_length], np.int64))
             out["labels"].append(np.asarray(labels[: self.max_length], np.int64))
+            if self.au_code_weight != 1.0:
+                answer_weights = au_code_weights(self.processor, str(answer), self.au_code_weight)
+                weights = [0.0] * (len(ids) - len(answer_weights)) + answer_weights  # prompt: no loss anyway
+                out["loss_weights"].append(np.asarray(weights[: self.max_length], np.float32))
         result = {"input_ids": _ragged(out["input_ids"]), "labels": _ragged(out["labels"])}
+        if out["loss_weights"]:
+            result["loss_weights"] = _ragged(out["loss_weights"])
         if self.processor.use_image:
             images = [read_image_file(Path(str(p)), 10**9)[0] for p in batch["image"]]
             result["pixel_values"] = self.processor.pixel_values(images).numpy()
@@ -148,6 +172,11 @@ def collate(batch: dict[str, np.ndarray], pad_id: int) -> dict[str, torch.Tensor
         label_ids[i, : len(y)] = torch.as_tensor(np.asarray(y, np.int64))
         mask[i, : len(x)] = 1
     out = {"input_ids": input_ids, "labels": label_ids, "attention_mask": mask}
+    if "loss_weights" in batch:
+        weights = torch.zeros((len(ids), width), dtype=torch.float32)
+        for i, w in enumerate(batch["loss_weights"]):
+            weights[i, : len(w)] = torch.as_tensor(np.asarray(w, np.float32))
+        out["loss_weights"] = weights
     if "pixel_values" in batch:
         out["pixel_values"] = torch.as_tensor(np.asarray(batch["pixel_values"], np.float32))
     if "prior" in batch:

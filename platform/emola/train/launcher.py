@@ -127,7 +127,8 @@ def train_one(cfg: EmolaConfig, tasks: list[str], output: Path, *, repo_root: Pa
     worker_cpus = 1.0 if t.use_gpu else max(0.25, min(1.0, (cpus - 0.5) / world))
     dataset = ray.data.from_items(ordered, override_num_blocks=max(world, min(len(ordered) // 64, 64)))
     dataset = dataset.map_batches(Preprocess, fn_constructor_kwargs={"processor_dir": str(init_dir), "max_length": t.max_length,
-                                                                         "aux_targets": t.prior_aux_weight > 0},
+                                                                         "aux_targets": t.prior_aux_weight > 0,
+                                                                         "au_code_weight": t.au_code_weight},
                                   batch_size=32, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.25)
 
     uri = tracking.configure(repo_root)

@@ -1,15 +1,21 @@
-"""The training objective: the language-model loss, plus an optional AU loss on the prior token.
+"""The training objective: the language-model loss, optionally reweighted, plus an optional AU loss.
 
-EmoLA as published trains on the language-model loss alone (``train.prior_aux_weight: 0``;
-the recipe then hands DeepSpeed the model itself). With a positive weight the recipe trains
-:class:`PriorAuxObjective` instead: a linear head reads the AU multi-label target of each
-AU-task sample off its projected prior token. Why: the language-model gradient reaching the
-prior projector is weak and noisy (a few AU-naming tokens among ~250), so the projector
-learns the AU geometry slowly: without the head, the tiny profile never named the AUs that
-occur only in free combinations within its step budget. The head gives the projector a
-direct signal (``benchmarks/prior_aux.py`` measures it).
-The head is a training device only: the exported checkpoint is the wrapped model, and
-inference never sees the head.
+EmoLA as published trains on the plain language-model loss (``train.au_code_weight: 1``,
+``train.prior_aux_weight: 0``; the recipe then hands DeepSpeed the model itself). Otherwise
+the recipe trains :class:`TrainingObjective`, which adds two training devices:
+
+- AU-code token weights (``train.au_code_weight``): the tokens that spell an AU code
+  (``AU12``) count ``w`` times in the language-model loss. Why: a description is ~250
+  tokens of phrasing, much of it drawn at random per sample and never predictable, and a
+  handful of AU-code tokens, the only ones the AU score reads; their share of the gradient
+  is too small for the AUs seen in few images.
+- The AU head (``train.prior_aux_weight``): a linear head reads the AU multi-label target
+  of each AU-task sample off its projected prior token. Why: the language-model gradient
+  reaching the prior projector is weak and noisy, so the projector learns the AU geometry
+  slowly; the head gives it a direct signal (``benchmarks/prior_aux.py`` measures it).
+
+Both are training devices only: the exported checkpoint is the wrapped model, and
+inference never sees the weights or the head.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from emola.data.labels import AU_LISTS
 from emola.data.manifest import ManifestRow
 from emola.metrics.rege_parsers import aus_of
 from emola.model.modeling import EmolaForConditionalGeneration
+from emola.model.processing import IGNORE_INDEX
 
 #: Targets of the auxiliary head: the FABA label space, a superset of every benchmark's list.
 AUX_AUS: tuple[int, ...] = AU_LISTS["FABA"]
@@ -38,37 +45,76 @@ def au_targets(row: ManifestRow) -> list[float] | None:
     return [float(au in active) for au in AUX_AUS]
 
 
-class PriorAuxObjective(nn.Module):
-    """``model`` plus a linear AU head on its prior token.
+def next_token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-position cross-entropy of predicting ``labels[:, t]`` from ``logits[:, t - 1]``.
 
-    ``forward`` takes the model's inputs plus ``au_targets`` ``(B, len(AUX_AUS))`` and
-    ``au_mask`` ``(B,)`` (1 for AU-task samples) and returns the model's output with
-    ``loss = lm_loss + weight * BCE(head(prior_token), au_targets)`` over the masked
-    samples; ``last_lm_loss`` and ``last_aux_loss`` keep the two terms for logging.
+    ``logits`` ``(B, L, V)``, ``labels`` ``(B, L)`` with -100 where no loss is taken.
+    Returns ``(losses, labelled)``, both ``(B, L - 1)``, aligned with ``labels[:, 1:]``;
+    ``losses`` is 0 where ``labelled`` is False. The plain mean, ``losses.sum() /
+    labelled.sum()``, is the Hugging Face causal-LM loss.
+    """
+    targets = labels[:, 1:]
+    losses = nn.functional.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                         ignore_index=IGNORE_INDEX, reduction="none").view_as(targets)
+    return losses, targets != IGNORE_INDEX
+
+
+class TrainingObjective(nn.Module):
+    """``model`` plus the training-only terms of the loss.
+
+    ``forward`` takes the model's inputs plus, optionally:
+
+    - ``loss_weights`` ``(B, L)``, aligned with ``labels``: the language-model loss becomes
+      ``sum(weight * token loss) / number of labelled tokens``, so all-ones weights give the
+      plain loss;
+    - ``au_targets`` ``(B, len(AUX_AUS))`` and ``au_mask`` ``(B,)`` (1 for AU-task samples),
+      needed when ``aux_weight > 0``: the loss gains ``aux_weight * BCE(head(prior token),
+      au_targets)`` over the masked samples.
+
+    It returns the model's output with that ``loss``; ``last_lm_loss`` (the plain,
+    unweighted language-model loss, comparable across settings) and ``last_aux_loss`` keep
+    the terms for logging.
     """
 
-    def __init__(self, model: EmolaForConditionalGeneration, weight: float):
+    def __init__(self, model: EmolaForConditionalGeneration, aux_weight: float = 0.0):
         super().__init__()
-        if model.prior_projector is None:
-            raise ValueError("train.prior_aux_weight > 0 needs a model with a prior token (model.prior: landmarks)")
         self.model = model
-        self.weight = weight
-        self.head = nn.Linear(model.prior_projector.linear_2.out_features, len(AUX_AUS))
-        self.last_lm_loss = self.last_aux_loss = torch.tensor(0.0)
+        self.aux_weight = aux_weight
+        self.head = None
+        if aux_weight > 0:
+            if model.prior_projector is None:
+                raise ValueError("train.prior_aux_weight > 0 needs a model with a prior token (model.prior: landmarks)")
+            self.head = nn.Linear(model.prior_projector.linear_2.out_features, len(AUX_AUS))
+        self.last_lm_loss = self.last_aux_loss = torch.tensor(float("nan"))
 
-    def forward(self, au_targets: torch.Tensor, au_mask: torch.Tensor, **inputs):
-        output = self.model(**inputs)
-        self.last_lm_loss = output.loss.detach()
+    def forward(self, au_targets: torch.Tensor | None = None, au_mask: torch.Tensor | None = None,
+                loss_weights: torch.Tensor | None = None, **inputs):
+        if loss_weights is None:
+            output = self.model(**inputs)
+            self.last_lm_loss = output.loss.detach()
+        else:
+            labels = inputs.pop("labels")
+            output = self.model(**inputs)
+            losses, labelled = next_token_losses(output.logits, labels)
+            count = labelled.sum().clamp_min(1)
+            self.last_lm_loss = (losses.sum() / count).detach()
+            output.loss = (losses * loss_weights[:, 1:].to(losses.dtype)).sum() / count
+        if self.head is not None:
+            output.loss = output.loss + self.aux_weight * self._aux_loss(inputs["prior"], au_targets, au_mask)
+        return output
+
+    def _aux_loss(self, prior: torch.Tensor, au_targets: torch.Tensor | None, au_mask: torch.Tensor | None):
+        if au_targets is None or au_mask is None:
+            raise ValueError("the AU head needs au_targets and au_mask in every batch")
         # Every sample goes through the head and the mask zeroes the non-AU ones, instead of
         # selecting the AU rows: a batch without any must still give the head a (zero)
         # gradient, or data-parallel ranks reduce gradient buffers of different sizes.
         # The projector runs a second time: one small MLP next to the LLM pass, and it keeps
         # the model's forward free of training-only outputs.
-        tokens = self.model.prior_projector(inputs["prior"].to(self.head.weight.dtype))
+        tokens = self.model.prior_projector(prior.to(self.head.weight.dtype))
         per_sample = nn.functional.binary_cross_entropy_with_logits(
             self.head(tokens).float(), au_targets.float(), reduction="none").mean(-1)
         mask = au_mask.float()
         aux = (per_sample * mask).sum() / mask.sum().clamp_min(1.0)
         self.last_aux_loss = aux.detach() if mask.any() else torch.tensor(float("nan"))
-        output.loss = output.loss + self.weight * aux
-        return output
+        return aux

@@ -82,10 +82,10 @@ class TrainingRecipe:
         if self.train_cfg.gradient_checkpointing:
             model.base_llava.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.train()
-        if self.train_cfg.prior_aux_weight > 0:
-            from emola.train.objective import PriorAuxObjective
+        if self.uses_objective:
+            from emola.train.objective import TrainingObjective
 
-            model = PriorAuxObjective(model, self.train_cfg.prior_aux_weight)
+            model = TrainingObjective(model, self.train_cfg.prior_aux_weight)
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model,
             model_parameters=parameter_groups(model, self.train_cfg),
@@ -146,9 +146,11 @@ class TrainingRecipe:
                            "grad_norm": float(self.engine.get_global_grad_norm() or 0.0),
                            "samples_per_s": window_samples / elapsed, "tokens_per_s": window_tokens / elapsed,
                            "epoch": self.epoch}
-                if self.train_cfg.prior_aux_weight > 0:
+                if self.uses_objective:
                     objective = self.engine.module
-                    metrics.update(lm_loss=float(objective.last_lm_loss), aux_loss=float(objective.last_aux_loss))
+                    metrics["lm_loss"] = float(objective.last_lm_loss)
+                    if objective.head is not None:
+                        metrics["aux_loss"] = float(objective.last_aux_loss)
                 if self.step > 2:
                     self.timed_samples += window_samples
                     self.timed_seconds += elapsed
@@ -180,10 +182,15 @@ class TrainingRecipe:
                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
     @property
+    def uses_objective(self) -> bool:
+        """Whether the loss has training-only terms (:mod:`emola.train.objective`) beyond the published one."""
+        return self.train_cfg.prior_aux_weight > 0 or self.train_cfg.au_code_weight != 1.0
+
+    @property
     def emola_model(self):
-        """The EmoLA model being trained (inside the training objective when it has an AU head)."""
+        """The EmoLA model being trained (inside the training objective when the loss has extra terms)."""
         module = self.engine.module
-        return module.model if self.train_cfg.prior_aux_weight > 0 else module
+        return module.model if self.uses_objective else module
 
     def save_checkpoint(self) -> None:
         """DeepSpeed state of every rank plus the data position, reported as one Ray checkpoint."""
