@@ -171,3 +171,35 @@ def test_token_weights_need_no_prior_token(tiny_params, tiny_corpus):
     batch = processor.training_batch(["What AUs are conveyed by this face?"], [AU_ANSWER], images)
     loss = TrainingObjective(model)(loss_weights=torch.full(batch["labels"].shape, 2.0), **batch).loss
     torch.testing.assert_close(loss, 2.0 * model(**batch).loss)
+
+
+# ------------------------------------------------------------------ prior warm-up
+def test_prior_warm_up_fits_projector_and_head_and_touches_nothing_else(tiny_params, tiny_corpus):
+    from emola.train.launcher import warm_up
+    from emola.train.objective import au_head, warm_up_prior
+
+    torch.manual_seed(0)
+    model, _, _ = build_tiny(tiny_params, tiny_corpus)
+    rng = np.random.default_rng(0)
+    priors = torch.tensor(rng.normal(size=(64, 136)), dtype=torch.float32)
+    targets = (priors[:, :len(AUX_AUS)] > 0).float()  # each AU readable from one coordinate
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    head = au_head(model)
+    start = torch.nn.functional.binary_cross_entropy_with_logits(head(model.prior_projector(priors)), targets).item()
+    loss = warm_up_prior(model, head, priors, targets, steps=60, lr=1e-2)
+    assert loss < 0.1 < start
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all(n.startswith("prior_projector.") for n in changed)
+    # The objective starts from the warmed head.
+    objective = TrainingObjective(model, aux_weight=1.0, head_state=head.state_dict())
+    torch.testing.assert_close(objective.head.weight, head.weight)
+
+    class Settings:  # the TrainConfig fields warm_up reads
+        prior_warmup_steps, prior_warmup_lr, seed = 5, 1e-2, 1
+
+    rows = [{"task": "au", "prior": priors[i].tolist(), "au_targets": targets[i].tolist()} for i in range(8)]
+    lines = []
+    assert warm_up(model, rows, Settings, log=lines.append) is not None and "8 AU examples, 5 steps" in lines[0]
+    assert warm_up(model, [{**r, "task": "emotion"} for r in rows], Settings) is None  # no AU examples
+    Settings.prior_warmup_steps = 0
+    assert warm_up(model, rows, Settings) is None

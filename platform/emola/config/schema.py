@@ -170,6 +170,11 @@ class TrainConfig(Section):
     lr: float = Field(gt=0)
     projector_lr: float = Field(gt=0)
     prior_aux_weight: float = Field(ge=0, description="weight of the AU loss on the prior token; 0: published recipe")
+    prior_warmup_steps: int = Field(
+        default=0, ge=0,
+        description="full-batch steps fitting the prior projector and the AU head to the AU labels before training; "
+                    "0: published recipe")
+    prior_warmup_lr: float = Field(default=1e-2, gt=0, description="AdamW learning rate of those steps")
     au_code_weight: float = Field(
         default=1.0, gt=0,
         description="language-model loss weight of the answer tokens that spell an AU code (AU12); 1: published recipe")

@@ -63,6 +63,27 @@ def run_training(cfg: EmolaConfig, *, repo_root: Path | str = ".", log=print) ->
                       repo_root=Path(repo_root), log=log) for group in groups]
 
 
+def warm_up(model, examples: list[dict], t, log=print):
+    """``train.prior_warmup_steps`` on the AU examples; returns the warmed AU head, or None when skipped."""
+    au = [e for e in examples if e["task"] == "au"]
+    if not t.prior_warmup_steps or model.prior_projector is None or not au:
+        return None
+    import numpy as np
+    import torch
+
+    from emola.train.objective import au_head, warm_up_prior
+
+    torch.manual_seed(t.seed)
+    head = au_head(model)
+    started = time.perf_counter()
+    loss = warm_up_prior(model, head, torch.tensor(np.array([e["prior"] for e in au], np.float32)),
+                         torch.tensor(np.array([e["au_targets"] for e in au], np.float32)),
+                         t.prior_warmup_steps, t.prior_warmup_lr)
+    log(f"train: prior warm-up on {len(au)} AU examples, {t.prior_warmup_steps} steps: BCE {loss:.4f} "
+        f"({time.perf_counter() - started:.1f} s)")
+    return head
+
+
 def train_one(cfg: EmolaConfig, tasks: list[str], output: Path, *, repo_root: Path, log=print) -> TrainingOutcome:
     import mlflow
     import ray
@@ -75,6 +96,7 @@ def train_one(cfg: EmolaConfig, tasks: list[str], output: Path, *, repo_root: Pa
     from emola.model.processing import EmolaProcessor
     from emola.runtime import init_ray
     from emola.train.examples import Preprocess, build_examples, example_order, weighted_examples
+    from emola.train.objective import AUX_HEAD_FILE
     from emola.train.recipe import EXPORT_DIR, train_loop_per_worker
 
     started = time.perf_counter()
@@ -105,7 +127,12 @@ def train_one(cfg: EmolaConfig, tasks: list[str], output: Path, *, repo_root: Pa
 
             model.prior_projector.fit_normalization(torch.tensor(np.array([e["prior"] for e in examples.rows])),
                                                     standardize=cfg.model.prior_standardize)
+        head = warm_up(model, examples.rows, t, log)
         save_checkpoint(model, processor, model_cfg, init_dir)
+        if head is not None:
+            from safetensors.torch import save_file
+
+            save_file(head.state_dict(), init_dir / AUX_HEAD_FILE)
         del model
     processor = EmolaProcessor.load(init_dir)
 

@@ -83,9 +83,15 @@ class TrainingRecipe:
             model.base_llava.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.train()
         if self.uses_objective:
-            from emola.train.objective import TrainingObjective
+            from emola.train.objective import AUX_HEAD_FILE, TrainingObjective
 
-            model = TrainingObjective(model, self.train_cfg.prior_aux_weight)
+            head_file = Path(self.raw["init_dir"]) / AUX_HEAD_FILE
+            head_state = None
+            if self.train_cfg.prior_aux_weight > 0 and head_file.is_file():
+                from safetensors.torch import load_file
+
+                head_state = load_file(head_file)
+            model = TrainingObjective(model, self.train_cfg.prior_aux_weight, head_state=head_state)
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model,
             model_parameters=parameter_groups(model, self.train_cfg),
