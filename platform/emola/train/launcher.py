@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from emola.config import EmolaConfig
+from emola.config.schema import TrainConfig
 from emola.data.manifest import read_manifest
 from emola.faces.pipeline import images_of, prior_vectors
 from emola.faces.registry import build_backend
@@ -63,8 +64,12 @@ def run_training(cfg: EmolaConfig, *, repo_root: Path | str = ".", log=print) ->
                       repo_root=Path(repo_root), log=log) for group in groups]
 
 
-def warm_up(model, examples: list[dict], t, log=print):
-    """``train.prior_warmup_steps`` on the AU examples; returns the warmed AU head, or None when skipped."""
+def warm_up(model, examples: list[dict], t: TrainConfig, log=print):
+    """``train.prior_warmup_steps`` on the AU examples; returns the warmed AU head, or None when skipped.
+
+    The launcher saves the head beside the run's initial checkpoint; a run resumed after a
+    crash between the two writes starts with a fresh head (and the warmed projector).
+    """
     au = [e for e in examples if e["task"] == "au"]
     if not t.prior_warmup_steps or model.prior_projector is None or not au:
         return None

@@ -78,7 +78,7 @@ def warm_up_prior(model: EmolaForConditionalGeneration, head: nn.Linear, priors:
         optimizer.step()
     for param in params:
         param.grad = None
-    return float(loss)
+    return float(loss.detach())
 
 
 def next_token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
