@@ -160,23 +160,24 @@ def _ragged(arrays: list[np.ndarray]) -> np.ndarray:
     return holder
 
 
+def _right_pad(sequences: Sequence, width: int, fill: float, dtype: torch.dtype) -> torch.Tensor:
+    """Ragged 1-D sequences -> ``(len(sequences), width)``, each left-aligned, ``fill`` after it."""
+    out = torch.full((len(sequences), width), fill, dtype=dtype)
+    for i, x in enumerate(sequences):
+        out[i, : len(x)] = torch.as_tensor(np.asarray(x), dtype=dtype)
+    return out
+
+
 def collate(batch: dict[str, np.ndarray], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad a numpy batch from the data pipeline into model inputs."""
-    ids, labels = list(batch["input_ids"]), list(batch["labels"])
+    ids = list(batch["input_ids"])
     width = max(len(x) for x in ids)
-    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
-    label_ids = torch.full((len(ids), width), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros((len(ids), width), dtype=torch.long)
-    for i, (x, y) in enumerate(zip(ids, labels)):
-        input_ids[i, : len(x)] = torch.as_tensor(np.asarray(x, np.int64))
-        label_ids[i, : len(y)] = torch.as_tensor(np.asarray(y, np.int64))
-        mask[i, : len(x)] = 1
-    out = {"input_ids": input_ids, "labels": label_ids, "attention_mask": mask}
+    lengths = torch.tensor([len(x) for x in ids])
+    out = {"input_ids": _right_pad(ids, width, pad_id, torch.long),
+           "labels": _right_pad(list(batch["labels"]), width, IGNORE_INDEX, torch.long),
+           "attention_mask": (torch.arange(width)[None, :] < lengths[:, None]).long()}
     if "loss_weights" in batch:
-        weights = torch.zeros((len(ids), width), dtype=torch.float32)
-        for i, w in enumerate(batch["loss_weights"]):
-            weights[i, : len(w)] = torch.as_tensor(np.asarray(w, np.float32))
-        out["loss_weights"] = weights
+        out["loss_weights"] = _right_pad(list(batch["loss_weights"]), width, 0.0, torch.float32)
     if "pixel_values" in batch:
         out["pixel_values"] = torch.as_tensor(np.asarray(batch["pixel_values"], np.float32))
     if "prior" in batch:
