@@ -7,7 +7,7 @@ import pytest
 
 from emola.config import load_config
 from emola.config.loader import ParamsError
-from emola.train.examples import collate, example_order, length_grouped_order, weighted_examples
+from emola.train.examples import collate, example_order, length_grouped_order, training_stream, weighted_examples
 from emola.train.optimization import deepspeed_config, lr_factor, parameter_groups
 from tests.conftest import build_tiny
 
@@ -67,6 +67,31 @@ def test_ungrouped_order_is_a_seeded_shuffle_that_mixes_tasks():
     assert 20 <= sum(i >= 300 for i in order[:80]) <= 60  # both tasks from the start, not one after the other
     grouped = example_order(examples, lambda e: e["length"], 8, 1, group_by_length=True)
     assert grouped == length_grouped_order(lengths, 8, 1)
+
+
+def test_the_stream_holds_every_epoch_each_in_a_fresh_order_and_tokenizes_each_example_once():
+    examples = [{"uid": f"e{i}", "task": "emotion", "length": 50 + i} for i in range(100)]
+    examples += [{"uid": f"a{i}", "task": "au", "length": 200 + i} for i in range(100)]
+    calls = []
+
+    def length(example):
+        calls.append(example["uid"])
+        return example["length"]
+
+    stream, sizes = training_stream(examples, {"au": 1.5}, length, batch=8, seed=1, epochs=3, group_by_length=True)
+    assert len(stream) == sum(sizes) and len(sizes) == 3
+    epochs, start = [], 0
+    for size in sizes:
+        epochs.append([e["uid"] for e in stream[start:start + size]])
+        start += size
+    for number, (epoch, size) in enumerate(zip(epochs, sizes)):  # each epoch: that epoch's weighting, reordered
+        assert sorted(epoch) == sorted(e["uid"] for e in weighted_examples(examples, {"au": 1.5}, seed=1 + number))
+    assert epochs[0] != epochs[1] != epochs[2]  # a fresh order every epoch, not the same batches again
+    assert sorted(calls) == sorted(e["uid"] for e in examples)  # lengths: once per distinct example
+    first, _ = training_stream(examples, {"au": 1.5}, length, batch=8, seed=1, epochs=1, group_by_length=True)
+    assert [e["uid"] for e in first] == epochs[0]  # reproducible, and a longer run starts the same way
+    plain, sizes = training_stream(examples, {}, length, batch=8, seed=1, epochs=2, group_by_length=False)
+    assert sizes == [200, 200] and plain[:200] != plain[200:]
 
 
 def test_task_weights_repeat_each_tasks_examples():

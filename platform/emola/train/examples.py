@@ -78,6 +78,31 @@ def example_order(examples: Sequence[dict], length: Callable[[dict], int], batch
     return [int(i) for i in np.random.default_rng(seed).permutation(len(examples))]
 
 
+def training_stream(examples: Sequence[dict], weights: Mapping[str, float], length: Callable[[dict], int],
+                    batch: int, seed: int, epochs: int, *, group_by_length: bool) -> tuple[list[dict], list[int]]:
+    """``epochs`` epochs back to back, each weighted and ordered with its own seed (``seed + epoch``).
+
+    Returns the stream and each epoch's size. Why one stream: the data pipeline runs once
+    for the whole run, instead of restarting (and starting its actors) at every epoch, and
+    every epoch gets a fresh order, where a re-run pipeline would repeat the same batches.
+    ``length`` is called at most once per distinct example.
+    """
+    lengths: dict[int, int] = {}
+
+    def cached_length(example: dict) -> int:
+        if id(example) not in lengths:
+            lengths[id(example)] = length(example)
+        return lengths[id(example)]
+
+    stream, sizes = [], []
+    for epoch in range(epochs):
+        chosen = weighted_examples(examples, weights, seed + epoch)
+        order = example_order(chosen, cached_length, batch, seed + epoch, group_by_length=group_by_length)
+        stream += [chosen[i] for i in order]
+        sizes.append(len(chosen))
+    return stream, sizes
+
+
 def length_grouped_order(lengths: Sequence[int], batch: int, seed: int, window: int = 16) -> list[int]:
     """A shuffled order whose consecutive ``batch``-sized runs have similar lengths.
 

@@ -100,7 +100,7 @@ def train_one(cfg: EmolaConfig, tasks: list[str], output: Path, *, repo_root: Pa
     from emola.model.checkpoint import save_checkpoint
     from emola.model.processing import EmolaProcessor
     from emola.runtime import init_ray
-    from emola.train.examples import Preprocess, build_examples, example_order, weighted_examples
+    from emola.train.examples import Preprocess, build_examples, training_stream, weighted_examples
     from emola.train.objective import AUX_HEAD_FILE
     from emola.train.recipe import EXPORT_DIR, train_loop_per_worker
 
@@ -142,22 +142,27 @@ def train_one(cfg: EmolaConfig, tasks: list[str], output: Path, *, repo_root: Pa
     processor = EmolaProcessor.load(init_dir)
 
     world = t.num_workers
-    epoch = weighted_examples(examples.rows, t.task_weights, t.seed)
-    order = example_order(epoch, lambda e: len(processor.example_ids(e["question"], e["answer"])[0]),
-                          t.micro_batch, t.seed, group_by_length=t.group_by_length)
-    ordered = [epoch[i] for i in order]
-    per_worker = len(ordered) // world
-    steps_per_epoch = math.ceil(per_worker / t.micro_batch) // t.grad_accum
-    total = min(t.max_steps or 10**12, t.epochs * steps_per_epoch)
-    if total < 1:
-        raise RuntimeError(f"{len(ordered)} examples make no optimizer step with {world} workers x {t.micro_batch}")
+
+    def optimizer_steps(examples_count: int) -> int:  # Ray Data splits rows evenly; the last micro batch may be short
+        return math.ceil(examples_count // world / t.micro_batch) // t.grad_accum
+
+    epoch_size = len(weighted_examples(examples.rows, t.task_weights, t.seed))
+    steps_per_epoch = optimizer_steps(epoch_size)
+    if steps_per_epoch < 1:
+        raise RuntimeError(f"{epoch_size} examples make no optimizer step with {world} workers x {t.micro_batch}")
+    epochs = min(t.epochs, math.ceil(t.max_steps / steps_per_epoch)) if t.max_steps else t.epochs
+    stream, epoch_sizes = training_stream(examples.rows, t.task_weights,
+                                          lambda e: len(processor.example_ids(e["question"], e["answer"])[0]),
+                                          t.micro_batch, t.seed, epochs, group_by_length=t.group_by_length)
+    total = min(t.max_steps or 10**12, optimizer_steps(len(stream)))
 
     init_ray()
     cpus = ray.cluster_resources().get("CPU", 1)
     # Train workers leave a share of every CPU to the data pipeline: actors holding all
     # CPUs starve Ray Data's tasks (field notes, 2-core deadlock).
     worker_cpus = 1.0 if t.use_gpu else max(0.25, min(1.0, (cpus - 0.5) / world))
-    dataset = ray.data.from_items(ordered, override_num_blocks=max(world, min(len(ordered) // 64, 64)))
+    # One dataset for every epoch of the run (emola.train.examples.training_stream).
+    dataset = ray.data.from_items(stream, override_num_blocks=max(world, min(len(stream) // 64, 64)))
     dataset = dataset.map_batches(Preprocess, fn_constructor_kwargs={"processor_dir": str(init_dir), "max_length": t.max_length,
                                                                          "aux_targets": t.prior_aux_weight > 0,
                                                                          "au_code_weight": t.au_code_weight},
@@ -173,17 +178,19 @@ def train_one(cfg: EmolaConfig, tasks: list[str], output: Path, *, repo_root: Pa
                                                     "tasks": ",".join(tasks)}) as run:
             run_id = run.info.run_id
             params = tracking.flatten(cfg.model_dump())
-            params.update({"git.commit": tracking.git_commit(repo_root), "examples": str(len(ordered)),
+            params.update({"git.commit": tracking.git_commit(repo_root), "examples": str(epoch_sizes[0]),
+                           "epochs_streamed": str(epochs),
                            "total_steps": str(total), "landmarks.backend_key": backend_key})
             params.update(tracking.dvc_data_hashes(repo_root))
             for start in range(0, len(params), 90):  # MLflow accepts at most 100 params per call
                 mlflow.log_params(dict(list(params.items())[start:start + 90]))
-    log(f"train: run {name}: {len(ordered)} examples, {world} workers x micro batch {t.micro_batch} "
+    log(f"train: run {name}: {epoch_sizes[0]} examples x {epochs} epochs, {world} workers x micro batch {t.micro_batch} "
         f"x accumulation {t.grad_accum}, {total} steps, ZeRO-{t.zero_stage}, {t.precision}; MLflow {uri} run {run_id}")
 
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"params": cfg.model_dump(), "init_dir": str(init_dir), "total_steps": total,
+                           "steps_per_epoch": steps_per_epoch,
                            "mlflow_run_id": run_id, "tracking_uri": uri,
                            "threads_per_worker": max(1, int(worker_cpus)) if not t.use_gpu else 4},
         datasets={"train": dataset},

@@ -41,8 +41,10 @@ class TrainingRecipe:
         self.train_cfg = self.cfg.train
         self.total_steps: int = config["total_steps"]
         self.step = 0               # optimizer steps done
-        self.epoch = 0
-        self.micro_in_epoch = 0     # micro batches of this epoch already consumed
+        # The dataset streams every epoch of the run (emola.train.examples.training_stream): one
+        # pass normally; a pass that ends before the last step (a remainder) starts another.
+        self.passes = 0
+        self.micro_in_pass = 0      # micro batches of this pass already consumed
         self.finished = False
         self.last_loss = float("nan")
         self.timed_samples, self.timed_seconds = 0, 0.0  # throughput after the first steps (warm-up excluded)
@@ -101,8 +103,8 @@ class TrainingRecipe:
         if state:
             with checkpoint.as_directory() as directory:
                 self.engine.load_checkpoint(directory, tag=DS_TAG)
-            self.step, self.epoch, self.micro_in_epoch = state["step"], state["epoch"], state["micro_in_epoch"]
-            self._log(f"train: resumed from step {self.step} (epoch {self.epoch}, batch {self.micro_in_epoch})")
+            self.step, self.passes, self.micro_in_pass = state["step"], state["passes"], state["micro_in_pass"]
+            self._log(f"train: resumed from step {self.step} (micro batch {self.micro_in_pass} of pass {self.passes})")
         self._start_tracking()
 
     def _start_tracking(self) -> None:
@@ -134,16 +136,16 @@ class TrainingRecipe:
             batches = shard.iter_torch_batches(batch_size=self.train_cfg.micro_batch,
                                                collate_fn=partial(collate, pad_id=pad_id))
             for index, batch in enumerate(batches):
-                if index < self.micro_in_epoch:
+                if index < self.micro_in_pass:
                     continue  # consumed before the checkpoint this run resumed from
                 batch = {k: v.to(self.engine.device) for k, v in batch.items()}
                 loss = self.engine(**batch).loss
                 self.engine.backward(loss)
                 self.engine.step()
-                self.micro_in_epoch = index + 1
+                self.micro_in_pass = index + 1
                 window_samples += len(batch["input_ids"]) * self.world
                 window_tokens += int(batch["attention_mask"].sum()) * self.world
-                if self.micro_in_epoch % accum:
+                if self.micro_in_pass % accum:
                     continue
                 self.step += 1
                 self.last_loss = float(loss.detach())
@@ -151,7 +153,7 @@ class TrainingRecipe:
                 metrics = {"loss": self.last_loss, "lr": self.scheduler.get_last_lr()[0],
                            "grad_norm": float(self.engine.get_global_grad_norm() or 0.0),
                            "samples_per_s": window_samples / elapsed, "tokens_per_s": window_tokens / elapsed,
-                           "epoch": self.epoch}
+                           "epoch": self.step / self.raw["steps_per_epoch"]}
                 if self.uses_objective:
                     objective = self.engine.module
                     metrics["lm_loss"] = float(objective.last_lm_loss)
@@ -161,8 +163,8 @@ class TrainingRecipe:
                     self.timed_samples += window_samples
                     self.timed_seconds += elapsed
                 window_start, window_samples, window_tokens = time.perf_counter(), 0, 0
-                if self.mlflow:
-                    self.mlflow.log_metrics(metrics, step=self.step)
+                if self.mlflow:  # queued: a blocking database write per step stalls every rank's next step
+                    self.mlflow.log_metrics(metrics, step=self.step, synchronous=False)
                 if self.step % self.train_cfg.log_every == 0 or self.step == self.total_steps:
                     self._log(f"step {self.step}/{self.total_steps} loss {metrics['loss']:.4f} lr {metrics['lr']:.2e} "
                               f"grad_norm {metrics['grad_norm']:.3f} {metrics['samples_per_s']:.1f} samples/s "
@@ -172,11 +174,11 @@ class TrainingRecipe:
                     return
                 if self.step % self.train_cfg.checkpoint_every == 0:
                     self.save_checkpoint()
-            self.epoch += 1
-            self.micro_in_epoch = 0
+            self.passes += 1
+            self.micro_in_pass = 0
 
     def _state(self, finished: bool) -> dict:
-        return {"step": self.step, "epoch": self.epoch, "micro_in_epoch": self.micro_in_epoch,
+        return {"step": self.step, "passes": self.passes, "micro_in_pass": self.micro_in_pass,
                 "total_steps": self.total_steps, "loss": self.last_loss, "finished": finished}
 
     def _final_metrics(self) -> dict:
@@ -234,4 +236,5 @@ class TrainingRecipe:
 
     def cleanup(self) -> None:
         if getattr(self, "mlflow", None):
+            self.mlflow.flush_async_logging()
             self.mlflow.end_run()
