@@ -94,6 +94,19 @@ def test_the_stream_holds_every_epoch_each_in_a_fresh_order_and_tokenizes_each_e
     assert sizes == [200, 200] and plain[:200] != plain[200:]
 
 
+def test_the_stream_has_the_epochs_max_steps_needs_and_no_more_than_train_epochs(repo_root):
+    from emola.train.launcher import epochs_to_stream, optimizer_steps
+
+    t = load_config(repo_root / "params.yaml", []).train  # 2 workers x micro batch 8
+    assert optimizer_steps(1955, t) == 123 and optimizer_steps(9 * 1955, t) == 1100  # not 9 x 123
+    assert epochs_to_stream(1955, t.model_copy(update={"max_steps": 1000})) == (9, 123)
+    assert epochs_to_stream(1955, t.model_copy(update={"max_steps": 1107})) == (10, 123)  # 9 epochs: 1100 steps
+    assert epochs_to_stream(1955, t.model_copy(update={"max_steps": 5000, "epochs": 3})) == (3, 123)
+    assert epochs_to_stream(1955, t.model_copy(update={"max_steps": None, "epochs": 2})) == (2, 123)
+    with pytest.raises(RuntimeError, match="no optimizer step"):
+        epochs_to_stream(1, t)
+
+
 def test_task_weights_repeat_each_tasks_examples():
     examples = [{"uid": f"e{i}", "task": "emotion"} for i in range(400)] + [{"uid": f"a{i}", "task": "au"} for i in range(400)]
     doubled = weighted_examples(examples, {"au": 2.0}, seed=1)

@@ -107,9 +107,10 @@ def length_grouped_order(lengths: Sequence[int], batch: int, seed: int, window: 
     """A shuffled order whose consecutive ``batch``-sized runs have similar lengths.
 
     Less padding, at a price measured on the tiny profile: AU descriptions grow with their
-    number of AUs, so grouped batches hold faces with similar AU counts, and the same
-    batches recur every epoch. AU macro F1 fell from 65.1 to 53.1 (AU task, 450 steps),
-    with no time saved on CPU; ``tiny`` turns it off (``train.group_by_length``).
+    number of AUs, so grouped batches hold faces with similar AU counts. AU macro F1 fell
+    from 65.1 to 53.1 (AU task, 450 steps; measured when every epoch still repeated the
+    first one's batches), with no time saved on CPU; ``tiny`` turns it off
+    (``train.group_by_length``).
 
     Indices are shuffled, cut into mega-batches of ``window * batch``, each sorted by length
     (longest first) and cut into batches, whose order is shuffled again: padding waste

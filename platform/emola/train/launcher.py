@@ -64,6 +64,27 @@ def run_training(cfg: EmolaConfig, *, repo_root: Path | str = ".", log=print) ->
                       repo_root=Path(repo_root), log=log) for group in groups]
 
 
+def optimizer_steps(examples: int, t: TrainConfig) -> int:
+    """Optimizer steps in a stream of ``examples`` rows: Ray Data gives each worker an equal
+    share, and the last micro batch may be short."""
+    return math.ceil(examples // t.num_workers / t.micro_batch) // t.grad_accum
+
+
+def epochs_to_stream(epoch_size: int, t: TrainConfig) -> tuple[int, int]:
+    """``(epochs, steps_per_epoch)``: the epochs the run's stream needs, at most ``train.epochs``.
+
+    Enough for ``train.max_steps``. Ray Data splits the whole stream, not each epoch, so
+    epochs x steps_per_epoch can overcount its micro batches by a few: then one epoch more.
+    """
+    steps_per_epoch = optimizer_steps(epoch_size, t)
+    if steps_per_epoch < 1:
+        raise RuntimeError(f"{epoch_size} examples make no optimizer step with {t.num_workers} workers x {t.micro_batch}")
+    if not t.max_steps:
+        return t.epochs, steps_per_epoch
+    epochs = math.ceil(t.max_steps / steps_per_epoch)
+    return min(t.epochs, epochs + int(optimizer_steps(epochs * epoch_size, t) < t.max_steps)), steps_per_epoch
+
+
 def warm_up(model, examples: list[dict], t: TrainConfig, log=print):
     """``train.prior_warmup_steps`` on the AU examples; returns the warmed AU head, or None when skipped.
 
@@ -142,19 +163,12 @@ def train_one(cfg: EmolaConfig, tasks: list[str], output: Path, *, repo_root: Pa
     processor = EmolaProcessor.load(init_dir)
 
     world = t.num_workers
-
-    def optimizer_steps(examples_count: int) -> int:  # Ray Data splits rows evenly; the last micro batch may be short
-        return math.ceil(examples_count // world / t.micro_batch) // t.grad_accum
-
     epoch_size = len(weighted_examples(examples.rows, t.task_weights, t.seed))
-    steps_per_epoch = optimizer_steps(epoch_size)
-    if steps_per_epoch < 1:
-        raise RuntimeError(f"{epoch_size} examples make no optimizer step with {world} workers x {t.micro_batch}")
-    epochs = min(t.epochs, math.ceil(t.max_steps / steps_per_epoch)) if t.max_steps else t.epochs
+    epochs, steps_per_epoch = epochs_to_stream(epoch_size, t)
     stream, epoch_sizes = training_stream(examples.rows, t.task_weights,
                                           lambda e: len(processor.example_ids(e["question"], e["answer"])[0]),
                                           t.micro_batch, t.seed, epochs, group_by_length=t.group_by_length)
-    total = min(t.max_steps or 10**12, optimizer_steps(len(stream)))
+    total = min(t.max_steps or 10**12, optimizer_steps(len(stream), t))
 
     init_ray()
     cpus = ray.cluster_resources().get("CPU", 1)
