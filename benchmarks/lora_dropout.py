@@ -3,8 +3,9 @@
     python benchmarks/lora_dropout.py [--steps 20] [--dropout 0.05]
 
 Both variants are the same tiny model (same initial weights) with the same LoRA settings
-except ``model.lora.dropout``, trained on the same FABA-Synth micro batches (the recipe's
-micro batch, AU-code weights and AU head, one thread as each Ray Train worker has). Steps
+except ``model.lora.dropout``, trained on the same FABA-Synth micro batches, built as the
+recipe builds them (``Preprocess`` then ``collate``: AU-code weights and AU-head targets
+included; one thread, as each Ray Train worker has). Steps
 alternate between the variants so machine noise hits both alike; the first 3 of each are
 not timed. Prints the median seconds per step and the ratio. Needs the default pipeline's
 manifests and landmark cache (run ``dvc repro`` first).
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -47,9 +49,7 @@ def main() -> None:
     from emola.data.manifest import read_manifest
     from emola.faces.cache import LandmarkCache
     from emola.faces.pipeline import prior_vectors
-    from emola.imaging import read_image_file
-    from emola.train.examples import au_code_weights
-    from emola.train.objective import AUX_AUS, au_targets
+    from emola.train.examples import Preprocess, build_examples, collate
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20)
@@ -63,27 +63,22 @@ def main() -> None:
     (backend_key,) = sorted(set(LandmarkCache(cache).read().column("backend").to_pylist()))
     rows = list(read_manifest(ROOT / cfg.data.manifests / "train.jsonl"))
     priors = prior_vectors(cache, backend_key, {r.image_sha256 for r in rows})
-    rows = [r for r in rows if r.image_sha256 in priors]
-    order = np.random.default_rng(cfg.train.seed).permutation(len(rows))
+    examples = build_examples(rows, cfg.train.tasks, priors).rows
+    order = np.random.default_rng(cfg.train.seed).permutation(len(examples))
     variants = {f"dropout {d}": build(cfg, d, rows, backend_key) for d in (args.dropout, 0.0)}
     processor = next(iter(variants.values()))[1]
+    with tempfile.TemporaryDirectory() as processor_dir:  # the recipe's data path: Ray Data's map stage, then collate
+        processor.save(processor_dir)
+        preprocess = Preprocess(processor_dir, cfg.train.max_length, aux_targets=cfg.train.prior_aux_weight > 0,
+                                au_code_weight=cfg.train.au_code_weight)
     micro = cfg.train.micro_batch
     times: dict[str, list[float]] = {name: [] for name in variants}
     for step in range(args.steps):
-        chunk = [rows[i] for i in order[step * micro:(step + 1) * micro]]
-        images = [read_image_file(Path(r.image_path()), 10**9)[0] for r in chunk]
-        batch = processor.training_batch([r.question for r in chunk], [r.answer for r in chunk], images,
-                                         np.stack([priors[r.image_sha256] for r in chunk]), cfg.train.max_length)
-        weights = torch.zeros(batch["labels"].shape)
-        for i, r in enumerate(chunk):
-            answer = au_code_weights(processor, r.answer, cfg.train.au_code_weight)
-            length = int(batch["attention_mask"][i].sum())
-            weights[i, length - len(answer): length] = torch.tensor(answer[:length])
-        extra = {"loss_weights": weights, "au_targets": torch.tensor([au_targets(r) or [0.0] * len(AUX_AUS) for r in chunk]),
-                 "au_mask": torch.tensor([r.task == "au" for r in chunk], dtype=torch.long)}
+        chunk = [examples[i] for i in order[step * micro:(step + 1) * micro]]
+        batch = collate(preprocess({key: [e[key] for e in chunk] for key in chunk[0]}), processor.tokenizer.pad_token_id)
         for name, (objective, _, optimizer) in variants.items():
             started = time.perf_counter()
-            objective(**extra, **batch).loss.backward()
+            objective(**batch).loss.backward()
             optimizer.step()
             optimizer.zero_grad()
             if step >= 3:

@@ -84,7 +84,7 @@ def test_the_stream_holds_every_epoch_each_in_a_fresh_order_and_tokenizes_each_e
     for size in sizes:
         epochs.append([e["uid"] for e in stream[start:start + size]])
         start += size
-    for number, (epoch, size) in enumerate(zip(epochs, sizes)):  # each epoch: that epoch's weighting, reordered
+    for number, epoch in enumerate(epochs):  # each epoch: that epoch's weighting, reordered
         assert sorted(epoch) == sorted(e["uid"] for e in weighted_examples(examples, {"au": 1.5}, seed=1 + number))
     assert epochs[0] != epochs[1] != epochs[2]  # a fresh order every epoch, not the same batches again
     assert sorted(calls) == sorted(e["uid"] for e in examples)  # lengths: once per distinct example
