@@ -59,6 +59,7 @@ def fit_probe(tokens, targets, steps: int, seed: int):
 def main() -> None:
     from emola.config import load_config
     from emola.data.manifest import read_manifest
+    from emola.evaluate.predict import prediction_record
     from emola.faces.pipeline import prior_vectors
     from emola.metrics.rege import rege
     from emola.model.checkpoint import load_checkpoint
@@ -86,8 +87,9 @@ def main() -> None:
     predict = fit_probe(*prior_tokens(model, rows["train"], priors), args.steps, args.seed)
     test_tokens, _ = prior_tokens(model, rows["test"], priors)
     texts = [", ".join(f"AU{au}" for au, on in zip(AUX_AUS, active) if on) for active in predict(test_tokens)]
-    probe = rege("au", texts, [r.answer for r in rows["test"]], [", ".join(map(str, r.aus or [])) for r in rows["test"]],
-                 dataset=cfg.evaluate.dataset, extras=False)
+    records = [prediction_record(r, text) for r, text in zip(rows["test"], texts)]  # the evaluate stage's labels
+    probe = rege("au", [p["prediction"] for p in records], [p["reference"] for p in records],
+                 [p["label"] for p in records], dataset=cfg.evaluate.dataset, extras=False)
     decoder = json.loads(args.details.read_text())["au"] if args.details.is_file() else None
 
     print(f"{len(rows['train'])} train / {len(rows['test'])} test AU faces, checkpoint {args.checkpoint}")
