@@ -1,6 +1,6 @@
 """FABA-Synth generation and release validation throughput.
 
-    python benchmarks/synth.py [--train 1200] [--test 300]
+    python benchmarks/synth.py [--train 3600] [--test 300]
 
 Renders the default-sized data set with 1 and with 2 worker processes in one run (same
 seed, so the same images), prints seconds and images/s for each and the speed-up, then
@@ -20,7 +20,7 @@ from emola.synth.dataset import DEFAULT_FILES, generate
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--train", type=int, default=1200)
+    parser.add_argument("--train", type=int, default=3600)  # params.yaml data.synth.train
     parser.add_argument("--test", type=int, default=300)
     args = parser.parse_args()
     n = args.train + args.test

@@ -58,7 +58,7 @@ def test_dvc_repro_on_a_fresh_clone(fresh_clone):
     assert rendered, out
     images, seconds = int(rendered.group(1)), float(rendered.group(2))
     print(f"dvc repro: {elapsed:.1f} s; FABA-Synth default set: {images} images in {seconds:.1f} s")
-    assert 1000 <= images <= 2000 and seconds < 60
+    assert 3000 <= images <= 5000 and seconds < 120  # 3,900 images in 44 s on 2 cores
 
     summary = json.loads((fresh_clone / "data/manifests/summary.json").read_text())
     assert summary["images"] == images and summary["rejected"] == 0
@@ -79,6 +79,8 @@ def test_dvc_repro_on_a_fresh_clone(fresh_clone):
     scores = json.loads((fresh_clone / "reports/metrics.json").read_text())
     print(f"evaluate: emotion S_re {scores['emotion']['S_re']:.1f}, AU S_re {scores['au']['S_re']:.1f}")
     assert scores["emotion"]["S_re"] >= 90, scores
+    # The AU target (macro F1 80) is not met by the default (README, Evaluation: 78.7); this guards the AU path.
+    assert scores["au"]["S_re"] >= 70, scores
     baselines = json.loads((fresh_clone / "reports/baselines.json").read_text())
     assert baselines["prior_off"]["emotion"]["S_re"] < scores["emotion"]["S_re"] - 30  # the model reads the prior
 
