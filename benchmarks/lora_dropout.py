@@ -67,7 +67,7 @@ def main() -> None:
     order = np.random.default_rng(cfg.train.seed).permutation(len(examples))
     variants = {f"dropout {d}": build(cfg, d, rows, backend_key) for d in (args.dropout, 0.0)}
     processor = next(iter(variants.values()))[1]
-    with tempfile.TemporaryDirectory() as processor_dir:  # the recipe's data path: Ray Data's map stage, then collate
+    with tempfile.TemporaryDirectory() as processor_dir:  # the recipe's data path: Preprocess, then collate
         processor.save(processor_dir)
         preprocess = Preprocess(processor_dir, cfg.train.max_length, aux_targets=cfg.train.prior_aux_weight > 0,
                                 au_code_weight=cfg.train.au_code_weight)

@@ -44,6 +44,15 @@ def test_examples_carry_targets_and_a_mask_through_preprocessing_and_collate(tin
     assert tensors["au_targets"].shape == (2, len(AUX_AUS)) and tensors["au_targets"][0].sum() == 2
 
 
+def test_examples_name_their_image_by_an_absolute_path(tmp_path, monkeypatch):
+    # The train workers preprocess images in their own working directory, not the driver's,
+    # so a release root relative to the driver's (params.yaml's data/release) must not reach them.
+    monkeypatch.chdir(tmp_path)
+    row = _row("au", AU_ANSWER).model_copy(update={"root": "data/release"})
+    (example,) = build_examples([row], ["au"], {"sha": np.zeros(136, np.float32)}).rows
+    assert example["image"] == str(tmp_path / "data/release/a.jpg")
+
+
 @pytest.fixture(scope="module")
 def tiny_batch(tiny_params, tiny_corpus):
     torch.manual_seed(0)

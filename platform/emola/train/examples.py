@@ -1,10 +1,11 @@
-"""Training examples: manifest rows joined with prior vectors, tokenized in Ray Data.
+"""Training examples: manifest rows joined with prior vectors, streamed by Ray Data.
 
 The driver builds the example list (one row per manifest row of the trained tasks whose
 image has a prior vector), repeats each task's examples by its weight, shuffles them
 (optionally so that each run of ``micro_batch`` rows has similar lengths), and hands Ray
-Data a dataset whose map stage tokenizes, masks labels and preprocesses images. Workers
-read their shard with :func:`collate`.
+Data a dataset of those examples. Each worker reads its shard and turns every micro batch
+into model inputs with :class:`Preprocess` (tokenize, mask labels, load and preprocess
+images) and :func:`collate` (pad).
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ def build_examples(rows: Sequence[ManifestRow], tasks: Sequence[str], priors: di
                 skipped.append(row.uid)
                 continue
         targets = au_targets(row)  # for train.prior_aux_weight; zeros outside the AU task
-        examples.append({"uid": row.uid, "image": str(row.image_path()), "question": row.question,
+        # Absolute: the train workers that read the image run in their own working directory.
+        examples.append({"uid": row.uid, "image": str(row.image_path().absolute()), "question": row.question,
                          "answer": row.answer, "task": row.task,
                          "prior": None if prior is None else np.asarray(prior, np.float32).tolist(),
                          "au_targets": targets or [0.0] * len(AUX_AUS)})
@@ -142,7 +144,8 @@ def au_code_weights(processor: EmolaProcessor, answer: str, weight: float) -> li
 
 
 class Preprocess:
-    """Ray Data stage: tokenize with label masking, load and preprocess images, attach priors.
+    """A batch of examples -> numpy model inputs: tokenize with label masking, load and
+    preprocess images, attach priors.
 
     ``aux_targets``: also pass on the AU head's targets (``train.prior_aux_weight > 0``).
     ``au_code_weight``: other than 1, also pass per-token loss weights (``train.au_code_weight``).

@@ -121,7 +121,7 @@ def train_one(cfg: EmolaConfig, tasks: list[str], output: Path, *, repo_root: Pa
     from emola.model.checkpoint import save_checkpoint
     from emola.model.processing import EmolaProcessor
     from emola.runtime import init_ray
-    from emola.train.examples import Preprocess, build_examples, training_stream, weighted_examples
+    from emola.train.examples import build_examples, training_stream, weighted_examples
     from emola.train.objective import AUX_HEAD_FILE
     from emola.train.recipe import EXPORT_DIR, train_loop_per_worker
 
@@ -175,12 +175,10 @@ def train_one(cfg: EmolaConfig, tasks: list[str], output: Path, *, repo_root: Pa
     # Train workers leave a share of every CPU to the data pipeline: actors holding all
     # CPUs starve Ray Data's tasks (field notes, 2-core deadlock).
     worker_cpus = 1.0 if t.use_gpu else max(0.25, min(1.0, (cpus - 0.5) / world))
-    # One dataset for every epoch of the run (emola.train.examples.training_stream).
+    # One dataset for every epoch of the run (emola.train.examples.training_stream). It holds
+    # the examples, not their tensors: each worker preprocesses its own micro batches as it
+    # reads them (emola.train.recipe), so no pixel arrays travel through the object store.
     dataset = ray.data.from_items(stream, override_num_blocks=max(world, min(len(stream) // 64, 64)))
-    dataset = dataset.map_batches(Preprocess, fn_constructor_kwargs={"processor_dir": str(init_dir), "max_length": t.max_length,
-                                                                         "aux_targets": t.prior_aux_weight > 0,
-                                                                         "au_code_weight": t.au_code_weight},
-                                  batch_size=32, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.25)
 
     uri = tracking.configure(repo_root)
     mlflow.set_experiment("emola-train")

@@ -126,15 +126,20 @@ class TrainingRecipe:
     def train(self) -> None:
         import ray.train
 
-        from emola.train.examples import collate
+        from emola.train.examples import Preprocess, collate
 
         shard = ray.train.get_dataset_shard("train")
         pad_id = self.processor.tokenizer.pad_token_id
+        t = self.train_cfg
+        preprocess = Preprocess(self.raw["init_dir"], t.max_length, aux_targets=t.prior_aux_weight > 0,
+                                au_code_weight=t.au_code_weight)
         accum = self.train_cfg.grad_accum
         window_start, window_samples, window_tokens = time.perf_counter(), 0, 0
         while self.step < self.total_steps:
+            # Tokenizing and image preprocessing happen here, in Ray Data's prefetch thread,
+            # overlapping the previous step's compute.
             batches = shard.iter_torch_batches(batch_size=self.train_cfg.micro_batch,
-                                               collate_fn=partial(collate, pad_id=pad_id))
+                                               collate_fn=lambda batch: collate(preprocess(batch), pad_id))
             for index, batch in enumerate(batches):
                 if index < self.micro_in_pass:
                     continue  # consumed before the checkpoint this run resumed from
