@@ -24,6 +24,9 @@ def _env(tmp_path: Path) -> dict:
     env = dict(os.environ)
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env["PYTHONUNBUFFERED"] = "1"
+    # MLflow samples system metrics every 10 s by default and logs nothing for a run that ends sooner,
+    # as a 12-step tiny run can; local Ray workers inherit this environment.
+    env["MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"] = "1"
     env.pop("RAY_ADDRESS", None)
     return env
 
