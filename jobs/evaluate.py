@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from emola.config import ParamsError, load_config
-from emola.evaluate.job import run_evaluation
+from emola.evaluate.job import MODEL, PRIOR_OFF, run_evaluation
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,7 +28,14 @@ def main(argv: list[str] | None = None) -> int:
     except ParamsError as err:
         print(err, file=sys.stderr)
         return 2
-    baselines = dict(b.split("=", 1) for b in args.baseline)
+    baselines = {}
+    for spec in args.baseline:
+        name, _, folder = spec.partition("=")
+        if not name or not folder:
+            parser.error(f"--baseline {spec!r}: expected NAME=DIR")
+        if name in (MODEL, PRIOR_OFF):
+            parser.error(f"--baseline {spec!r}: {name!r} names the evaluated model's own scores; choose another name")
+        baselines[name] = folder
     summary = run_evaluation(cfg, checkpoint=args.checkpoint, baselines={k: Path(v) for k, v in baselines.items()},
                              register=not args.no_register)
     print(json.dumps(summary, indent=2))

@@ -1,11 +1,14 @@
 """The evaluation job: generate on the test manifests (Ray Data), score REGE, report, track, register.
 
+The trained model, its prior-token ablation and the baselines are generated in one pass
+(:mod:`emola.evaluate.replicas`) and scored each on its own.
+
 Outputs under ``evaluate.reports``:
 
     metrics.json            DVC metrics: emotion.S_re/S_ge/S_rege and au.S_re/S_ge/S_rege
     predictions.jsonl       one line per test sample (``emola rege`` reads it)
     details.json            per-class accuracy, confusion matrix, per-AU P/R/F1, rouge-score
-    baselines.json          the same six numbers for the untrained model (and any ablation given)
+    baselines.json          the same six numbers for prior_off, the untrained model and any --baseline
     plots/confusion.csv     actual,predicted (DVC confusion plot)
     plots/per_au_f1.csv     au,f1
     plots/train_loss.csv    step,loss from the training run in MLflow (step,loss,model: one model per task)
@@ -22,57 +25,14 @@ import numpy as np
 
 from emola.config import EmolaConfig
 from emola.data.manifest import ManifestRow, read_manifest
+from emola.evaluate.replicas import Variant, predict_variants
 from emola.fileio import atomic_write_lines
 from emola.metrics.rege import rege
 from emola.model.configuration import EmolaModelConfig
 from emola.model.reference import model_parts, training_info
 
 
-class PredictActor:
-    """A model replica in the Ray Data actor pool."""
-
-    def __init__(self, checkpoint: str, generation: dict):
-        from emola.config.schema import GenerationConfig
-        from emola.model.checkpoint import load_checkpoint
-
-        self.model, self.processor, _ = load_checkpoint(checkpoint)
-        self.generation = GenerationConfig.model_validate(generation)
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from emola.evaluate.predict import predict_rows
-
-        rows = [ManifestRow.model_validate_json(r) for r in batch["row"]]
-        priors = None
-        if "prior" in batch:
-            priors = {r.image_sha256: np.asarray(p, np.float32) for r, p in zip(rows, batch["prior"])}
-        records = predict_rows(self.model, self.processor, rows, priors, self.generation, batch_size=len(rows))
-        return {"record": np.array([json.dumps(r) for r in records], dtype=object)}
-
-
-def predict_on_ray(checkpoint: Path, rows: list[ManifestRow], priors: dict | None, cfg: EmolaConfig) -> list[dict]:
-    """Predictions for ``rows`` from an actor pool of ``evaluate.replicas`` model replicas."""
-    import ray
-
-    from emola.runtime import init_ray
-
-    init_ray()
-    items = []
-    for row in rows:
-        item = {"row": row.model_dump_json()}
-        if priors is not None:
-            if row.image_sha256 not in priors:
-                continue
-            item["prior"] = priors[row.image_sha256]
-        items.append(item)
-    e = cfg.evaluate
-    ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // e.batch_size, 64)))
-    ds = ds.map_batches(PredictActor, fn_constructor_kwargs={"checkpoint": str(checkpoint.resolve()),
-                                                             "generation": e.generation.model_dump()},
-                        compute=ray.data.ActorPoolStrategy(size=e.replicas), batch_size=e.batch_size,
-                        num_gpus=1 if cfg.train.use_gpu else 0, num_cpus=1 if cfg.train.use_gpu else 0.75)
-    records = [json.loads(r) for r in ds.to_pandas()["record"]]
-    order = {row.uid: i for i, row in enumerate(rows)}
-    return sorted(records, key=lambda r: order[r["uid"]])
+MODEL, PRIOR_OFF = "model", "prior_off"  # variant names: the evaluated model, its prior-token ablation
 
 
 def score(records: list[dict], dataset: str) -> dict[str, object]:
@@ -91,39 +51,41 @@ def six_numbers(results: dict) -> dict:
             for task, r in results.items()}
 
 
-def predict_checkpoint(checkpoint: Path, cfg: EmolaConfig, rows: list[ManifestRow],
-                       prior_off: bool = False) -> list[dict]:
-    """Predictions of ``checkpoint`` for the ``rows`` of its tasks.
+def evaluate_variants(variants: list[Variant], cfg: EmolaConfig, rows: list[ManifestRow]) -> dict[str, tuple[list[dict], dict]]:
+    """Predictions and REGE of every variant, generated in one pass (``emola.evaluate.replicas``).
 
-    ``prior_off``: the prior-token ablation at inference — every image gets the same prior
-    vector (the mean over the test images), so the token carries no per-face information
-    while the sequence layout stays as trained. How far the scores drop is how much the
-    model reads the landmarks.
+    A variant made of one checkpoint per task is scored on its parts' records together.
     """
-    from emola.faces.pipeline import prior_vectors
-
-    model_cfg = EmolaModelConfig.load(checkpoint)
-    task_rows = [r for r in rows if r.task in model_cfg.tasks]
-    priors = None
-    if model_cfg.prior == "landmarks":
-        priors = prior_vectors(cfg.landmarks.cache, model_cfg.landmark_backend, {r.image_sha256 for r in task_rows})
-        if prior_off and priors:
-            mean = np.mean(np.stack(list(priors.values())), axis=0).astype(np.float32)
-            priors = {sha: mean for sha in priors}
-    return predict_on_ray(checkpoint, task_rows, priors, cfg)
+    predictions = predict_variants(variants, cfg, rows)
+    return {name: (records, score(records, cfg.evaluate.dataset)) for name, records in predictions.items()}
 
 
-def evaluate_model(parts: list[Path], cfg: EmolaConfig, rows: list[ManifestRow],
-                   prior_off: bool = False) -> tuple[list[dict], dict]:
-    """Predictions and REGE of a model made of one checkpoint or one per task (``model_parts``).
+def variants_to_score(parts: list[Path], trainings: dict[str, dict], cfg: EmolaConfig,
+                      baselines: dict[str, Path | list[Path]] | None, log=print) -> list[Variant]:
+    """The models an evaluation scores: the trained model (``MODEL``), its prior-token
+    ablation (``PRIOR_OFF``, when it has the prior token), each training run's initial model
+    (``untrained``, when ``train.storage_path`` still holds it) and the named ``baselines``.
 
-    Each part answers the rows of its own tasks; the records are merged in ``rows`` order
-    and scored together.
+    A baseline folder that holds no checkpoint is skipped with a log line.
     """
-    records = [r for part in parts for r in predict_checkpoint(part, cfg, rows, prior_off)]
-    order = {row.uid: i for i, row in enumerate(rows)}
-    records.sort(key=lambda r: order[r["uid"]])
-    return records, score(records, cfg.evaluate.dataset)
+    variants = [Variant(MODEL, tuple(parts))]
+    if any(EmolaModelConfig.load(part).prior == "landmarks" for part in parts):
+        variants.append(Variant(PRIOR_OFF, tuple(parts), prior_off=True))
+    baselines = dict(baselines or {})
+    if clash := {MODEL, PRIOR_OFF} & set(baselines):
+        raise ValueError(f"evaluate: a baseline may not be named {sorted(clash)}: the name of the evaluated model's scores")
+    initial = [Path(cfg.train.storage_path) / t["ray_run_name"] / "init"
+               for t in trainings.values() if t.get("ray_run_name")]
+    if len(initial) == len(parts):  # each run's initial model: the same architecture, untrained
+        baselines.setdefault("untrained", initial)
+    for name, path in baselines.items():
+        try:  # a list names the parts themselves (each run's initial model)
+            baseline_parts = [part for p in (path if isinstance(path, list) else [path]) for part in model_parts(p)]
+        except FileNotFoundError as err:
+            log(f"evaluate: baseline {name} skipped: {err}")
+            continue
+        variants.append(Variant(name, tuple(baseline_parts)))
+    return variants
 
 
 def _write_plots(reports: Path, results: dict, train_loss: dict[str, list[tuple[int, float]]]) -> None:
@@ -203,30 +165,15 @@ def run_evaluation(cfg: EmolaConfig, *, checkpoint: Path | str | None = None,
     reports = Path(cfg.evaluate.reports)
 
     parts = model_parts(checkpoint)
-    records, results = evaluate_model(parts, cfg, rows)
+    trainings = {part.name: training_info(part) for part in parts}
+    evaluated = evaluate_variants(variants_to_score(parts, trainings, cfg, baselines, log), cfg, rows)
+    records, results = evaluated.pop(MODEL)
     metrics = six_numbers(results)
     log(f"evaluate: {checkpoint}: " + "; ".join(f"{t} S_re {m['S_re']:.1f} S_ge {m['S_ge']:.1f} S_rege {m['S_rege']:.1f}"
                                                  for t, m in metrics.items()))
-    trainings = {part.name: training_info(part) for part in parts}
-    baselines = dict(baselines or {})
-    initial = [Path(cfg.train.storage_path) / t["ray_run_name"] / "init"
-               for t in trainings.values() if t.get("ray_run_name")]
-    if len(initial) == len(parts):  # each run's initial model: the same architecture, untrained
-        baselines.setdefault("untrained", initial)
-    baseline_metrics = {}
-    if any(EmolaModelConfig.load(part).prior == "landmarks" for part in parts):
-        _, ablated = evaluate_model(parts, cfg, rows, prior_off=True)
-        baseline_metrics["prior_off"] = six_numbers(ablated)
-        log(f"evaluate: prior-token ablation (one mean prior for every image): {baseline_metrics['prior_off']}")
-    for name, path in baselines.items():
-        try:  # a list names the parts themselves (each run's initial model)
-            baseline_parts = [part for p in (path if isinstance(path, list) else [path]) for part in model_parts(p)]
-        except FileNotFoundError as err:
-            log(f"evaluate: baseline {name} skipped: {err}")
-            continue
-        _, baseline_results = evaluate_model(baseline_parts, cfg, rows)
-        baseline_metrics[name] = six_numbers(baseline_results)
-        log(f"evaluate: baseline {name}: {baseline_metrics[name]}")
+    baseline_metrics = {name: six_numbers(baseline_results) for name, (_, baseline_results) in evaluated.items()}
+    for name, m in baseline_metrics.items():
+        log(f"evaluate: {name}{' (prior-token ablation: one mean prior for every image)' if name == PRIOR_OFF else ''}: {m}")
 
     uri = tracking.configure(repo_root)
     client = MlflowClient(tracking_uri=uri)
