@@ -79,8 +79,9 @@ def test_dvc_repro_on_a_fresh_clone(fresh_clone):
     scores = json.loads((fresh_clone / "reports/metrics.json").read_text())
     print(f"evaluate: emotion S_re {scores['emotion']['S_re']:.1f}, AU S_re {scores['au']['S_re']:.1f}")
     assert scores["emotion"]["S_re"] >= 90, scores
-    # The AU target (macro F1 80) is not met by the default (README, Evaluation: 78.7); this guards the AU path.
-    assert scores["au"]["S_re"] >= 70, scores
+    # The AU target is macro F1 80 (README, Evaluation: 81.4). Floating-point results differ between
+    # machines (at 1,400 steps: 80.4 on one, 79.8 on another), so this guard leaves room below it.
+    assert scores["au"]["S_re"] >= 78, scores
     baselines = json.loads((fresh_clone / "reports/baselines.json").read_text())
     assert baselines["prior_off"]["emotion"]["S_re"] < scores["emotion"]["S_re"] - 30  # the model reads the prior
 
