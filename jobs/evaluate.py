@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from emola.config import ParamsError, load_config
-from emola.evaluate.job import MODEL, PRIOR_OFF, run_evaluation
+from emola.evaluate.job import check_baseline_name, run_evaluation
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,8 +33,10 @@ def main(argv: list[str] | None = None) -> int:
         name, _, folder = spec.partition("=")
         if not name or not folder:
             parser.error(f"--baseline {spec!r}: expected NAME=DIR")
-        if name in (MODEL, PRIOR_OFF):
-            parser.error(f"--baseline {spec!r}: {name!r} names the evaluated model's own scores; choose another name")
+        try:
+            check_baseline_name(name)
+        except ValueError as err:
+            parser.error(f"--baseline {spec!r}: {err}")
         baselines[name] = folder
     summary = run_evaluation(cfg, checkpoint=args.checkpoint, baselines={k: Path(v) for k, v in baselines.items()},
                              register=not args.no_register)

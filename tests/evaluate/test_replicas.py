@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from itertools import groupby
 from pathlib import Path
 
@@ -67,6 +69,32 @@ def test_batches_hold_one_model_task_and_variant_evenly_split_and_cover_every_ro
     mean = np.mean(np.stack(list(cached.values())), axis=0)
     assert np.allclose(ablated, mean[None], atol=1e-6)  # one mean prior for every image
     assert len(generation_batches(variants, _params(small_pipeline, batch_size=1000), rows)) == 3 * 2  # one per task
+
+
+def test_the_landmark_cache_is_read_once_per_backend(small_pipeline, tiny_checkpoint, monkeypatch):
+    import emola.faces.pipeline
+
+    reads = []
+    real = emola.faces.pipeline.prior_vectors
+    monkeypatch.setattr(emola.faces.pipeline, "prior_vectors", lambda *args: reads.append(args[1]) or real(*args))
+    variants = [Variant("model", (tiny_checkpoint,)), Variant("prior_off", (tiny_checkpoint,), prior_off=True),
+                Variant("again", (tiny_checkpoint,))]
+    assert generation_batches(variants, _params(small_pipeline, batch_size=7), _rows(small_pipeline))
+    assert reads == ["annotation@1-68"]
+
+
+def test_a_baseline_named_like_the_models_own_scores_is_refused(tiny_checkpoint, tiny_params):
+    from emola.evaluate.job import variants_to_score
+
+    for name in ("model", "prior_off"):
+        with pytest.raises(ValueError, match=f"baseline '{name}' names the evaluated model's own scores"):
+            variants_to_score([tiny_checkpoint], {}, tiny_params, {name: tiny_checkpoint})
+    run = subprocess.run([sys.executable, "-m", "jobs.evaluate", "--baseline", f"prior_off={tiny_checkpoint}"],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and "--baseline 'prior_off=" in run.stderr and "own scores" in run.stderr
+    run = subprocess.run([sys.executable, "-m", "jobs.evaluate", "--baseline", "no-folder"],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and "expected NAME=DIR" in run.stderr
 
 
 @pytest.mark.slow

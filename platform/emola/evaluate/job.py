@@ -35,6 +35,12 @@ from emola.model.reference import model_parts, training_info
 MODEL, PRIOR_OFF = "model", "prior_off"  # variant names: the evaluated model, its prior-token ablation
 
 
+def check_baseline_name(name: str) -> None:
+    """Refuse a baseline named like the evaluated model's own scores, which it would overwrite."""
+    if name in (MODEL, PRIOR_OFF):
+        raise ValueError(f"baseline {name!r} names the evaluated model's own scores; choose another name")
+
+
 def score(records: list[dict], dataset: str) -> dict[str, object]:
     """REGE per task present in ``records``."""
     results = {}
@@ -72,8 +78,8 @@ def variants_to_score(parts: list[Path], trainings: dict[str, dict], cfg: EmolaC
     if any(EmolaModelConfig.load(part).prior == "landmarks" for part in parts):
         variants.append(Variant(PRIOR_OFF, tuple(parts), prior_off=True))
     baselines = dict(baselines or {})
-    if clash := {MODEL, PRIOR_OFF} & set(baselines):
-        raise ValueError(f"evaluate: a baseline may not be named {sorted(clash)}: the name of the evaluated model's scores")
+    for name in baselines:
+        check_baseline_name(name)
     initial = [Path(cfg.train.storage_path) / t["ray_run_name"] / "init"
                for t in trainings.values() if t.get("ray_run_name")]
     if len(initial) == len(parts):  # each run's initial model: the same architecture, untrained

@@ -62,7 +62,9 @@ def generation_batches(variants: Sequence[Variant], cfg: EmolaConfig, rows: Sequ
             priors = None
             if model_cfg.prior == "landmarks":
                 key = model_cfg.landmark_backend
-                priors = cached.setdefault(key, prior_vectors(cfg.landmarks.cache, key, shas))
+                if key not in cached:
+                    cached[key] = prior_vectors(cfg.landmarks.cache, key, shas)
+                priors = cached[key]
                 if variant.prior_off and priors:
                     mean = np.mean(np.stack(list(priors.values())), axis=0).astype(np.float32)
                     priors = dict.fromkeys(priors, mean)
