@@ -2,7 +2,8 @@
 
     python benchmarks/serve.py [--checkpoint models/emola] [--requests 48]
 
-For batching on (``serve.max_batch_size`` 8) and off (1), one model replica serves
+For batching on (the inference engine's continuous batching, ``inference.max_batch`` 64)
+and off (``inference.max_batch`` 1: one request at a time), one model replica serves
 ``/v1/analyze`` (emotion task) to 1, 8 and 32 concurrent clients; each level sends the
 same number of requests. Then a server allowed 1 to 2 model replicas is loaded with 16
 clients and its replica processes are counted every second: up under load, down after.
@@ -74,8 +75,8 @@ def _common(args) -> list[str]:
 
 def batching(args, images: list[bytes], work: Path) -> dict:
     results = {}
-    for name, size in (("batching_off", 1), ("batching_on", 8)):
-        server = local.start(work / name, [*_common(args), f"serve.max_batch_size={size}", "serve.min_replicas=1",
+    for name, size in (("batching_off", 1), ("batching_on", 64)):
+        server = local.start(work / name, [*_common(args), f"inference.max_batch={size}", "serve.min_replicas=1",
                                            "serve.max_replicas=1", "serve.max_ongoing_requests=64"])
         try:
             asyncio.run(_load(server.url, images, 2, 4))  # warm-up
@@ -92,7 +93,7 @@ def batching(args, images: list[bytes], work: Path) -> dict:
 
 
 def autoscaling(args, images: list[bytes], work: Path) -> dict:
-    server = local.start(work / "autoscale", [*_common(args), "serve.max_batch_size=1", "serve.min_replicas=1",
+    server = local.start(work / "autoscale", [*_common(args), "inference.max_batch=1", "serve.min_replicas=1",
                                               "serve.max_replicas=2", "serve.target_ongoing_requests=2"])
     timeline: list[tuple[float, int]] = []
     try:

@@ -2,8 +2,11 @@
 
 Guards, in order: the body size cap (413) and the API key (401) in a middleware, then
 request parsing where every client mistake is a :class:`~serve.inputs.RequestError`
-(4xx, OpenAI's JSON error shape), and a timeout around every call into the face and
-model deployments (504). A replica that fails a request keeps serving the next one.
+(4xx, OpenAI's JSON error shape), and around every call into the face and model
+deployments (:meth:`EmolaAPI._call`): a timeout (504), a prompt too long for the model's
+context (400), every replica busy and the queue full (503 with ``Retry-After``), and a
+replica that died under the call (tried once more on another replica, then 503 with
+``Retry-After``). A replica that fails a request keeps serving the next one.
 """
 
 
@@ -19,9 +22,12 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from ray import serve
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import BackPressureError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from emola.data.labels import EVAL_QUESTIONS
+from emola.engine import PromptTooLong
 from emola.metrics.rege_parsers import aus_of, emotion_of
 from serve.inputs import RequestError, b64_bytes, decode_upload, image_url_bytes, last_user_turn
 
@@ -48,7 +54,7 @@ def _usage(out: dict) -> dict:
 
 
 def _error(err: RequestError) -> JSONResponse:
-    return JSONResponse(err.to_json(), status_code=err.status)
+    return JSONResponse(err.to_json(), status_code=err.status, headers=err.headers)
 
 
 @app.exception_handler(RequestError)
@@ -124,11 +130,28 @@ class EmolaAPI:
         self.part_info: dict[str, dict] | None = None
 
     # ---------------------------------------------------------------- helpers
-    async def _call(self, response, what: str):
-        try:
-            return await asyncio.wait_for(response, timeout=self.settings["request_timeout_s"])
-        except asyncio.TimeoutError:
-            raise RequestError(504, "timeout", f"{what} took longer than {self.settings['request_timeout_s']} s") from None
+    async def _call(self, make, what: str):
+        """Await ``make()`` (a deployment call); see the module docstring for what becomes which status.
+
+        ``make`` is called again when the replica that took the call died under it: a
+        generation is safe to repeat, and the router sends the repeat to a live replica.
+        """
+        timeout = self.settings["request_timeout_s"]
+        retry = {"Retry-After": "1"}
+        for attempt in (1, 2):
+            try:
+                return await asyncio.wait_for(make(), timeout=timeout)
+            except asyncio.TimeoutError:
+                raise RequestError(504, "timeout", f"{what} took longer than {timeout} s") from None
+            except PromptTooLong as err:
+                raise RequestError(400, "context_length_exceeded", str(err)) from None
+            except BackPressureError:
+                raise RequestError(503, "overloaded", f"{what}: every replica is busy and its queue is full; "
+                                   "retry later", retry) from None
+            except RayActorError:
+                if attempt == 2:
+                    raise RequestError(503, "replica_unavailable", f"{what}: the replica serving it stopped twice; "
+                                       "retry later", retry) from None
 
     def _model_id(self, part: str) -> str:
         return f"{self.settings['model_name']}-{part}" if part else self.settings["model_name"]
@@ -136,7 +159,7 @@ class EmolaAPI:
     async def _parts(self) -> dict[str, dict]:
         """Part name -> the checkpoint it serves (with its ``tasks``), asked once."""
         if self.part_info is None:
-            infos = await asyncio.gather(*[self._call(m.info.remote(), "model info") for m in self.models.values()])
+            infos = await asyncio.gather(*[self._call(m.info.remote, "model info") for m in self.models.values()])
             self.part_info = dict(zip(self.models, infos))
         return self.part_info
 
@@ -157,24 +180,27 @@ class EmolaAPI:
         raise RequestError(404, "model_not_found", f"model: {model_id!r} is not one of {', '.join(ids)}")
 
     async def _face(self, image) -> dict:
-        face = await self._call(self.faces.detect.remote(image.pixels, image.sha256), "face detection")
+        face = await self._call(lambda: self.faces.detect.remote(image.pixels, image.sha256), "face detection")
         if face["status"] == "no_face":
             raise RequestError(422, "no_face", f"no face found in the image ({face['reason']})")
         if face["status"] != "ok":
             raise RequestError(422, f"face_{face['status']}", f"face detection failed: {face['reason']}")
         return face
 
-    def _generation(self, max_tokens=None, temperature=None, top_p=None) -> dict:
+    def _generation(self, max_tokens=None, temperature=None, top_p=None, seed=None) -> dict:
         base = self.settings["generation"]
         generation = {"max_new_tokens": base["max_new_tokens"] if max_tokens is None else max_tokens,
                       "temperature": base["temperature"] if temperature is None else temperature,
-                      "top_p": base["top_p"] if top_p is None else top_p}
+                      "top_p": base["top_p"] if top_p is None else top_p,
+                      "seed": base.get("seed", 0) if seed is None else seed}
         if not (isinstance(generation["max_new_tokens"], int) and 1 <= generation["max_new_tokens"] <= 2048):
             raise RequestError(400, "invalid_max_tokens", "max_tokens: an integer from 1 to 2048")
         if not (isinstance(generation["temperature"], (int, float)) and 0 <= generation["temperature"] <= 2):
             raise RequestError(400, "invalid_temperature", "temperature: a number from 0 to 2")
         if not (isinstance(generation["top_p"], (int, float)) and 0 < generation["top_p"] <= 1):
             raise RequestError(400, "invalid_top_p", "top_p: a number in (0, 1]")
+        if not (isinstance(generation["seed"], int) and 0 <= generation["seed"] < 2**31):
+            raise RequestError(400, "invalid_seed", "seed: an integer from 0 to 2^31 - 1")
         return generation
 
     # ---------------------------------------------------------------- routes
@@ -230,8 +256,9 @@ class EmolaAPI:
         parts = [await self._part_for_task(t) for t in tasks]
         generation = self._generation()
         outputs = await asyncio.gather(*[
-            self._call(self.models[part].generate.remote({"question": EVAL_QUESTIONS[t], "pixels": image.pixels,
-                                                          "prior": face["prior"], "generation": generation}), "generation")
+            self._call(lambda part=part, t=t: self.models[part].generate.remote(
+                {"question": EVAL_QUESTIONS[t], "pixels": image.pixels, "prior": face["prior"], "generation": generation}),
+                "generation")
             for t, part in zip(tasks, parts)])
         infos = await self._parts()
         results = {}
@@ -266,7 +293,7 @@ class EmolaAPI:
         part = await self._part_for_model(payload.get("model"))
         turn = last_user_turn(messages)
         generation = self._generation(payload.get("max_tokens", payload.get("max_completion_tokens")),
-                                      payload.get("temperature"), payload.get("top_p"))
+                                      payload.get("temperature"), payload.get("top_p"), payload.get("seed"))
         data = image_url_bytes(turn.image_url, allow_remote=self.settings["allow_remote_images"],
                                max_bytes=self.settings["max_body_bytes"], timeout_s=self.settings["request_timeout_s"])
         image = decode_upload(data, self.settings["max_image_pixels"], "image_url")
@@ -274,15 +301,21 @@ class EmolaAPI:
         item = {"question": turn.question, "pixels": image.pixels, "prior": face["prior"], "generation": generation}
         completion_id, created, model = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time()), self._model_id(part)
         if payload.get("stream"):
-            return StreamingResponse(self._chat_stream(self.models[part], item, completion_id, created, model),
+            async def open_stream():
+                pieces = self.models[part].options(stream=True).stream.remote(item)
+                await pieces.__anext__()   # accepted: a prompt too long for the context raises here, before any byte
+                return pieces
+
+            pieces = await self._call(open_stream, "generation")
+            return StreamingResponse(self._chat_stream(pieces, completion_id, created, model),
                                      media_type="text/event-stream")
-        out = await self._call(self.models[part].generate.remote(item), "generation")
+        out = await self._call(lambda: self.models[part].generate.remote(item), "generation")
         return {"id": completion_id, "object": "chat.completion", "created": created, "model": model,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": out["text"]},
                              "finish_reason": out["finish_reason"]}],
                 "usage": _usage(out)}
 
-    async def _chat_stream(self, handle, item: dict, completion_id: str, created: int, model: str):
+    async def _chat_stream(self, pieces, completion_id: str, created: int, model: str):
         def chunk(delta: dict, finish: str | None = None) -> str:
             body = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
                     "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
@@ -291,7 +324,6 @@ class EmolaAPI:
         yield chunk({"role": "assistant", "content": ""})
         finish = {"finish_reason": "stop"}
         try:
-            pieces = handle.options(stream=True).stream.remote(item)
             async for piece in pieces:
                 if isinstance(piece, dict):   # the model's last message: why it stopped, token counts
                     finish = piece

@@ -44,7 +44,10 @@ def deployment_options(cfg: EmolaConfig, parts: dict[str, str]) -> dict[str, dic
                    # React within seconds: a request here takes tenths of a second to seconds.
                    "upscale_delay_s": 2.0, "downscale_delay_s": 10.0, "metrics_interval_s": 1.0,
                    "look_back_period_s": 5.0}
-    model = {"max_ongoing_requests": s.max_ongoing_requests, "autoscaling_config": autoscaling,
+    # Beyond max_ongoing_requests (what one replica's engine queues and batches) and
+    # max_queued_requests waiting for a replica, a call fails at once: the ingress answers 503.
+    model = {"max_ongoing_requests": s.max_ongoing_requests, "max_queued_requests": s.max_queued_requests,
+             "autoscaling_config": autoscaling,
              "ray_actor_options": {"num_cpus": s.num_cpus, "num_gpus": s.num_gpus}}
     return {
         **{model_deployment_name(part): dict(model) for part in parts},
@@ -74,7 +77,7 @@ def build_app(args: dict | None = None):
     faces = FaceDetector.options(**options["FaceDetector"]).bind(
         list(parts.values()), cfg.landmarks.model_dump(), s.landmark_cache)
     models = {part: EmolaModel.options(name=model_deployment_name(part), **options[model_deployment_name(part)]).bind(
-        reference, s.max_batch_size, s.batch_wait_timeout_s, max(1, int(s.num_cpus))) for part, reference in parts.items()}
+        reference, cfg.inference.model_dump(), max(1, int(s.num_cpus))) for part, reference in parts.items()}
     settings = {"model_name": s.model_name, "max_body_bytes": s.max_body_bytes, "max_image_pixels": s.max_image_pixels,
                 "request_timeout_s": s.request_timeout_s, "allow_remote_images": s.allow_remote_images,
                 "generation": cfg.evaluate.generation.model_dump()}

@@ -22,11 +22,12 @@ _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w-]+=[
 
 
 class RequestError(Exception):
-    """A client error: ``status`` (4xx), ``code`` (short, stable) and a message naming the problem."""
+    """An error answered as JSON: ``status`` (a 4xx, or a 5xx the client may retry), ``code`` (short,
+    stable), a message naming the problem, and optional response ``headers`` (``Retry-After``)."""
 
-    def __init__(self, status: int, code: str, message: str):
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
-        self.status, self.code, self.message = status, code, message
+        self.status, self.code, self.message, self.headers = status, code, message, headers or {}
 
     def to_json(self) -> dict:
         # OpenAI's error shape, so OpenAI clients surface the message.

@@ -1,122 +1,130 @@
-"""The model deployment: EmoLA from a checkpoint folder or MLflow URI, batched and streamed generation.
+"""The model deployment: EmoLA from a checkpoint folder or MLflow URI, served by the inference engine.
 
-``generate`` is a ``@serve.batch`` method: concurrent requests that reach one replica
-within ``batch_wait_timeout_s`` run as one padded ``generate`` call (requests with
-different decoding settings are split into groups). ``max_batch_size: 1`` turns batching
-off, which is what ``benchmarks/serve.py`` compares against. ``stream`` yields the text as
-it is generated (OpenAI ``stream: true``); it does not batch.
+Each replica holds one :class:`~emola.engine.InferenceEngine` running its scheduler in a
+background thread. Every call (``generate``, ``stream``) submits one request to it and
+awaits its tokens: requests join the running decode batch at the next step boundary and
+leave when they finish, so a short request is not held up by a long one, and streamed and
+plain requests share one batch. ``inference.max_batch: 1`` turns batching off
+(``benchmarks/serve.py`` compares the two).
+
+A prompt too long for the model's context is refused before it is queued
+(:class:`~emola.engine.PromptTooLong`; the ingress answers 400). A call whose caller
+gives up (client gone, timeout) is cancelled in the engine too.
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import asdict
-from itertools import groupby
 
 import numpy as np
 from ray import serve
 
+from emola.engine import Generated, GenerationRequest, Listener
 
-class _TokenQueue:
-    """A transformers streamer that hands new token ids to an asyncio consumer in another thread."""
+
+class _End:
+    def __init__(self, result: Generated | None, error: BaseException | None):
+        self.result, self.error = result, error
+
+
+class _AsyncListener(Listener):
+    """Hands a request's tokens and its end from the engine thread to an asyncio consumer."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
-        self.loop, self.queue, self.first = loop, asyncio.Queue(), True
+        self.loop, self.queue = loop, asyncio.Queue()
+        self.cancelled = False
 
-    def put(self, value) -> None:
-        if self.first:  # generate() first puts the prompt (here: no ids, the prompt is embeddings)
-            self.first = False
-            return
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, [int(v) for v in value.reshape(-1).tolist()])
+    def on_token(self, token_id: int) -> None:
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, token_id)
 
-    def end(self) -> None:
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, None)
+    def on_finish(self, result, error) -> None:
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, _End(result, error))
 
 
 @serve.deployment(name="EmolaModel")
 class EmolaModel:
-    def __init__(self, checkpoint: str, max_batch_size: int, batch_wait_timeout_s: float, threads: int = 1):
+    def __init__(self, checkpoint: str, inference: dict, threads: int = 1):
         import torch
 
-        from emola.model.checkpoint import load_checkpoint
+        from emola.config.schema import InferenceConfig
+        from emola.engine import InferenceEngine
+        from emola.model.configuration import EmolaModelConfig
         from emola.model.reference import resolve_checkpoint
 
         torch.set_num_threads(max(1, threads))
         self.resolved = resolve_checkpoint(checkpoint)
-        self.model, self.processor, self.config = load_checkpoint(self.resolved.path)
-        if torch.cuda.is_available():
-            self.model.to("cuda")
-        self.model.eval()
-        self.generate.set_max_batch_size(max_batch_size)
-        self.generate.set_batch_wait_timeout_s(batch_wait_timeout_s)
-        self.lock = threading.Lock()  # one forward pass at a time per replica (batches and streams)
+        self.config = EmolaModelConfig.load(self.resolved.path)
+        self.engine = InferenceEngine.from_checkpoint(self.resolved.path, InferenceConfig.model_validate(inference))
+        self.processor = self.engine.processor
+        self.graphs = self.engine.decoder.warm_up()   # CUDA: no request pays for graph capture
+        self.engine.start()
 
     def info(self) -> dict:
         return {**self.resolved.describe(), "profile": self.config.profile, "base": self.config.base,
                 "vision": self.config.vision, "prior": self.config.prior, "landmark_backend": self.config.landmark_backend,
-                "template": self.config.template, "tasks": self.config.tasks}
+                "template": self.config.template, "tasks": self.config.tasks, "engine": self.engine.load}
 
-    def _run(self, items: list[dict], streamer=None) -> list:
-        """Generate :class:`~emola.model.inference.Completion` s for items that share one decoding setting.
+    def _request(self, item: dict) -> GenerationRequest:
+        """An engine request from ``question``, ``pixels`` ``(H, W, 3)``, ``prior`` and ``generation``."""
+        g = item["generation"]
+        p = self.processor
+        return GenerationRequest(
+            prompt_ids=p.prompt_ids(item["question"]),
+            pixel_values=p.pixel_values([item["pixels"]])[0] if p.use_image else None,
+            prior=np.asarray(item["prior"], np.float32) if p.use_prior else None,
+            max_new_tokens=g["max_new_tokens"], temperature=g["temperature"], top_p=g["top_p"],
+            seed=g.get("seed", 0))
 
-        Blocking; called in a thread.
-        """
-        from emola.config.schema import GenerationConfig
-        from emola.model.inference import generate_completions
+    async def _tokens(self, request: GenerationRequest) -> AsyncIterator[int | _End]:
+        listener = _AsyncListener(asyncio.get_running_loop())
+        self.engine.submit(request, listener)   # PromptTooLong raises here, before queueing
+        try:
+            while True:
+                event = await listener.queue.get()
+                yield event
+                if isinstance(event, _End):
+                    return
+        finally:
+            listener.cancelled = True   # the caller went away (or we are done): stop generating for it
 
-        generation = GenerationConfig(**items[0]["generation"])
-        with self.lock:
-            return generate_completions(
-                self.model, self.processor, [i["question"] for i in items],
-                images=[i["pixels"] for i in items] if self.processor.use_image else None,
-                priors=np.stack([np.asarray(i["prior"], np.float32) for i in items]) if self.processor.use_prior else None,
-                generation=generation, streamer=streamer)
-
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
-    async def generate(self, items: list[dict]) -> list[dict]:
-        """Each item: ``question``, ``pixels`` ``(H, W, 3)``, ``prior`` list, ``generation`` dict.
-
-        Returns per item ``text``, ``prompt_tokens``, ``completion_tokens``, ``finish_reason``,
-        ``batch_size`` (requests generated together) and ``generate_ms``.
-        """
-        out: list[dict | None] = [None] * len(items)
-        keys = [sorted(item["generation"].items()) for item in items]
-        order = sorted(range(len(items)), key=keys.__getitem__)
-        for _, group in groupby(order, key=keys.__getitem__):
-            group = list(group)
-            started = time.perf_counter()
-            completions = await asyncio.to_thread(self._run, [items[i] for i in group])  # keeps the replica responsive
-            ms = round(1e3 * (time.perf_counter() - started), 2)
-            for i, completion in zip(group, completions):
-                out[i] = {**asdict(completion), "batch_size": len(group), "generate_ms": ms}
-        return out
+    async def generate(self, item: dict) -> dict:
+        """Per item: ``text``, ``prompt_tokens``, ``completion_tokens``, ``finish_reason``,
+        ``batch_size`` (most requests decoded together with it) and ``generate_ms``."""
+        started = time.perf_counter()
+        request = self._request(item)
+        async for event in self._tokens(request):
+            if isinstance(event, _End):
+                if event.error is not None:
+                    raise event.error
+                completion = self.engine.completion(request, event.result)
+                return {**asdict(completion), "batch_size": event.result.batch_size,
+                        "generate_ms": round(1e3 * (time.perf_counter() - started), 2)}
+        raise RuntimeError("the engine ended the request without a result")
 
     async def stream(self, item: dict) -> AsyncIterator[str | dict]:
-        """The text of one item in pieces as it is generated, then one dict: ``finish_reason`` and token counts."""
-        loop = asyncio.get_running_loop()
-        streamer = _TokenQueue(loop)
-
-        def run():
-            try:
-                return self._run([item], streamer)[0]
-            finally:
-                streamer.end()
-
-        worker = loop.run_in_executor(None, run)
+        """``{"accepted": True}`` once the request is queued (a bad one raises instead), then the text in
+        pieces as it is generated, then one dict: ``finish_reason`` and token counts."""
+        request = self._request(item)
+        self.engine.validate(request)
+        yield {"accepted": True}
         ids: list[int] = []
         sent = ""
-        while (new := await streamer.queue.get()) is not None:
-            ids += new
+        async for event in self._tokens(request):
+            if isinstance(event, _End):
+                if event.error is not None:
+                    raise event.error
+                text = self.processor.decode(ids)
+                if len(text) > len(sent) and text.startswith(sent):
+                    yield text[len(sent):]
+                completion = self.engine.completion(request, event.result)
+                yield {k: v for k, v in asdict(completion).items() if k != "text"}   # the text went out in pieces
+                return
+            ids.append(event)
             text = self.processor.decode(ids)
             # Emit only whole pieces: a partial multi-byte token decodes to U+FFFD until completed.
             if len(text) > len(sent) and text.startswith(sent) and not text.endswith("\ufffd"):
                 yield text[len(sent):]
                 sent = text
-        completion = await worker  # re-raises a generation error
-        text = self.processor.decode(ids)
-        if len(text) > len(sent) and text.startswith(sent):
-            yield text[len(sent):]
-        yield {k: v for k, v in asdict(completion).items() if k != "text"}  # the text went out in pieces

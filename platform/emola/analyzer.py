@@ -1,8 +1,9 @@
 """The public inference API: ``Analyzer.from_checkpoint(path).analyze(image, task=...)``.
 
-An Analyzer loads a checkpoint and the landmark backend its prior vectors need, then
-turns images into typed results: the description, the emotion class and AUs parsed from
-it with the REGE parsers, the face box and landmarks, and timings.
+An Analyzer loads a checkpoint into the inference engine (:mod:`emola.engine`) and the
+landmark backend its prior vectors need, then turns images into typed results: the
+description, the emotion class and AUs parsed from it with the REGE parsers, the face box
+and landmarks, and timings.
 """
 
 from __future__ import annotations
@@ -17,14 +18,13 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel
 
-from emola.config.schema import GenerationConfig
+from emola.config.schema import GenerationConfig, InferenceConfig
 from emola.data.labels import EVAL_QUESTIONS
+from emola.engine import DEFAULT_INFERENCE, PUBLISHED_GENERATION, InferenceEngine
 from emola.faces.backend import FaceResult, LandmarkBackend
 from emola.imaging import ImageProblem, decode_image, read_image_file
 from emola.metrics.rege_parsers import aus_of, emotion_of
-from emola.model.checkpoint import load_checkpoint
 from emola.model.configuration import EmolaModelConfig
-from emola.model.inference import PUBLISHED_GENERATION, generate_descriptions
 
 ImageInput = str | Path | bytes | Image.Image | np.ndarray
 Task = Literal["emotion", "au"]
@@ -76,24 +76,26 @@ def inference_backend_name(config: EmolaModelConfig) -> str | None:
 
 
 class Analyzer:
-    def __init__(self, model, processor, config: EmolaModelConfig, backend: LandmarkBackend | None,
+    def __init__(self, engine: InferenceEngine, config: EmolaModelConfig, backend: LandmarkBackend | None,
                  generation: GenerationConfig = PUBLISHED_GENERATION, max_pixels: int = 40_000_000):
         if config.prior == "landmarks" and (backend is None or backend.prior_dim != config.prior_dim):
             got = None if backend is None else backend.prior_dim
             raise ValueError(f"the checkpoint needs {config.prior_dim}-d prior vectors; the backend gives {got}")
-        self.model, self.processor, self.config = model, processor, config
+        self.engine, self.processor, self.config = engine, engine.processor, config
         self.backend, self.generation, self.max_pixels = backend, generation, max_pixels
 
     @classmethod
     def from_checkpoint(cls, path: Path | str, *, backend: LandmarkBackend | None = None,
-                        generation: GenerationConfig | None = None, landmarks_cfg=None) -> "Analyzer":
-        """Load ``path``; the landmark backend defaults to the one matching the checkpoint's priors."""
-        model, processor, config = load_checkpoint(path)
+                        generation: GenerationConfig | None = None, landmarks_cfg=None,
+                        inference: InferenceConfig = DEFAULT_INFERENCE) -> "Analyzer":
+        """Load ``path`` into an engine; the landmark backend defaults to the one matching the checkpoint's priors."""
+        engine = InferenceEngine.from_checkpoint(path, inference)
+        config = EmolaModelConfig.load(path)
         if backend is None and (name := inference_backend_name(config)):
             from emola.faces.registry import build_backend
 
             backend = build_backend(landmarks_cfg, name=name)
-        return cls(model, processor, config, backend, generation or PUBLISHED_GENERATION)
+        return cls(engine, config, backend, generation or PUBLISHED_GENERATION)
 
     def _decode(self, image: ImageInput) -> Image.Image:
         if isinstance(image, (str, Path)):
@@ -142,11 +144,11 @@ class Analyzer:
                 ready.append((len(results) - 1, decoded, faces))
         if ready:
             t0 = time.perf_counter()
-            texts = generate_descriptions(
-                self.model, self.processor, [results[i].question for i, _, _ in ready],
+            texts = [c.text for c in self.engine.complete(
+                [results[i].question for i, _, _ in ready],
                 images=[im for _, im, _ in ready] if self.processor.use_image else None,
                 priors=np.stack([f.prior for _, _, f in ready]) if self.processor.use_prior else None,
-                generation=self.generation)
+                generation=self.generation)]
             generate_ms = round(1e3 * (time.perf_counter() - t0) / len(ready), 2)
             for (i, _, _), text in zip(ready, texts):
                 r = results[i]

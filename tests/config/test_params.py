@@ -38,9 +38,12 @@ def test_emola_7b_holds_the_published_settings(params):
     assert (m.lora.r, m.lora.alpha, m.lora.dropout) == (128, 256, 0.05)
     assert set(m.lora.targets) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
     assert m.prior_dim == 212 and m.template == "vicuna_v1"
-    assert (t.lr, t.projector_lr, t.zero_stage, t.precision) == (1e-4, 2e-5, 3, "bf16")
+    assert (t.lr, t.projector_lr, t.precision) == (1e-4, 2e-5, "bf16")
     assert (t.epochs, t.micro_batch * t.num_workers, t.warmup_ratio, t.weight_decay, t.seed) == (1, 64, 0.03, 0.0, 1)
-    assert t.max_length == 2048 and t.gradient_checkpointing and t.separate_models
+    assert t.max_length == 2048 and t.separate_models
+    # Measured on one H200 (benchmarks/results/gpu.json): not the published ZeRO-3 and full recomputation, which
+    # change speed and memory, not the optimization.
+    assert (t.zero_stage, t.checkpointing, t.compile) == (2, "every_other", True)
     assert cfg.evaluate.generation.temperature == 0.01 and cfg.evaluate.generation.top_p == 0.5
     assert cfg.landmarks.backend == "insightface-2d106" and cfg.landmarks.insightface.mode == "paper"
 

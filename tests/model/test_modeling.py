@@ -1,4 +1,4 @@
-"""The prior token, the multimodal merge, label masking, ablations and generation."""
+"""The prior token, the multimodal merge, label masking and ablations (generation: tests/engine)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import pytest
 import torch
 from PIL import Image
 
-from emola.model.inference import PUBLISHED_GENERATION, generate_completions, generate_descriptions
 from emola.model.processing import IGNORE_INDEX
 from emola.model.templates import get_template
 from tests.conftest import build_tiny
@@ -82,40 +81,6 @@ def test_training_forward_gives_a_loss_and_gradients_reach_the_projectors(tiny):
     assert model.base_llava.model.multi_modal_projector.linear_1.weight.grad is not None
     model.zero_grad()
     model.eval()
-
-
-def test_tiny_generation_runs_with_the_published_decoding(tiny):
-    model, processor, _ = tiny
-    assert (PUBLISHED_GENERATION.temperature, PUBLISHED_GENERATION.top_p) == (0.01, 0.5)
-    generation = PUBLISHED_GENERATION.model_copy(update={"max_new_tokens": 6})
-    texts = generate_descriptions(model, processor, ["Q?", "A much longer question here?", "Q3?"], _images(3),
-                                  np.zeros((3, 136), np.float32), generation)
-    assert len(texts) == 3 and all(isinstance(t, str) for t in texts)
-    again = generate_descriptions(model, processor, ["Q?", "A much longer question here?", "Q3?"], _images(3),
-                                  np.zeros((3, 136), np.float32), generation)
-    assert texts == again  # seeded: repeatable
-
-
-def test_completions_say_why_they_stopped_and_count_tokens(tiny):
-    model, processor, _ = tiny
-    eos = processor.tokenizer.eos_token_id
-
-    def first_row_ends_at_once(_module, _inputs, logits):
-        logits = logits.clone()
-        logits[0, :, eos] = 1e4   # row 0 can only say </s>; row 1 runs until max_new_tokens
-        return logits
-
-    hook = model.base_llava.get_output_embeddings().register_forward_hook(first_row_ends_at_once)
-    try:
-        questions = ["Q?", "A much longer question here?"]
-        completions = generate_completions(model, processor, questions, _images(2), np.zeros((2, 136), np.float32),
-                                           PUBLISHED_GENERATION.model_copy(update={"max_new_tokens": 5}))
-    finally:
-        hook.remove()
-    stopped, cut = completions
-    assert (stopped.finish_reason, stopped.completion_tokens, stopped.text) == ("stop", 1, "")
-    assert (cut.finish_reason, cut.completion_tokens) == ("length", 5)
-    assert [c.prompt_tokens for c in completions] == [len(processor.prompt_ids(q)) for q in questions]
 
 
 @pytest.mark.parametrize("vision, prior", [("none", "landmarks"), ("clip", "none"), ("none", "none")])

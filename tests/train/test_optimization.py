@@ -37,7 +37,9 @@ def test_deepspeed_settings_follow_params(repo_root):
     assert cfg["zero_optimization"]["stage"] == 2 and not cfg["bf16"]["enabled"]
     assert cfg["optimizer"]["params"]["torch_adam"] is True  # no fused-Adam build on CPU
     assert cfg["train_micro_batch_size_per_gpu"] == tiny.micro_batch
-    big = load_config(repo_root / "params.yaml", {"profile": "emola-7b", "train.offload": "cpu"}).train
+    assert "optimizer" not in deepspeed_config(tiny, use_cpu=True, client_optimizer=True)   # PyTorch's fused AdamW
+    big = load_config(repo_root / "params.yaml", {"profile": "emola-7b", "train.offload": "cpu",
+                                                  "train.zero_stage": 3}).train
     cfg = deepspeed_config(big, use_cpu=False)
     zero = cfg["zero_optimization"]
     assert zero["stage"] == 3 and cfg["bf16"]["enabled"] and zero["stage3_gather_16bit_weights_on_model_save"]

@@ -1,4 +1,5 @@
-"""``emola analyze`` (images -> descriptions, emotions, AUs) and ``emola export --merge``."""
+"""``emola analyze`` (images -> descriptions, emotions, AUs), ``emola export --merge`` and
+``emola import emola-release`` (the authors' released checkpoints)."""
 
 from __future__ import annotations
 
@@ -26,10 +27,26 @@ def register(commands: argparse._SubParsersAction) -> None:
     export.add_argument("--merge", action="store_true", required=True, help="merge LoRA into the base weights")
     export.set_defaults(handler=_export)
 
+    imp = commands.add_parser("import", help="import a released checkpoint into the platform's checkpoint format")
+    imp.add_argument("kind", choices=["emola-release"], help="emola-release: the EmoLA authors' LoRA checkpoints")
+    imp.add_argument("checkpoint", metavar="CHECKPOINT_DIR", help="one released checkpoint folder (emotion or AU)")
+    imp.add_argument("--base", default="llava-hf/llava-1.5-7b-hf",
+                     help="the HF-format LLaVA base: a hub id or a local folder (default: %(default)s)")
+    imp.add_argument("--out", required=True, help="the platform checkpoint folder to write")
+    imp.add_argument("--task", required=True, choices=["emotion", "au"], help="the task this checkpoint answers")
+    imp.add_argument("--landmark-backend", metavar="KEY",
+                     help="the landmark cache key of the prior vectors it reads (default: the insightface-2d106 "
+                          "backend in paper mode, from EMOLA_INSIGHTFACE_MODEL or models/insightface/2d106det.onnx)")
+    imp.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"],
+                     help="published inference: float16")
+    imp.add_argument("--no-track", action="store_true",
+                     help="do not log the import to MLflow (then the evaluate stage scores it but cannot register it)")
+    imp.set_defaults(handler=_import)
+
 
 def _analyze(args: argparse.Namespace) -> int:
     from emola.analyzer import Analyzer
-    from emola.model.inference import PUBLISHED_GENERATION
+    from emola.engine import PUBLISHED_GENERATION
 
     generation = PUBLISHED_GENERATION
     if args.max_new_tokens:
@@ -63,4 +80,24 @@ def _export(args: argparse.Namespace) -> int:
     model, processor, config = load_checkpoint(args.checkpoint)
     out = save_checkpoint(model, processor, config, Path(args.out), merge=True)
     print(json.dumps({"merged": str(out), "base": str(out / "base")}))
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from emola.model.importing import ReleaseImportError, import_release, track_import
+
+    key = args.landmark_backend
+    try:
+        if key is None:
+            from emola.faces.registry import build_backend
+
+            key = build_backend(name="insightface-2d106").key   # paper mode, the published preprocessing
+        out = import_release(args.checkpoint, base=args.base, out=args.out, task=args.task, landmark_backend=key,
+                             dtype=args.dtype)
+    except (ReleaseImportError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    run_id = None if args.no_track else track_import(out)
+    print(json.dumps({"imported": str(out), "task": args.task, "landmark_backend": key, "base": args.base,
+                      "mlflow_run_id": run_id}))
     return 0

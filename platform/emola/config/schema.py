@@ -182,7 +182,17 @@ class TrainConfig(Section):
     warmup_ratio: float = Field(ge=0, lt=1)
     schedule: Literal["cosine", "linear", "constant"]
     max_length: int = Field(ge=16)
-    gradient_checkpointing: bool
+    checkpointing: Literal["none", "all", "every_other", "selective"] = Field(
+        description="activation checkpointing of the decoder layers: none; all (recompute every layer, published); "
+                    "every_other layer; selective (every layer keeps its matrix-product and attention outputs and "
+                    "recomputes only the elementwise operations)")
+    compile: bool = Field(description="torch.compile each decoder layer (fuses norms, RoPE, SwiGLU, LoRA scaling)")
+    sparse_logits: bool = Field(
+        description="apply the LM head only where a loss is taken (answer tokens); the loss is unchanged")
+    fused_adam: bool = Field(description="PyTorch's fused AdamW kernel instead of the per-tensor loop")
+    packing: bool = Field(
+        description="pack the micro batch's samples into rows of up to max_length tokens, attention kept within "
+                    "each sample, instead of padding every sample to the longest; the loss is unchanged")
     precision: Literal["fp32", "bf16"]
     zero_stage: Literal[0, 1, 2, 3]
     offload: Literal["none", "cpu"]
@@ -208,9 +218,13 @@ class TrainConfig(Section):
 
 # ----------------------------------------------------------------------- evaluate
 class GenerationConfig(Section):
+    """Decoding: temperature 0 is greedy; published EmoLA samples at 0.01 with top_p 0.5."""
+
     temperature: float = Field(ge=0)
     top_p: float = Field(gt=0, le=1)
     max_new_tokens: int = Field(ge=1)
+    seed: int = Field(default=0, ge=0, description="the sampling seed of every answer (a request's answer depends "
+                                                   "only on it, its prompt and these settings)")
 
 
 class EvaluateConfig(Section):
@@ -222,6 +236,24 @@ class EvaluateConfig(Section):
     generation: GenerationConfig
     reports: str
     register_as: str = Field(description="MLflow registered model name")
+
+
+# ---------------------------------------------------------------------- inference
+class InferenceConfig(Section):
+    """The inference engine (``emola.engine``) that evaluation, Serve and the Analyzer generate with."""
+
+    device: Literal["auto", "cpu", "cuda"] = Field(description="auto: CUDA when there is a GPU")
+    merge_lora: bool = Field(description="merge LoRA into the base weights at load (the checkpoint is unchanged)")
+    max_batch: int = Field(ge=1, description="requests decoded together at most (KV-cache slots); 1: no batching")
+    max_context: int | None = Field(
+        ge=16, description="tokens per request, prompt and answer (KV-cache length); null: the model's context")
+    max_prefill_tokens: int = Field(
+        ge=1, description="padded prompt tokens prefilled in one step; later arrivals start a step later")
+    length_bucket: int = Field(ge=1, description="decode attention reads the cache in multiples of this many tokens")
+    cuda_graphs: bool = Field(description="on CUDA, capture each decode shape once and replay it (CPU: eager)")
+    decode_attention: Literal["matmul", "sdpa"] = Field(
+        description="decode-step attention over the KV cache: two matrix products (exact like transformers' "
+                    "eager attention) or PyTorch's fused scaled_dot_product_attention kernel")
 
 
 # -------------------------------------------------------------------------- serve
@@ -240,8 +272,8 @@ class ServeConfig(Section):
     max_replicas: int = Field(ge=1)
     target_ongoing_requests: float = Field(gt=0)
     max_ongoing_requests: int = Field(ge=1)
-    max_batch_size: int = Field(ge=1)
-    batch_wait_timeout_s: float = Field(ge=0)
+    max_queued_requests: int = Field(
+        ge=1, description="requests waiting for a model replica beyond max_ongoing_requests; more get 503")
     max_body_bytes: int = Field(ge=1024)
     max_image_pixels: int = Field(ge=1)
     request_timeout_s: float = Field(gt=0)
@@ -268,7 +300,8 @@ class EmolaConfig(Section):
     model: ModelConfig
     train: TrainConfig
     evaluate: EvaluateConfig
+    inference: InferenceConfig
     serve: ServeConfig
 
 
-SECTIONS: tuple[str, ...] = ("data", "landmarks", "model", "train", "evaluate", "serve")
+SECTIONS: tuple[str, ...] = ("data", "landmarks", "model", "train", "evaluate", "inference", "serve")

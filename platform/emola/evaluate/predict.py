@@ -10,7 +10,6 @@ import numpy as np
 from emola.config.schema import GenerationConfig
 from emola.data.manifest import ManifestRow
 from emola.imaging import read_image_file
-from emola.model.inference import generate_descriptions
 
 
 def prediction_record(row: ManifestRow, prediction: str) -> dict:
@@ -20,15 +19,15 @@ def prediction_record(row: ManifestRow, prediction: str) -> dict:
             "prediction": prediction, "reference": row.answer, "label": label}
 
 
-def predict_rows(model, processor, rows: Sequence[ManifestRow], priors: dict[str, np.ndarray] | None,
-                 generation: GenerationConfig, batch_size: int = 16) -> list[dict]:
-    """Generate a description for every row (rows without a needed prior vector are skipped)."""
-    records = []
+def predict_rows(engine, rows: Sequence[ManifestRow], priors: dict[str, np.ndarray] | None,
+                 generation: GenerationConfig) -> list[dict]:
+    """Generate a description for every row with ``engine`` (an :class:`~emola.engine.InferenceEngine`),
+    all rows in one continuous batch; rows without a needed prior vector are skipped."""
+    processor = engine.processor
     usable = [r for r in rows if priors is None or r.image_sha256 in priors]
-    for start in range(0, len(usable), batch_size):
-        chunk = usable[start:start + batch_size]
-        images = [read_image_file(Path(r.image_path()), 10**9)[0] for r in chunk] if processor.use_image else None
-        prior = np.stack([priors[r.image_sha256] for r in chunk]) if processor.use_prior else None
-        texts = generate_descriptions(model, processor, [r.question for r in chunk], images, prior, generation)
-        records += [prediction_record(r, t) for r, t in zip(chunk, texts)]
-    return records
+    if not usable:
+        return []
+    images = [read_image_file(Path(r.image_path()), 10**9)[0] for r in usable] if processor.use_image else None
+    prior = np.stack([priors[r.image_sha256] for r in usable]) if processor.use_prior else None
+    completions = engine.complete([r.question for r in usable], images, prior, generation)
+    return [prediction_record(r, c.text) for r, c in zip(usable, completions)]

@@ -87,25 +87,31 @@ def _even_chunks(items: list, most: int) -> list[list]:
 
 
 class PredictActor:
-    """A model replica in the Ray Data actor pool: one generation batch per call.
+    """A model replica in the Ray Data actor pool: one generation batch per call, all its rows
+    in one continuous batch of the inference engine.
 
     It holds one model at a time and loads another when a batch names it, releasing the
     previous one first (a GPU replica has room for one 7B model).
     """
 
-    def __init__(self, generation: dict):
-        from emola.config.schema import GenerationConfig
+    def __init__(self, generation: dict, inference: dict):
+        from emola.config.schema import GenerationConfig, InferenceConfig
 
         self.generation = GenerationConfig.model_validate(generation)
+        self.inference = InferenceConfig.model_validate(inference)
         self.checkpoint: str | None = None
-        self.model = self.processor = None
+        self.engine = None
 
     def _use(self, checkpoint: str) -> None:
         if checkpoint != self.checkpoint:
-            from emola.model.checkpoint import load_checkpoint
+            import torch
 
-            self.model = self.processor = self.checkpoint = None
-            self.model, self.processor, _ = load_checkpoint(checkpoint)
+            from emola.engine import InferenceEngine
+
+            self.engine = self.checkpoint = None
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            self.engine = InferenceEngine.from_checkpoint(checkpoint, self.inference)
             self.checkpoint = checkpoint
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -120,7 +126,7 @@ class PredictActor:
             if len(prior_bytes):
                 vectors = np.frombuffer(prior_bytes, np.float32).reshape(len(rows), -1)
                 priors = {r.image_sha256: v for r, v in zip(rows, vectors)}
-            out = predict_rows(self.model, self.processor, rows, priors, self.generation, batch_size=len(rows))
+            out = predict_rows(self.engine, rows, priors, self.generation)
             variants += [variant] * len(out)
             records += [json.dumps(r) for r in out]
         return {"variant": np.array(variants, dtype=object), "record": np.array(records, dtype=object)}
@@ -140,7 +146,8 @@ def predict_variants(variants: Sequence[Variant], cfg: EmolaConfig, rows: Sequen
     init_ray()
     e = cfg.evaluate
     ds = ray.data.from_items(batches, override_num_blocks=len(batches))
-    ds = ds.map_batches(PredictActor, fn_constructor_kwargs={"generation": e.generation.model_dump()},
+    ds = ds.map_batches(PredictActor, fn_constructor_kwargs={"generation": e.generation.model_dump(),
+                                                             "inference": cfg.inference.model_dump()},
                         compute=ray.data.ActorPoolStrategy(size=min(e.replicas, len(batches))), batch_size=1,
                         num_gpus=1 if cfg.train.use_gpu else 0, num_cpus=1 if cfg.train.use_gpu else 0.75)
     out = ds.to_pandas()

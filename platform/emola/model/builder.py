@@ -91,6 +91,18 @@ def build_emola(cfg: ModelConfig, *, profile: str, landmark_backend: str, tasks:
     return model, processor, emola_cfg
 
 
+def build_random(llava_config: LlavaConfig, prior_dim: int, *, dtype: torch.dtype = torch.bfloat16,
+                 device: str | torch.device = "cpu", prior_token_id: int | None = None) -> EmolaForConditionalGeneration:
+    """EmoLA with random weights at any architecture, built directly on ``device`` in ``dtype``
+    (benchmarks of large profiles: no download). ``prior_token_id`` defaults to the id after
+    the image token (an unused row of LLaVA-1.5's padded vocabulary)."""
+    with torch.device(device):
+        llava = LlavaForConditionalGeneration._from_config(llava_config, dtype=dtype)
+        projector = PriorProjector(prior_dim, llava_config.text_config.hidden_size).to(dtype)
+    prior_id = llava_config.image_token_id + 2 if prior_token_id is None else prior_token_id
+    return EmolaForConditionalGeneration(llava, projector, llava_config.image_token_id, prior_id)
+
+
 def build_on_meta(llava_config: LlavaConfig, prior_dim: int) -> EmolaForConditionalGeneration:
     """EmoLA on the meta device (shapes only, no memory): for parameter counts of large profiles."""
     with torch.device("meta"):

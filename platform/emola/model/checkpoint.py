@@ -17,6 +17,7 @@ name. Saving writes into a temporary sibling folder and renames it into place.
 from __future__ import annotations
 
 import copy
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -66,8 +67,12 @@ def _unloaded_llava(model: EmolaForConditionalGeneration, merge: bool) -> LlavaF
 
 
 def save_checkpoint(model: EmolaForConditionalGeneration, processor: EmolaProcessor, config: EmolaModelConfig,
-                    directory: Path | str, *, merge: bool = False) -> Path:
-    """Write a checkpoint (or, with ``merge=True``, a merged full model) to ``directory``."""
+                    directory: Path | str, *, merge: bool = False, extra_files: dict[str, dict] | None = None) -> Path:
+    """Write a checkpoint (or, with ``merge=True``, a merged full model) to ``directory``.
+
+    ``extra_files``: JSON records written beside it in the same atomic step (e.g. an
+    import's ``provenance.json``).
+    """
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.partial-"))
@@ -80,6 +85,8 @@ def save_checkpoint(model: EmolaForConditionalGeneration, processor: EmolaProces
             model.llava.save_pretrained(staging / "adapter", safe_serialization=True)
         if merge or config.base is None:
             _unloaded_llava(model, merge).save_pretrained(staging / "base", safe_serialization=True)
+        for name, record in (extra_files or {}).items():
+            (staging / name).write_text(json.dumps(record, indent=2) + "\n")
         replace_dir(staging, directory)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -56,9 +56,11 @@ class EmolaForConditionalGeneration(nn.Module):
                      prior: torch.Tensor | None = None) -> torch.Tensor:
         """Token ids and media -> input embeddings ``(B, L, hidden)``.
 
-        ``input_ids`` ``(B, L)`` hold ``num_image_tokens`` ``<image>`` ids (when the model
-        sees images) followed directly by one ``<prior>`` id (when it uses the prior);
-        ``pixel_values`` ``(B, 3, S, S)``; ``prior`` ``(B, prior_dim)``.
+        ``input_ids`` ``(B, L)`` hold, per sample, ``num_image_tokens`` ``<image>`` ids (when
+        the model sees images) followed directly by one ``<prior>`` id (when it uses the
+        prior); ``pixel_values`` ``(N, 3, S, S)``; ``prior`` ``(N, prior_dim)``. Usually a row
+        is one sample (``N = B``); a packed row holds several, and the images and priors are
+        then given in the order their samples appear, row by row.
         """
         embeds = self.base_llava.get_input_embeddings()(input_ids)
         image_mask = input_ids == self.image_token_id
@@ -74,9 +76,10 @@ class EmolaForConditionalGeneration(nn.Module):
         if prior_mask.any():
             if prior is None or self.prior_projector is None:
                 raise ValueError("input_ids hold a <prior> token but no prior (or no prior projector) was given")
-            if not torch.equal(prior_mask.sum(1), torch.ones_like(prior_mask.sum(1))):
-                raise ValueError("each sample needs exactly one <prior> token")
-            tokens = self.prior_projector(prior.to(embeds.dtype))  # (B, hidden), row order = sample order
+            if int(prior_mask.sum()) != prior.shape[0]:
+                raise ValueError(f"{int(prior_mask.sum())} <prior> tokens for {prior.shape[0]} prior vectors: "
+                                 "each sample needs exactly one")
+            tokens = self.prior_projector(prior.to(embeds.dtype))  # (N, hidden), in sample order
             embeds = embeds.masked_scatter(prior_mask.unsqueeze(-1), tokens)
         return embeds
 
@@ -86,6 +89,18 @@ class EmolaForConditionalGeneration(nn.Module):
         """Causal LM forward; ``labels`` ``(B, L)`` with -100 where no loss is taken."""
         embeds = self.merge_inputs(input_ids, pixel_values, prior)
         return self.llava(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **kwargs)
+
+    def decoder_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                       pixel_values: torch.Tensor | None = None, prior: torch.Tensor | None = None,
+                       **kwargs) -> torch.Tensor:
+        """The language model's last hidden states ``(B, L, hidden)``, before the LM head (:attr:`lm_head`)."""
+        embeds = self.merge_inputs(input_ids, pixel_values, prior)
+        return self.base_llava.model(inputs_embeds=embeds, attention_mask=attention_mask, **kwargs).last_hidden_state
+
+    @property
+    def lm_head(self) -> nn.Module:
+        """hidden -> vocabulary logits (a LoRA-wrapped or fully trained copy when training made one)."""
+        return self.base_llava.lm_head
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,

@@ -197,21 +197,77 @@ def _right_pad(sequences: Sequence, width: int, fill: float, dtype: torch.dtype)
     return out
 
 
-def collate(batch: dict[str, np.ndarray], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad a numpy batch from the data pipeline into model inputs."""
+def pack_rows(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """Sample indices per packed row (first fit, longest first): each row's lengths sum to at most
+    ``capacity``; a sample longer than ``capacity`` gets a row of its own."""
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        for r, free in enumerate(room):
+            if lengths[i] <= free:
+                rows[r].append(i)
+                room[r] -= lengths[i]
+                break
+        else:
+            rows.append([i])
+            room.append(capacity - lengths[i])
+    return rows
+
+
+def _packed(sequences: Sequence, rows: list[list[int]], width: int, fill: float, dtype: torch.dtype) -> torch.Tensor:
+    """Ragged sequences laid end to end per row, ``fill`` after each row's last one."""
+    out = torch.full((len(rows), width), fill, dtype=dtype)
+    for r, members in enumerate(rows):
+        at = 0
+        for i in members:
+            x = torch.as_tensor(np.asarray(sequences[i]), dtype=dtype)
+            out[r, at:at + len(x)] = x
+            at += len(x)
+    return out
+
+
+def collate(batch: dict[str, np.ndarray], pad_id: int, pack_length: int | None = None) -> dict[str, torch.Tensor]:
+    """A numpy batch from the data pipeline -> model inputs (+ ``num_tokens`` and ``num_samples`` in it).
+
+    Without ``pack_length`` every sample is a row, right-padded to the longest, with an
+    ``attention_mask``. With it, the samples are packed into as few rows of at most
+    ``pack_length`` tokens as first fit finds (:func:`pack_rows`); ``position_ids`` restart
+    at 0 for every sample, which is what makes transformers keep attention within each
+    sample (and the padding after a row's last sample is a segment of its own). There is
+    then no ``attention_mask``, and the per-sample inputs (images, priors, AU targets) are
+    reordered to the order their samples appear in the rows. Labels and loss weights
+    travel with their tokens, so the loss is the same as unpacked.
+    """
     ids = list(batch["input_ids"])
-    width = max(len(x) for x in ids)
-    lengths = torch.tensor([len(x) for x in ids])
-    out = {"input_ids": _right_pad(ids, width, pad_id, torch.long),
-           "labels": _right_pad(list(batch["labels"]), width, IGNORE_INDEX, torch.long),
-           "attention_mask": (torch.arange(width)[None, :] < lengths[:, None]).long()}
-    if "loss_weights" in batch:
-        out["loss_weights"] = _right_pad(list(batch["loss_weights"]), width, 0.0, torch.float32)
+    lengths = [len(x) for x in ids]
+    if pack_length:
+        rows = pack_rows(lengths, pack_length)
+        width = max(sum(lengths[i] for i in row) for row in rows)
+        positions = [np.arange(n) for n in lengths]
+        out = {"input_ids": _packed(ids, rows, width, pad_id, torch.long),
+               "labels": _packed(list(batch["labels"]), rows, width, IGNORE_INDEX, torch.long),
+               "position_ids": _packed(positions, rows, width, 0, torch.long)}
+        for r, row in enumerate(rows):   # the padding after the last sample restarts at 0: a segment of its own
+            used = sum(lengths[i] for i in row)
+            out["position_ids"][r, used:] = torch.arange(width - used)
+        if "loss_weights" in batch:
+            out["loss_weights"] = _packed(list(batch["loss_weights"]), rows, width, 0.0, torch.float32)
+        order = [i for row in rows for i in row]
+    else:
+        width = max(lengths)
+        out = {"input_ids": _right_pad(ids, width, pad_id, torch.long),
+               "labels": _right_pad(list(batch["labels"]), width, IGNORE_INDEX, torch.long),
+               "attention_mask": (torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]).long()}
+        if "loss_weights" in batch:
+            out["loss_weights"] = _right_pad(list(batch["loss_weights"]), width, 0.0, torch.float32)
+        order = list(range(len(ids)))
     if "pixel_values" in batch:
-        out["pixel_values"] = torch.as_tensor(np.asarray(batch["pixel_values"], np.float32))
+        out["pixel_values"] = torch.as_tensor(np.asarray(batch["pixel_values"], np.float32)[order])
     if "prior" in batch:
-        out["prior"] = torch.as_tensor(np.asarray(batch["prior"], np.float32))
+        out["prior"] = torch.as_tensor(np.asarray(batch["prior"], np.float32)[order])
     if "au_targets" in batch:
-        out["au_targets"] = torch.as_tensor(np.asarray(batch["au_targets"], np.float32))
-        out["au_mask"] = torch.as_tensor(np.asarray(batch["au_mask"], np.int64))
+        out["au_targets"] = torch.as_tensor(np.asarray(batch["au_targets"], np.float32)[order])
+        out["au_mask"] = torch.as_tensor(np.asarray(batch["au_mask"], np.int64)[order])
+    out["num_tokens"] = torch.tensor(sum(lengths))
+    out["num_samples"] = torch.tensor(len(lengths))
     return out

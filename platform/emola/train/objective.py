@@ -1,8 +1,8 @@
 """The training objective: the language-model loss, optionally reweighted, plus an optional AU loss.
 
 EmoLA as published trains on the plain language-model loss (``train.au_code_weight: 1``,
-``train.prior_aux_weight: 0``; the recipe then hands DeepSpeed the model itself). Otherwise
-the recipe trains :class:`TrainingObjective`, which adds two training devices:
+``train.prior_aux_weight: 0``). :class:`TrainingObjective` computes it, and can add two
+training devices:
 
 - AU-code token weights (``train.au_code_weight``): the tokens that spell an AU code
   (``AU12``) count ``w`` times in the language-model loss. Why: a description is ~250
@@ -16,9 +16,16 @@ the recipe trains :class:`TrainingObjective`, which adds two training devices:
 
 Both are training devices only: the exported checkpoint is the wrapped model, and
 inference never sees the weights or the head.
+
+With ``sparse_logits`` the LM head runs only at the positions that take a loss (the
+answer tokens, a ninth of an ``emola-7b`` sequence), instead of producing the logits of
+every position and discarding most: the same loss, without the ``(B, L, vocabulary)``
+tensor.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -95,10 +102,15 @@ def next_token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch
     return losses, targets != IGNORE_INDEX
 
 
-class TrainingObjective(nn.Module):
-    """``model`` plus the training-only terms of the loss.
+@dataclass
+class TrainingOutput:
+    loss: torch.Tensor
 
-    ``forward`` takes the model's inputs plus, optionally:
+
+class TrainingObjective(nn.Module):
+    """``model`` and the loss it trains on.
+
+    ``forward`` takes the model's inputs with ``labels`` plus, optionally:
 
     - ``loss_weights`` ``(B, L)``, aligned with ``labels``: the language-model loss becomes
       ``sum(weight * token loss) / number of labelled tokens``, so all-ones weights give the
@@ -107,16 +119,17 @@ class TrainingObjective(nn.Module):
       needed when ``aux_weight > 0``: the loss gains ``aux_weight * BCE(head(prior token),
       au_targets)`` over the masked samples.
 
-    It returns the model's output with that ``loss``; ``last_lm_loss`` (the plain,
+    It returns a :class:`TrainingOutput` with that ``loss``; ``last_lm_loss`` (the plain,
     unweighted language-model loss, comparable across settings) and ``last_aux_loss`` keep
     the terms for logging.
     """
 
     def __init__(self, model: EmolaForConditionalGeneration, aux_weight: float = 0.0,
-                 head_state: dict[str, torch.Tensor] | None = None):
+                 head_state: dict[str, torch.Tensor] | None = None, sparse_logits: bool = False):
         super().__init__()
         self.model = model
         self.aux_weight = aux_weight
+        self.sparse_logits = sparse_logits
         self.head = None
         if aux_weight > 0:
             self.head = au_head(model)
@@ -125,20 +138,23 @@ class TrainingObjective(nn.Module):
         self.last_lm_loss = self.last_aux_loss = torch.tensor(float("nan"))
 
     def forward(self, au_targets: torch.Tensor | None = None, au_mask: torch.Tensor | None = None,
-                loss_weights: torch.Tensor | None = None, **inputs):
-        if loss_weights is None:
-            output = self.model(**inputs)
-            self.last_lm_loss = output.loss.detach()
+                loss_weights: torch.Tensor | None = None, **inputs) -> TrainingOutput:
+        labels = inputs.pop("labels")
+        inputs.setdefault("use_cache", False)   # a cache would also hide packed rows from the attention mask
+        targets = labels[:, 1:]
+        taken = targets != IGNORE_INDEX                        # (B, L - 1), aligned with labels[:, 1:]
+        if self.sparse_logits:
+            hidden = self.model.decoder_states(**inputs)[:, :-1][taken]     # (N, hidden)
+            losses = nn.functional.cross_entropy(self.model.lm_head(hidden).float(), targets[taken], reduction="none")
         else:
-            labels = inputs.pop("labels")
-            output = self.model(**inputs)
-            losses, labelled = next_token_losses(output.logits, labels)
-            count = labelled.sum().clamp_min(1)
-            self.last_lm_loss = (losses.sum() / count).detach()
-            output.loss = (losses * loss_weights[:, 1:].to(losses.dtype)).sum() / count
+            losses = next_token_losses(self.model(**inputs).logits, labels)[0][taken]
+        count = taken.sum().clamp_min(1)
+        lm_loss = losses.sum() / count
+        self.last_lm_loss = lm_loss.detach()
+        loss = lm_loss if loss_weights is None else (losses * loss_weights[:, 1:][taken].to(losses.dtype)).sum() / count
         if self.head is not None:
-            output.loss = output.loss + self.aux_weight * self._aux_loss(inputs["prior"], au_targets, au_mask)
-        return output
+            loss = loss + self.aux_weight * self._aux_loss(inputs["prior"], au_targets, au_mask)
+        return TrainingOutput(loss)
 
     def _aux_loss(self, prior: torch.Tensor, au_targets: torch.Tensor | None, au_mask: torch.Tensor | None):
         if au_targets is None or au_mask is None:

@@ -38,11 +38,13 @@ def make_scheduler(optimizer: torch.optim.Optimizer, total: int, cfg: TrainConfi
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total, warmup, cfg.schedule))
 
 
-def deepspeed_config(cfg: TrainConfig, use_cpu: bool) -> dict:
+def deepspeed_config(cfg: TrainConfig, use_cpu: bool, client_optimizer: bool = False) -> dict:
     """DeepSpeed settings from ``train`` params.
 
-    On CPU the optimizer is PyTorch's AdamW (``torch_adam``): DeepSpeed's fused Adam would
-    compile for about 70 s. bf16 is used when ``train.precision`` says so.
+    The optimizer is PyTorch's AdamW: either handed to DeepSpeed by the caller
+    (``client_optimizer``: the fused kernel, ``train.fused_adam``) or built by DeepSpeed
+    (``torch_adam``; DeepSpeed's own fused Adam would compile for a minute or more at
+    start). bf16 is used when ``train.precision`` says so.
     """
     zero: dict = {"stage": cfg.zero_stage}
     if cfg.zero_stage >= 2:
@@ -53,7 +55,7 @@ def deepspeed_config(cfg: TrainConfig, use_cpu: bool) -> dict:
             zero["offload_param"] = {"device": "cpu", "pin_memory": not use_cpu}
     if cfg.zero_stage == 3:
         zero["stage3_gather_16bit_weights_on_model_save"] = True
-    return {
+    config = {
         "train_micro_batch_size_per_gpu": cfg.micro_batch,
         "gradient_accumulation_steps": cfg.grad_accum,
         "gradient_clipping": 1.0,
@@ -64,3 +66,6 @@ def deepspeed_config(cfg: TrainConfig, use_cpu: bool) -> dict:
         "steps_per_print": 10**9,  # progress lines come from the recipe
         "wall_clock_breakdown": False,
     }
+    if client_optimizer:
+        del config["optimizer"]
+    return config

@@ -1,7 +1,8 @@
 """The per-worker training recipe: ``setup``, ``train``, ``save_checkpoint``, ``export``.
 
-Runs inside each Ray Train worker. DeepSpeed wraps the model (ZeRO stage, precision,
-micro batch and accumulation from ``train`` params); the optimizer state, scheduler and
+Runs inside each Ray Train worker. The model, DeepSpeed engine and micro-batch step are
+:class:`~emola.train.step.TrainStep` (ZeRO stage, precision, micro batch, accumulation and
+the speed levers from ``train`` params); the optimizer state, scheduler and
 data position are checkpointed every ``train.checkpoint_every`` steps through
 ``ray.train.report``, and a restarted worker group resumes from the latest one. Only
 checkpoints every worker finished reporting are registered, so a resume never picks a
@@ -15,7 +16,6 @@ import os
 import sys
 import tempfile
 import time
-from functools import partial
 from pathlib import Path
 
 TRAIN_STATE = "train_state.json"
@@ -61,7 +61,8 @@ class TrainingRecipe:
 
         from emola.model.checkpoint import load_checkpoint
         from emola.model.lora import apply_lora
-        from emola.train.optimization import deepspeed_config, make_scheduler, parameter_groups
+        from emola.train.objective import AUX_HEAD_FILE
+        from emola.train.step import TrainStep
 
         context = ray.train.get_context()
         self.rank, self.world = context.get_world_rank(), context.get_world_size()
@@ -81,25 +82,14 @@ class TrainingRecipe:
 
         model, self.processor, self.model_config = load_checkpoint(self.raw["init_dir"])
         apply_lora(model, self.cfg.model.lora)
-        if self.train_cfg.gradient_checkpointing:
-            model.base_llava.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.train()
-        if self.uses_objective:
-            from emola.train.objective import AUX_HEAD_FILE, TrainingObjective
+        head_state = None
+        head_file = Path(self.raw["init_dir"]) / AUX_HEAD_FILE
+        if self.train_cfg.prior_aux_weight > 0 and head_file.is_file():
+            from safetensors.torch import load_file
 
-            head_file = Path(self.raw["init_dir"]) / AUX_HEAD_FILE
-            head_state = None
-            if self.train_cfg.prior_aux_weight > 0 and head_file.is_file():
-                from safetensors.torch import load_file
-
-                head_state = load_file(head_file)
-            model = TrainingObjective(model, self.train_cfg.prior_aux_weight, head_state=head_state)
-        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
-            model=model,
-            model_parameters=parameter_groups(model, self.train_cfg),
-            config=deepspeed_config(self.train_cfg, use_cpu=not self.train_cfg.use_gpu),
-            lr_scheduler=partial(make_scheduler, total=self.total_steps, cfg=self.train_cfg),
-        )
+            head_state = load_file(head_file)
+        self.trainer = TrainStep(model, self.train_cfg, total_steps=self.total_steps, head_state=head_state)
+        self.engine, self.scheduler = self.trainer.engine, self.trainer.scheduler
         if state:
             with checkpoint.as_directory() as directory:
                 self.engine.load_checkpoint(directory, tag=DS_TAG)
@@ -123,47 +113,47 @@ class TrainingRecipe:
             sys.stdout.flush()
 
     # ------------------------------------------------------------------ train
-    def train(self) -> None:
+    def _micro_batches(self):
+        """This worker's shard, each micro batch tokenized, loaded and padded or packed
+        (:func:`emola.train.examples.collate`) in Ray Data's prefetch thread, overlapping
+        the previous step's compute."""
         import ray.train
+        from ray.data.collate_fn import NumpyBatchCollateFn
 
         from emola.train.examples import Preprocess, collate
 
-        shard = ray.train.get_dataset_shard("train")
-        pad_id = self.processor.tokenizer.pad_token_id
         t = self.train_cfg
         preprocess = Preprocess(self.raw["init_dir"], t.max_length, aux_targets=t.prior_aux_weight > 0,
                                 au_code_weight=t.au_code_weight)
-        accum = self.train_cfg.grad_accum
+        pad_id = self.processor.tokenizer.pad_token_id
+
+        class MicroBatch(NumpyBatchCollateFn):
+            def __call__(self, batch):
+                return collate(preprocess(batch), pad_id, t.max_length if t.packing else None)
+
+        return ray.train.get_dataset_shard("train").iter_torch_batches(batch_size=t.micro_batch,
+                                                                         collate_fn=MicroBatch())
+
+    def train(self) -> None:
         window_start, window_samples, window_tokens = time.perf_counter(), 0, 0
         while self.step < self.total_steps:
-            # Tokenizing and image preprocessing happen here, in Ray Data's prefetch thread,
-            # overlapping the previous step's compute.
-            batches = shard.iter_torch_batches(batch_size=self.train_cfg.micro_batch,
-                                               collate_fn=lambda batch: collate(preprocess(batch), pad_id))
-            for index, batch in enumerate(batches):
+            for index, batch in enumerate(self._micro_batches()):
                 if index < self.micro_in_pass:
                     continue  # consumed before the checkpoint this run resumed from
-                batch = {k: v.to(self.engine.device) for k, v in batch.items()}
-                loss = self.engine(**batch).loss
-                self.engine.backward(loss)
-                self.engine.step()
+                window_samples += int(batch["num_samples"]) * self.world
+                window_tokens += int(batch["num_tokens"]) * self.world
+                stepped = self.trainer(batch)
                 self.micro_in_pass = index + 1
-                window_samples += len(batch["input_ids"]) * self.world
-                window_tokens += int(batch["attention_mask"].sum()) * self.world
-                if self.micro_in_pass % accum:
+                if stepped is None:
                     continue
                 self.step += 1
-                self.last_loss = float(loss.detach())
+                self.last_loss = stepped.loss
                 elapsed = time.perf_counter() - window_start
-                metrics = {"loss": self.last_loss, "lr": self.scheduler.get_last_lr()[0],
-                           "grad_norm": float(self.engine.get_global_grad_norm() or 0.0),
-                           "samples_per_s": window_samples / elapsed, "tokens_per_s": window_tokens / elapsed,
-                           "epoch": self.step / self.raw["steps_per_epoch"]}
-                if self.uses_objective:
-                    objective = self.engine.module
-                    metrics["lm_loss"] = float(objective.last_lm_loss)
-                    if objective.head is not None:
-                        metrics["aux_loss"] = float(objective.last_aux_loss)
+                metrics = {"loss": stepped.loss, "lm_loss": stepped.lm_loss, "lr": stepped.lr,
+                           "grad_norm": stepped.grad_norm, "samples_per_s": window_samples / elapsed,
+                           "tokens_per_s": window_tokens / elapsed, "epoch": self.step / self.raw["steps_per_epoch"]}
+                if stepped.aux_loss is not None:
+                    metrics["aux_loss"] = stepped.aux_loss
                 if self.step > 2:
                     self.timed_samples += window_samples
                     self.timed_seconds += elapsed
@@ -195,15 +185,9 @@ class TrainingRecipe:
                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
     @property
-    def uses_objective(self) -> bool:
-        """Whether the loss has training-only terms (:mod:`emola.train.objective`) beyond the published one."""
-        return self.train_cfg.prior_aux_weight > 0 or self.train_cfg.au_code_weight != 1.0
-
-    @property
     def emola_model(self):
-        """The EmoLA model being trained (inside the training objective when the loss has extra terms)."""
-        module = self.engine.module
-        return module.model if self.uses_objective else module
+        """The EmoLA model being trained (inside the training objective)."""
+        return self.trainer.emola_model
 
     def save_checkpoint(self) -> None:
         """DeepSpeed state of every rank plus the data position, reported as one Ray checkpoint."""

@@ -1,0 +1,564 @@
+"""GPU benchmarks at the ``emola-7b`` shape: the inference engine and the training step.
+
+    python benchmarks/gpu.py [--part inference|training|all] [--dry-run] [--out FILE]
+
+The model is the project's own (``build_random`` of ``llava_1_5_7b_config``: CLIP
+ViT-L/14-336, Vicuna-7B, the prior projector, LoRA r=128 on all seven decoder linears),
+with random weights built directly on the GPU in bf16: nothing is downloaded. Everything
+runs through the code the platform runs: :class:`emola.engine.InferenceEngine` and
+:class:`emola.train.step.TrainStep` (without Ray, as a Ray Train worker calls it).
+
+Inference: ms per token of one request (prompt of ~620 tokens: 40 text, 576 image, 1
+prior, the question), tokens/s with 8, 32 and 64 requests in flight (a closed loop: a
+finished request is replaced at once; prompts and answer lengths mixed as in FABA-Bench:
+half emotion-like answers of 48-128 tokens, half AU-like of 200-384), and the evaluate
+stage's answers/s (128 requests through ``generate``). The old path (transformers'
+``generate`` with LoRA unmerged) is timed beside it at batch 1.
+
+Training: the micro-batch step (micro batch 16; emotion-length samples of 697 tokens,
+AU-length 917, and a mix) with each lever on and off: sparse logits, fused AdamW,
+``torch.compile`` of the decoder layers, activation checkpointing (all, selective,
+every other layer, none), DeepSpeed ZeRO-2 and ZeRO-3 against the plain loop, packing.
+MFU counts useful work over the dense bf16 peak of 989 TFLOP/s: per token 4 x N_LM (the
+frozen base needs only input gradients) + 12 x layers x L x hidden (attention), plus
+2 x N_vision per image token; recomputation does not count.
+
+``--dry-run`` runs the same code on a shrunken model on the CPU (the test suite does).
+Results: a table on the terminal, everything in ``benchmarks/results/gpu.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import platform as sysplatform
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+PEAK_FLOPS = 989e12        # dense bf16, H100/H200 SXM
+EOS, PAD, BOS = 2, 0, 1
+H100_BYTES = 76 * 2**30    # what fits an H100's 80 GB with room to spare
+
+
+# --------------------------------------------------------------------------- shapes
+def shape(dry_run: bool) -> dict:
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+
+    from emola.model.builder import llava_1_5_7b_config
+
+    if not dry_run:
+        return {"llava": llava_1_5_7b_config(), "prior_dim": 212, "text": 40, "question": (8, 24),
+                "emotion_answer": (48, 128), "au_answer": (200, 384), "train_answer": {"emotion": 80, "au": 300},
+                "device": "cuda", "dtype": torch.bfloat16, "micro_batch": 16, "requests": 128, "steps": (2, 3),
+                "context": 1152, "concurrency": (8, 32, 64)}
+    vision = CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                              image_size=32, patch_size=8, projection_dim=64)
+    text = LlamaConfig(vocab_size=1024, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512, pad_token_id=PAD)
+    llava = LlavaConfig(vision_config=vision, text_config=text, image_token_index=1000, image_seq_length=16,
+                        vision_feature_layer=-2, vision_feature_select_strategy="default")
+    return {"llava": llava, "prior_dim": 136, "text": 12, "question": (4, 10), "emotion_answer": (8, 24),
+            "au_answer": (24, 48), "train_answer": {"emotion": 20, "au": 60}, "device": "cpu", "dtype": torch.float32,
+            "micro_batch": 4, "requests": 24, "steps": (1, 2), "context": 160, "concurrency": (2, 8)}
+
+
+def lora_config(dry_run: bool):
+    from emola.config.schema import LoraConfig
+
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    return LoraConfig(r=8 if dry_run else 128, alpha=16 if dry_run else 256, dropout=0.05, targets=targets,
+                      modules_to_save=[])
+
+
+def build(s: dict, dry_run: bool):
+    from emola.model.builder import build_random
+    from emola.model.lora import apply_lora
+
+    torch.manual_seed(0)
+    model = build_random(s["llava"], s["prior_dim"], dtype=s["dtype"], device=s["device"])
+    return apply_lora(model, lora_config(dry_run))
+
+
+def image_tokens(s: dict) -> int:
+    v = s["llava"].vision_config
+    return (v.image_size // v.patch_size) ** 2
+
+
+def prompt_ids(s: dict, rng: np.random.Generator) -> list[int]:
+    vocab = s["llava"].text_config.vocab_size
+    llava = s["llava"]
+    words = lambda n: rng.integers(3, min(vocab, llava.image_token_index) - 1, n).tolist()  # noqa: E731
+    return ([BOS] + words(s["text"] - 1) + [llava.image_token_index] * image_tokens(s)
+            + [llava.image_token_index + 2] + words(int(rng.integers(*s["question"]))))
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def clear() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+# ------------------------------------------------------------------------ inference
+def request_mix(s: dict, n: int, seed: int, engine_cls):
+    """``n`` requests: prompts of varying question length, half emotion-like and half AU-like answers."""
+    rng = np.random.default_rng(seed)
+    v = s["llava"].vision_config
+    out = []
+    for i in range(n):
+        lo, hi = s["emotion_answer"] if i % 2 == 0 else s["au_answer"]
+        out.append(engine_cls(prompt_ids=prompt_ids(s, rng),
+                              pixel_values=torch.randn(3, v.image_size, v.image_size),
+                              prior=rng.normal(size=s["prior_dim"]).astype(np.float32),
+                              max_new_tokens=int(rng.integers(lo, hi + 1)), stop_at_eos=False))
+    return out
+
+
+def closed_loop(engine, requests, concurrency: int) -> dict:
+    """Keep ``concurrency`` requests in flight until all are submitted, then drain.
+
+    ``tokens_per_s`` is the steady state: tokens generated between the first replacement
+    (the first ``concurrency`` requests all started) and the last submission, while
+    ``concurrency`` requests were in flight; ``overall_tokens_per_s`` includes the ramp and
+    the drain, when fewer are.
+    """
+    from emola.engine import Listener
+
+    done = threading.Semaphore(0)
+    finished: list = []
+    stamps: list[float] = []
+
+    class Done(Listener):
+        def on_token(self, token_id):
+            stamps.append(time.perf_counter())
+
+        def on_finish(self, result, error):
+            finished.append(error if error is not None else result)
+            done.release()
+
+    pending = list(requests)
+    sync()
+    started = time.perf_counter()
+    for _ in range(min(concurrency, len(pending))):
+        engine.submit(pending.pop(0), Done())
+    first_replacement = last_submission = None
+    for _ in range(len(requests)):
+        done.acquire()
+        if pending:
+            now = time.perf_counter()
+            first_replacement = first_replacement or now
+            engine.submit(pending.pop(0), Done())
+            last_submission = now
+    sync()
+    elapsed = time.perf_counter() - started
+    errors = [f for f in finished if isinstance(f, BaseException)]
+    if errors:
+        raise errors[0]
+    tokens = sum(len(f.token_ids) for f in finished)
+    row = {"concurrency": concurrency, "requests": len(requests), "tokens": tokens, "seconds": round(elapsed, 3),
+           "overall_tokens_per_s": round(tokens / elapsed, 1)}
+    if first_replacement and last_submission and last_submission > first_replacement:
+        window = [t for t in stamps if first_replacement <= t <= last_submission]
+        row["steady_seconds"] = round(last_submission - first_replacement, 3)
+        row["tokens_per_s"] = round(len(window) / (last_submission - first_replacement), 1)
+    else:
+        row["tokens_per_s"] = row["overall_tokens_per_s"]
+    return row
+
+
+def decode_profile(engine, sizes, span: int) -> dict:
+    """Milliseconds per decode step (graph replay on CUDA) for each batch size at one attention span,
+    and the prefill of 1 and 8 prompts."""
+    decoder = engine.decoder
+    out = {}
+    for rows in sizes:
+        decoder.tokens[:rows] = 5
+        decoder.positions[:rows] = span - 1
+        decoder.decode(rows, span)   # captures the graph when missing
+        sync()
+        started = time.perf_counter()
+        for _ in range(20):
+            decoder.decode(rows, span)
+        sync()
+        out[rows] = round(1e3 * (time.perf_counter() - started) / 20, 3)
+    return out
+
+
+def prefill_ms(engine, s: dict, n: int) -> float:
+    from emola.engine import GenerationRequest
+
+    requests = request_mix(s, n, seed=n, engine_cls=GenerationRequest)
+    for r in requests:
+        r.max_new_tokens = 1
+    engine.generate(requests)   # warm-up
+    sync()
+    started = time.perf_counter()
+    engine.generate(requests)
+    sync()
+    return round(1e3 * (time.perf_counter() - started), 2)
+
+
+def hf_generate_ms_per_token(model, s: dict, tokens: int) -> float:
+    """transformers' ``generate`` with LoRA unmerged (the path before the engine), batch 1."""
+    rng = np.random.default_rng(1)
+    ids = torch.tensor([prompt_ids(s, rng)], device=s["device"])
+    v = s["llava"].vision_config
+    kwargs = dict(input_ids=ids, attention_mask=torch.ones_like(ids),
+                  pixel_values=torch.randn(1, 3, v.image_size, v.image_size, device=s["device"], dtype=s["dtype"]),
+                  prior=torch.randn(1, s["prior_dim"], device=s["device"]), do_sample=False, pad_token_id=PAD)
+    model.eval()
+    model.generate(**kwargs, max_new_tokens=2, min_new_tokens=2)   # warm-up
+    times = []
+    for n in (1, tokens):
+        sync()
+        started = time.perf_counter()
+        model.generate(**kwargs, max_new_tokens=n, min_new_tokens=n)
+        sync()
+        times.append(time.perf_counter() - started)
+    return 1e3 * (times[1] - times[0]) / (tokens - 1)
+
+
+def engine_ms_per_token(engine, s: dict, tokens: int) -> float:
+    from emola.engine import GenerationRequest
+
+    rng = np.random.default_rng(2)
+    v = s["llava"].vision_config
+    base = dict(prompt_ids=prompt_ids(s, rng), pixel_values=torch.randn(3, v.image_size, v.image_size),
+                prior=np.zeros(s["prior_dim"], np.float32), stop_at_eos=False)
+    engine.generate([GenerationRequest(**base, max_new_tokens=tokens)])   # warm-up
+    times = []
+    for n in (1, tokens, 1, tokens):
+        sync()
+        started = time.perf_counter()
+        engine.generate([GenerationRequest(**base, max_new_tokens=n)])
+        sync()
+        times.append(time.perf_counter() - started)
+    return 1e3 * min(times[1] - times[0], times[3] - times[2]) / (tokens - 1)
+
+
+def inference(dry_run: bool, log, baseline: bool = True) -> dict:
+    from emola.config.schema import InferenceConfig
+    from emola.engine import GenerationRequest, InferenceEngine
+
+    s = shape(dry_run)
+    result: dict = {}
+    model = build(s, dry_run)
+    tokens = 16 if dry_run else 32
+    if baseline:
+        result["hf_generate_unmerged_ms_per_token"] = round(hf_generate_ms_per_token(model, s, tokens), 3)
+        log(f"old path (transformers generate, LoRA unmerged), batch 1: "
+            f"{result['hf_generate_unmerged_ms_per_token']:.1f} ms/token")
+    cfg = InferenceConfig(device=s["device"], merge_lora=True, max_batch=max(s["concurrency"]),
+                          max_context=s["context"], max_prefill_tokens=8192, length_bucket=128 if not dry_run else 32,
+                          cuda_graphs=True, decode_attention="matmul")
+    if dry_run:   # the merge alone: the same engine without merging
+        unmerged = InferenceEngine(build(s, dry_run), cfg.model_copy(update={"merge_lora": False}), eos_token_id=EOS,
+                                   pad_token_id=PAD)
+        result["engine_unmerged_ms_per_token"] = round(engine_ms_per_token(unmerged, s, tokens), 3)
+        log(f"engine with LoRA unmerged, batch 1: {result['engine_unmerged_ms_per_token']:.2f} ms/token")
+        del unmerged
+    started = time.perf_counter()
+    engine = InferenceEngine(model, cfg, eos_token_id=EOS, pad_token_id=PAD)
+    result["load_merge_s"] = round(time.perf_counter() - started, 2)
+    started = time.perf_counter()
+    try:
+        result["graphs"] = engine.decoder.warm_up()
+    except Exception as err:  # noqa: BLE001 - measure the eager decoder rather than nothing
+        result["graphs_error"] = f"{type(err).__name__}: {err}"[:1000]
+        log(f"CUDA graph capture FAILED ({result['graphs_error'][:200]}); measuring the eager decoder")
+        engine.decoder.use_graphs, engine.decoder._graphs, result["graphs"] = False, {}, 0
+    result["warm_up_s"] = round(time.perf_counter() - started, 2)
+    log(f"engine: merge {result['load_merge_s']} s, {result['graphs']} decode graphs captured in "
+        f"{result['warm_up_s']} s")
+    # Where a step's time goes: decode steps by batch size for both attention kernels, and prefill.
+    span = min(s["context"], 768)
+    sizes = [1, 8, 32, 64] if not dry_run else [1, 8]
+    profile = {"span": span, "matmul": decode_profile(engine, sizes, span)}
+    decoder = engine.decoder
+    kept = decoder._graphs, decoder._pool   # graphs are never destroyed: the other kernel's get a pool of their own
+    decoder.attention, decoder._graphs = "sdpa", {}
+    if decoder.use_graphs:
+        decoder._pool = torch.cuda.graph_pool_handle()
+    try:
+        profile["sdpa"] = decode_profile(engine, sizes, span)
+    except Exception as err:  # noqa: BLE001
+        profile["sdpa_error"] = f"{type(err).__name__}: {err}"[:500]
+    fastest = min(("matmul", "sdpa"), key=lambda a: profile.get(a, {}).get(sizes[-2], float("inf")))
+    if fastest == "matmul":
+        decoder.attention, (decoder._graphs, decoder._pool) = "matmul", kept
+    elif decoder.use_graphs:
+        decoder.warm_up()
+    profile["chosen"] = fastest
+    profile["prefill_ms"] = {1: prefill_ms(engine, s, 1), 8: prefill_ms(engine, s, 8)}
+    result["profile"] = profile
+    log(f"decode step ms at span {span}: matmul {profile['matmul']}, sdpa {profile.get('sdpa', profile.get('sdpa_error'))}"
+        f"; prefill ms {profile['prefill_ms']}; using {fastest}")
+    result["ms_per_token_batch1"] = round(engine_ms_per_token(engine, s, 64 if not dry_run else tokens), 3)
+    log(f"engine, batch 1: {result['ms_per_token_batch1']:.2f} ms/token")
+    engine.start()
+    result["concurrent"] = []
+    for c in s["concurrency"]:
+        row = closed_loop(engine, request_mix(s, 4 * c, seed=c, engine_cls=GenerationRequest), c)
+        result["concurrent"].append(row)
+        log(f"engine, {c:3d} requests in flight: {row['tokens_per_s']:8.0f} tokens/s steady "
+            f"({row['overall_tokens_per_s']:.0f} with ramp and drain; {row['requests']} requests, {row['tokens']} "
+            f"tokens, {row['seconds']} s)")
+    engine.stop()   # back to the offline path for the evaluate-stage run
+    requests = request_mix(s, s["requests"], seed=7, engine_cls=GenerationRequest)
+    sync()
+    started = time.perf_counter()
+    outputs = engine.generate(requests)
+    sync()
+    elapsed = time.perf_counter() - started
+    result["evaluate"] = {"answers": len(outputs), "tokens": sum(len(o.token_ids) for o in outputs),
+                          "seconds": round(elapsed, 2), "answers_per_s": round(len(outputs) / elapsed, 2),
+                          "tokens_per_s": round(sum(len(o.token_ids) for o in outputs) / elapsed, 1),
+                          "max_batch": cfg.max_batch}
+    log(f"evaluate stage (generate, {len(outputs)} answers, max batch {cfg.max_batch}): "
+        f"{result['evaluate']['answers_per_s']:.2f} answers/s, {result['evaluate']['tokens_per_s']:.0f} tokens/s")
+    if torch.cuda.is_available():
+        result["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    del engine, model
+    clear()
+    return result
+
+
+# ------------------------------------------------------------------------- training
+def train_batch(s: dict, kind: str, packing: bool, seed: int):
+    """One collated micro batch of synthetic samples: ``kind`` emotion, au (fixed answer lengths) or mixed."""
+    from emola.model.processing import IGNORE_INDEX
+    from emola.train.examples import collate
+
+    rng = np.random.default_rng(seed)
+    v = s["llava"].vision_config
+    llava = s["llava"]
+    vocab = min(llava.text_config.vocab_size, llava.image_token_index) - 1
+    ids, labels = [], []
+    for i in range(s["micro_batch"]):
+        if kind == "mixed":
+            answer = int(rng.integers(*(s["emotion_answer"] if i % 2 else s["au_answer"])))
+        else:
+            answer = s["train_answer"][kind]
+        prompt = ([BOS] + rng.integers(3, vocab, s["text"] - 1).tolist() + [llava.image_token_index] * image_tokens(s)
+                  + [llava.image_token_index + 2])
+        reply = rng.integers(3, vocab, answer).tolist()
+        ids.append(np.array(prompt + reply))
+        labels.append(np.array([IGNORE_INDEX] * len(prompt) + reply))
+    holder = lambda xs: np.array(xs + [None], dtype=object)[:-1]  # noqa: E731 - ragged object array
+    batch = {"input_ids": holder(ids), "labels": holder(labels),
+             "pixel_values": rng.normal(size=(s["micro_batch"], 3, v.image_size, v.image_size)).astype(np.float32),
+             "prior": rng.normal(size=(s["micro_batch"], s["prior_dim"])).astype(np.float32)}
+    return collate(batch, PAD, 2048 if packing else None)
+
+
+def useful_flops(s: dict, batch) -> float:
+    """The MFU numerator of one micro batch (module docstring)."""
+    text = s["llava"].text_config
+    vision = s["llava"].vision_config
+    hidden, layers = text.hidden_size, text.num_hidden_layers
+    n_lm = layers * (4 * hidden * hidden + 3 * hidden * text.intermediate_size) + 2 * text.vocab_size * hidden
+    n_vision = vision.num_hidden_layers * (4 * vision.hidden_size ** 2 + 2 * vision.hidden_size * vision.intermediate_size)
+    lengths = batch["sample_lengths"]
+    flops = sum(n * (4 * n_lm + 12 * layers * n * hidden) for n in lengths)
+    return flops + len(lengths) * image_tokens(s) * 2 * n_vision
+
+
+def train_config(s: dict, dry_run: bool, overrides: dict):
+    from emola.config import load_config
+
+    cfg = load_config(ROOT / "params.yaml", {"profile": "tiny" if dry_run else "emola-7b"}).train
+    base = {"micro_batch": s["micro_batch"], "grad_accum": 1, "use_gpu": not dry_run, "au_code_weight": 1.0,
+            "prior_aux_weight": 0.0, "precision": "fp32" if dry_run else "bf16", "zero_stage": 2}
+    return cfg.model_copy(update={**base, **overrides})
+
+
+def run_variant(s: dict, dry_run: bool, name: str, overrides: dict, engine: str, kind: str, log) -> dict:
+    from emola.train.step import TrainStep
+
+    clear()   # compiled layer code is kept across variants: the same layer graph compiles once
+    held = torch.cuda.memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
+    cfg = train_config(s, dry_run, overrides)
+    model = build(s, dry_run)
+    step = TrainStep(model, cfg, total_steps=1000, engine=engine)
+    batches = [train_batch(s, kind, cfg.packing, seed) for seed in range(3)]
+    warm, timed = s["steps"]
+    started = time.perf_counter()
+    for i in range(warm):
+        step(batches[i % 3])
+    sync()
+    first = time.perf_counter() - started
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
+    for i in range(timed):
+        metrics = step(batches[i % 3])
+    sync()
+    per_step = (time.perf_counter() - started) / timed
+    tokens = float(np.mean([int(b["num_tokens"]) for b in batches]))
+    flops = float(np.mean([useful_flops(s, {"sample_lengths": _sample_lengths(b)}) for b in batches]))
+    row = {"variant": name, "engine": engine, "samples": kind, **{k: v for k, v in overrides.items()},
+           "s_per_step": round(per_step, 3), "tokens_per_s": round(tokens / per_step), "mfu": round(flops / per_step / PEAK_FLOPS, 4),
+           "first_steps_s": round(first, 1), "loss": round(metrics.loss, 4),
+           "rows_x_width": list(batches[0]["input_ids"].shape)}
+    if torch.cuda.is_available():
+        row["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 1)
+        row["held_at_start_gib"] = round(held, 1)   # left by earlier variants: counted in the peak
+    log(f"{name:58s} {row['s_per_step']:7.3f} s/step {row['tokens_per_s']:8d} tokens/s  MFU {100 * row['mfu']:5.1f}%"
+        + (f"  peak {row['peak_memory_gib']:6.1f} GiB" if "peak_memory_gib" in row else "")
+        + f"  (first {warm} steps {row['first_steps_s']} s)")
+    del step, model, batches
+    clear()
+    return row
+
+
+def _sample_lengths(batch) -> list[int]:
+    """Per-sample token counts of a collated batch (padded rows or packed rows)."""
+    if "attention_mask" in batch:
+        return batch["attention_mask"].sum(1).tolist()
+    lengths = []
+    for row in batch["position_ids"].tolist():
+        starts = [i for i, p in enumerate(row) if p == 0] + [len(row)]
+        lengths += [b - a for a, b in zip(starts, starts[1:])]
+    # the padding after a row's last sample is a segment of its own: drop it by the real token count
+    real = int(batch["num_tokens"])
+    lengths.sort(reverse=True)
+    while sum(lengths) > real:
+        lengths.pop()
+    return lengths
+
+
+def training(dry_run: bool, log, budget_s: float, only: set[str] | None = None) -> dict:
+    s = shape(dry_run)
+    torch._dynamo.config.recompile_limit = 64   # variants differ in checkpointing: several graphs per layer code
+    if not dry_run:
+        from emola.train.step import init_single_process_group
+
+        init_single_process_group("nccl")
+    else:
+        import os
+
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        from emola.train.step import init_single_process_group
+
+        init_single_process_group("gloo")
+    published = {"checkpointing": "all", "compile": False, "sparse_logits": False, "fused_adam": False, "packing": False}
+    # On the CPU (dry run) compiling costs tens of seconds per graph: one compiled variant shows the path works.
+    fast = {"sparse_logits": True, "fused_adam": True, "compile": not dry_run, "packing": False}
+    plan = [
+        ("published", "published step: eager, every layer recomputed, full logits", published, "plain", "emotion"),
+        ("sparse", "+ sparse logits", {**published, "sparse_logits": True}, "plain", "emotion"),
+        ("fused", "+ fused AdamW", {**published, "sparse_logits": True, "fused_adam": True}, "plain", "emotion"),
+        ("compiled_all", "+ compiled decoder blocks",
+         {**published, "sparse_logits": True, "fused_adam": True, "compile": True}, "plain", "emotion"),
+    ]
+    for policy in ("none", "every_other", "selective"):
+        plan.append((f"compiled_{policy}", f"compiled, checkpointing {policy}", {**fast, "checkpointing": policy},
+                     "plain", "emotion"))
+    started = time.perf_counter()
+    rows, failures = [], []
+
+    def attempt(key, name, overrides, engine, kind):
+        if only and key not in only:
+            return None
+        if time.perf_counter() - started > budget_s:
+            failures.append({"id": key, "variant": name, "skipped": f"time budget of {budget_s:.0f} s spent"})
+            log(f"{name:58s} skipped: time budget spent")
+            return None
+        try:
+            row = {"id": key, **run_variant(s, dry_run, name, overrides, engine, kind, log)}
+            rows.append(row)
+            return row
+        except Exception as err:  # noqa: BLE001 - one failing lever must not hide the others' numbers
+            failures.append({"id": key, "variant": name, "error": f"{type(err).__name__}: {err}"[:2000],
+                             "trace": traceback.format_exc()[-3000:]})
+            log(f"{name:58s} FAILED: {type(err).__name__}: {str(err)[:200]}")
+            clear()
+            return None
+
+    for item in plan:
+        attempt(*item)
+    # The fastest policy that fits an H100 becomes the base of the rest.
+    fits = [r for r in rows if r.get("peak_memory_gib", 0) * 2**30 <= H100_BYTES and r["id"].startswith("compiled_")]
+    best = min(fits, key=lambda r: r["s_per_step"]) if fits else None
+    best_overrides = {**fast, "checkpointing": best["checkpointing"]} if best else {**fast, "checkpointing": "all"}
+    log(f"best that fits an H100: {best['variant'] if best else 'none measured'}")
+    attempt("mixed_padded", "best, mixed lengths, padded", best_overrides, "plain", "mixed")
+    attempt("mixed_packed", "best, mixed lengths, packed", {**best_overrides, "packing": True}, "plain", "mixed")
+    attempt("au", "best, AU-length samples", best_overrides, "plain", "au")
+    # DeepSpeed last: its engine keeps memory after it is dropped, which later variants' peaks would count.
+    attempt("ds_zero2", "best, DeepSpeed ZeRO-2 (fused AdamW)", {**best_overrides, "zero_stage": 2, "fused_adam": True},
+            "deepspeed", "emotion")
+    attempt("ds_zero3", "published engine: DeepSpeed ZeRO-3, eager, all layers", {**published, "zero_stage": 3},
+            "deepspeed", "emotion")
+    return {"variants": rows, "failures": failures, "best": best_overrides}
+
+
+# ----------------------------------------------------------------------------- main
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--part", choices=["inference", "training", "all"], default="all")
+    parser.add_argument("--dry-run", action="store_true", help="the same code on a shrunken model, on the CPU")
+    parser.add_argument("--training-budget-s", type=float, default=260.0,
+                        help="start no new training variant after this many seconds")
+    parser.add_argument("--variants", help="comma-separated training variant ids to run (default: all)")
+    parser.add_argument("--no-baseline", action="store_true", help="skip timing the old generate path")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks/results/gpu.json"))
+    args = parser.parse_args()
+    if not args.dry_run and not torch.cuda.is_available():
+        raise SystemExit("no CUDA device: run with --dry-run for the CPU version")
+    torch.backends.cuda.matmul.allow_tf32 = True
+    lines: list[str] = []
+
+    def log(line: str) -> None:
+        lines.append(line)
+        print(line, flush=True)
+
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() and not args.dry_run else "cpu"
+    import transformers
+
+    out = {"device": device, "dry_run": args.dry_run, "torch": torch.__version__,
+           "transformers": transformers.__version__, "python": sysplatform.python_version(),
+           "date": time.strftime("%Y-%m-%d")}
+    log(f"# {device}, torch {torch.__version__}, transformers {transformers.__version__}"
+        + (" (dry run: shrunken model)" if args.dry_run else ""))
+    path = Path(args.out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:
+        path.write_text(json.dumps(out, indent=2) + "\n")
+
+    if args.part in ("inference", "all"):
+        try:
+            out["inference"] = inference(args.dry_run, log, baseline=not args.no_baseline)
+        except Exception as err:  # noqa: BLE001 - the training part still runs; the error is in the file
+            out["inference"] = {"error": f"{type(err).__name__}: {err}", "trace": traceback.format_exc()[-4000:]}
+            log(f"inference FAILED: {type(err).__name__}: {err}")
+            if args.dry_run:
+                raise
+        save()
+    if args.part in ("training", "all"):
+        only = set(args.variants.split(",")) if args.variants else None
+        out["training"] = training(args.dry_run, log, args.training_budget_s, only)
+        save()
+        if args.dry_run and out["training"]["failures"]:
+            raise SystemExit(f"training variants failed: {out['training']['failures']}")
+    log(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

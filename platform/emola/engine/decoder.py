@@ -1,0 +1,338 @@
+"""The language model of EmoLA run over a static KV cache with one slot per request.
+
+:class:`SlotDecoder` reads the weights of transformers' Llama decoder (LLaVA-1.5's
+Vicuna, and the ``tiny`` profile's decoder) and runs the same computation in two forms:
+
+- :meth:`SlotDecoder.prefill`: new requests' prompt embeddings ``(n, L, hidden)``,
+  right-padded, through every layer with causal attention; their keys and values go to
+  their slots at positions ``0 .. L-1``; returns the logits at each prompt's last token.
+- :meth:`SlotDecoder.decode`: one token for each of the first ``b`` slots, each at its own
+  position; attention reads the slot's cached positions up to a length bucket (a multiple
+  of ``length_bucket``), masked beyond the row's own position.
+
+Requests occupy slots ``0 .. n-1`` (the engine keeps them compact), so a decode step of
+``b`` rows has fixed shapes for each pair (batch bucket, length bucket). On CUDA each pair
+is captured once as a CUDA graph and replayed: one decode step is then one launch, not
+~30 kernel launches per layer from Python. The graphs share one memory pool and write
+their logits to one persistent buffer. On CPU the same code runs eagerly.
+
+The weights stay those of the transformers modules: the q/k/v and gate/up projections are
+concatenated once into fused matrices, and the modules' own weights become views into
+them (no second copy). LoRA is normally merged into those weights before (the engine's
+``merge_lora``); a model with LoRA still separate runs too, each adapted projection adding
+its low-rank term ``scale * B(A x)``: what merging saves is measured that way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers.activations import ACT2FN
+
+
+@dataclass
+class _LoRA:
+    """An unmerged LoRA term of one projection: ``out[..., start:stop] += scale * B(A x)``."""
+
+    a: torch.Tensor
+    b: torch.Tensor
+    scale: float
+    start: int
+    stop: int
+
+
+@dataclass
+class _Projection:
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    lora: list[_LoRA]
+
+
+@dataclass
+class _Layer:
+    norm1: torch.Tensor
+    qkv: _Projection
+    o: _Projection
+    norm2: torch.Tensor
+    gate_up: _Projection
+    down: _Projection
+
+
+def _active(module: nn.Module) -> nn.Module:
+    """The module that computes: peft's trained copy of a fully trained module (``modules_to_save``)."""
+    copies = getattr(module, "modules_to_save", None)
+    if isinstance(copies, nn.ModuleDict):
+        return copies[module.active_adapter if isinstance(module.active_adapter, str) else module.active_adapter[0]]
+    return module
+
+
+def _projection(modules: list[nn.Module]) -> _Projection:
+    """The fused projection of ``modules`` (concatenated along the output dimension), with their
+    unmerged LoRA terms; each base module's weight becomes a view into the fused tensor."""
+    bases = [m.get_base_layer() if hasattr(m, "get_base_layer") else m for m in modules]
+    weight, bias = _fuse(bases)
+    loras, start = [], 0
+    for module, base in zip(modules, bases):
+        stop = start + base.out_features
+        for name in getattr(module, "active_adapters", []) or []:
+            if name in getattr(module, "lora_A", {}):
+                loras.append(_LoRA(module.lora_A[name].weight.detach(), module.lora_B[name].weight.detach(),
+                                   float(module.scaling[name]), start, stop))
+        start = stop
+    return _Projection(weight, bias, loras)
+
+
+def _apply(x: torch.Tensor, p: _Projection) -> torch.Tensor:
+    out = F.linear(x, p.weight, p.bias)
+    for lora in p.lora:
+        out[..., lora.start:lora.stop] += lora.scale * F.linear(F.linear(x.to(lora.a.dtype), lora.a), lora.b).to(out.dtype)
+    return out
+
+
+def _fuse(linears: list[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Concatenate the weights (and biases) of ``linears`` along the output dimension; each
+    module's parameter becomes a view into the fused tensor."""
+    if len(linears) == 1:
+        bias = linears[0].bias
+        return linears[0].weight.detach(), None if bias is None else bias.detach()
+    weight = torch.cat([m.weight.detach() for m in linears], dim=0)
+    bias = None
+    if linears[0].bias is not None:
+        bias = torch.cat([m.bias.detach() for m in linears], dim=0)
+    start = 0
+    for m in linears:
+        rows = m.weight.shape[0]
+        m.weight = nn.Parameter(weight[start:start + rows], requires_grad=False)
+        if bias is not None:
+            m.bias = nn.Parameter(bias[start:start + rows], requires_grad=False)
+        start += rows
+    return weight, bias
+
+
+def round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+class SlotDecoder:
+    """Prefill and decode for ``slots`` concurrent sequences of at most ``context`` tokens each.
+
+    Args:
+        language_model: transformers' ``LlamaModel`` (``model.language_model`` of a LLaVA).
+        lm_head: the output projection.
+        slots: requests decoded together at most (the KV cache holds this many rows).
+        context: positions per slot (prompt and answer).
+        length_bucket: attention reads the cache in multiples of this many positions.
+        cuda_graphs: capture and replay decode steps (CUDA only).
+        attention: ``matmul`` (scores and weighted sum as two matrix products, like
+            transformers' eager attention) or ``sdpa`` (PyTorch's fused kernel, masked).
+    """
+
+    def __init__(self, language_model: nn.Module, lm_head: nn.Linear, *, slots: int, context: int,
+                 length_bucket: int = 128, cuda_graphs: bool = True, attention: str = "matmul"):
+        config = language_model.config
+        rope_type = (getattr(config, "rope_parameters", None) or {}).get("rope_type", "default")
+        if rope_type == "dynamic":
+            raise ValueError("dynamic RoPE scaling changes with the sequence length: not supported by the engine")
+        self.heads = config.num_attention_heads
+        self.kv_heads = config.num_key_value_heads or self.heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
+        self.scale = self.head_dim ** -0.5
+        self.eps = config.rms_norm_eps
+        self.act = ACT2FN[config.hidden_act]
+        self.embed = _active(language_model.embed_tokens)
+        self.final_norm = _active(language_model.norm).weight.detach()
+        self.lm_head = _active(lm_head)
+        self.layers = []
+        for layer in language_model.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            self.layers.append(_Layer(
+                norm1=_active(layer.input_layernorm).weight.detach(),
+                qkv=_projection([attn.q_proj, attn.k_proj, attn.v_proj]), o=_projection([attn.o_proj]),
+                norm2=_active(layer.post_attention_layernorm).weight.detach(),
+                gate_up=_projection([mlp.gate_proj, mlp.up_proj]), down=_projection([mlp.down_proj])))
+        weight = self.layers[0].qkv.weight
+        self.device, self.dtype = weight.device, weight.dtype
+        self.slots, self.context = slots, context
+        self.length_bucket = max(1, min(length_bucket, context))
+        with torch.no_grad():
+            positions = torch.arange(context, device=self.device)[None]
+            cos, sin = language_model.rotary_emb(weight[:1], positions)   # transformers' own tables (scaling incl.)
+        self.cos, self.sin = cos[0], sin[0]                                 # (context, head_dim), model dtype
+        shape = (len(self.layers), slots, self.kv_heads, context, self.head_dim)
+        self.k_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        self.v_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        # Static decode inputs and output: graphs read and write these buffers.
+        self.tokens = torch.zeros(slots, dtype=torch.long, device=self.device)
+        self.positions = torch.zeros(slots, dtype=torch.long, device=self.device)
+        self.logits = torch.zeros(slots, self.lm_head.out_features, dtype=torch.float32, device=self.device)
+        self._slot_ids = torch.arange(slots, device=self.device)
+        self._key_positions = torch.arange(context, device=self.device)
+        if attention not in ("matmul", "sdpa"):
+            raise ValueError(f"decode attention {attention!r}: matmul or sdpa")
+        self.attention = attention
+        self.use_graphs = cuda_graphs and self.device.type == "cuda"
+        self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
+        self._pool = torch.cuda.graph_pool_handle() if self.use_graphs else None
+
+    # ------------------------------------------------------------------ pieces
+    def _rms(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """transformers' LlamaRMSNorm: normalize in float32, cast back, scale."""
+        x32 = x.to(torch.float32)
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return weight * x32.to(x.dtype)
+
+    @staticmethod
+    def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        half = x.shape[-1] // 2
+        rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+        return x * cos + rotated * sin
+
+    def _split_qkv(self, qkv: torch.Tensor):
+        """``(..., (heads + 2 kv_heads) * d)`` -> q ``(..., heads, d)``, k, v ``(..., kv_heads, d)``."""
+        d, h, kv = self.head_dim, self.heads, self.kv_heads
+        q, k, v = qkv.split([h * d, kv * d, kv * d], dim=-1)
+        return q.unflatten(-1, (h, d)), k.unflatten(-1, (kv, d)), v.unflatten(-1, (kv, d))
+
+    def _mlp(self, x: torch.Tensor, layer: _Layer) -> torch.Tensor:
+        gate, up = _apply(self._rms(x, layer.norm2), layer.gate_up).chunk(2, dim=-1)
+        return x + _apply(self.act(gate) * up, layer.down)
+
+    def _head(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(self._rms(x, self.final_norm)).to(torch.float32)
+
+    # ----------------------------------------------------------------- prefill
+    @torch.no_grad()
+    def prefill(self, embeds: torch.Tensor, lengths: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        """Prompts into their slots; returns ``(n, vocab)`` float32 logits at each prompt's last token.
+
+        ``embeds`` ``(n, L, hidden)`` right-padded (positions ``>= lengths[i]`` are padding:
+        causal attention never lets a real token see them, and decoding overwrites their
+        cache entries before reading them); ``lengths``, ``slots`` ``(n,)``.
+        """
+        n, length, _ = embeds.shape
+        if length > self.context:
+            raise ValueError(f"a prompt of {length} tokens exceeds the {self.context}-token context")
+        x = embeds.to(self.dtype)
+        cos, sin = self.cos[:length][None, :, None], self.sin[:length][None, :, None]
+        for index, layer in enumerate(self.layers):
+            q, k, v = self._split_qkv(_apply(self._rms(x, layer.norm1), layer.qkv))
+            q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)            # (n, L, heads, d)
+            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (n, heads, L, d)
+            self.k_cache[index, slots, :, :length] = k
+            self.v_cache[index, slots, :, :length] = v
+            attn = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale,
+                                                  enable_gqa=self.kv_heads != self.heads)
+            x = x + _apply(attn.transpose(1, 2).flatten(2), layer.o)
+            x = self._mlp(x, layer)
+        last = x[torch.arange(n, device=x.device), lengths.to(x.device) - 1]
+        return self._head(last)
+
+    # ------------------------------------------------------------------ decode
+    def _decode_body(self, batch: int, span: int) -> None:
+        """One token for slots ``0 .. batch-1`` from ``tokens`` at ``positions``; logits into ``logits``.
+
+        Attention covers cache positions ``0 .. span-1``, each row up to its own position.
+        """
+        tokens, positions = self.tokens[:batch], self.positions[:batch]
+        slots = self._slot_ids[:batch]
+        x = self.embed(tokens)                                              # (b, hidden)
+        cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]
+        visible = self._key_positions[:span][None, :] <= positions[:, None]  # (b, span)
+        bias = torch.zeros(visible.shape, dtype=torch.float32, device=x.device).masked_fill(~visible, float("-inf"))
+        bias = bias[:, None, None, :]
+        sdpa_mask = bias.to(self.dtype) if self.attention == "sdpa" else None
+        groups = self.heads // self.kv_heads
+        for index, layer in enumerate(self.layers):
+            q, k, v = self._split_qkv(_apply(self._rms(x, layer.norm1), layer.qkv))
+            q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)            # (b, heads, d)
+            self.k_cache[index, slots, :, positions] = k
+            self.v_cache[index, slots, :, positions] = v
+            keys = self.k_cache[index, :batch, :, :span]                       # (b, kv, span, d)
+            values = self.v_cache[index, :batch, :, :span]
+            if sdpa_mask is not None:
+                attn = F.scaled_dot_product_attention(q[:, :, None], keys, values, attn_mask=sdpa_mask,
+                                                      scale=self.scale, enable_gqa=groups > 1)
+                attn = attn.reshape(batch, self.heads * self.head_dim)
+            else:
+                query = q.view(batch, self.kv_heads, groups, self.head_dim)
+                scores = torch.matmul(query, keys.transpose(-1, -2)).to(torch.float32) * self.scale + bias
+                weights = torch.softmax(scores, dim=-1).to(self.dtype)            # (b, kv, groups, span)
+                attn = torch.matmul(weights, values).reshape(batch, self.heads * self.head_dim)
+            x = x + _apply(attn, layer.o)
+            x = self._mlp(x, layer)
+        self.logits[:batch] = self._head(x)
+
+    def span_for(self, longest: int) -> int:
+        """The length bucket that covers positions ``0 .. longest-1``."""
+        return min(self.context, round_up(max(longest, 1), self.length_bucket))
+
+    @staticmethod
+    def batch_bucket(rows: int, slots: int) -> int:
+        """Rows rounded up to a power of two (at most ``slots``): the decode step's batch shape."""
+        bucket = 1
+        while bucket < rows:
+            bucket *= 2
+        return min(bucket, slots)
+
+    @torch.no_grad()
+    def decode(self, rows: int, longest: int) -> torch.Tensor:
+        """Run one decode step for slots ``0 .. rows-1`` (``tokens``, ``positions`` already set);
+        ``longest``: one past the highest position among them. Returns ``logits[:rows]``."""
+        batch = self.batch_bucket(rows, self.slots)
+        span = self.span_for(longest)
+        if rows < batch:   # idle slots compute on position 0 of their own (unused) rows
+            self.positions[rows:batch] = 0
+        if not self.use_graphs:
+            self._decode_body(batch, span)
+        else:
+            graph = self._graphs.get((batch, span))
+            if graph is None:
+                graph = self._capture(batch, span)
+            graph.replay()
+        return self.logits[:rows]
+
+    def _capture(self, batch: int, span: int) -> torch.cuda.CUDAGraph:
+        """Capture the decode step for one (batch, span) shape.
+
+        The warm-up runs before capture execute the step on the current inputs; a decode
+        step only writes the cache entry of each row's current position, from inputs it
+        does not change, so running it more than once leaves the same state.
+        """
+        stream = torch.cuda.Stream(device=self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                self._decode_body(batch, span)
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            self._decode_body(batch, span)
+        self._graphs[(batch, span)] = graph
+        return graph
+
+    @torch.no_grad()
+    def warm_up(self, max_rows: int | None = None, max_span: int | None = None) -> int:
+        """Capture every decode shape up front (largest first, so the shared pool is sized once);
+        returns how many graphs exist. Idle slots are used: call before any request."""
+        if not self.use_graphs:
+            return 0
+        batches = sorted({self.batch_bucket(r, self.slots) for r in range(1, (max_rows or self.slots) + 1)},
+                         reverse=True)
+        spans = sorted({self.span_for(p) for p in range(1, (max_span or self.context) + 1, self.length_bucket)},
+                       reverse=True)
+        self.tokens.zero_()
+        self.positions.zero_()
+        for batch in batches:
+            for span in spans:
+                if (batch, span) not in self._graphs:
+                    self._capture(batch, span)
+        torch.cuda.synchronize(self.device)
+        return len(self._graphs)
+
+    def move(self, source: int, target: int, length: int) -> None:
+        """Copy the first ``length`` cached positions of slot ``source`` to slot ``target`` (every layer)."""
+        self.k_cache[:, target, :, :length] = self.k_cache[:, source, :, :length]
+        self.v_cache[:, target, :, :length] = self.v_cache[:, source, :, :length]

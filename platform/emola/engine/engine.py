@@ -1,0 +1,422 @@
+"""The inference engine: one EmoLA model, many requests, continuous batching.
+
+Every generating caller goes through :class:`InferenceEngine`: the evaluate stage's
+replicas (:meth:`InferenceEngine.generate`, a list of requests run to completion), the
+:class:`~emola.analyzer.Analyzer`, and the Serve model deployment (:meth:`start` a
+scheduler thread, then :meth:`submit` requests as they arrive).
+
+How a request runs. It waits in a queue until a decode slot is free. At the next step
+boundary the new arrivals are prefilled together (their image features and prior token
+merged into the prompt embeddings by the model's own ``merge_inputs``), which also gives
+each its first token. From then on every step decodes one token for every running request
+(:class:`~emola.engine.decoder.SlotDecoder`); a request leaves when it generates the end
+token or reaches its own ``max_new_tokens``, and its slot goes to the next arrival. Each
+request keeps its own temperature, top-p and seed (:mod:`emola.engine.sampling`), so its
+answer does not depend on the company it generates in.
+
+The model is loaded with LoRA merged into the base weights (``inference.merge_lora``; the
+checkpoint on disk is unchanged): an unmerged LoRA layer costs two extra small matrix
+products per projection per token.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from emola.config.schema import GenerationConfig, InferenceConfig
+from emola.engine.decoder import SlotDecoder
+from emola.engine.sampling import next_tokens
+
+#: Published EmoLA decoding: temperature 0.01, top_p 0.5, stop at </s>.
+PUBLISHED_GENERATION = GenerationConfig(temperature=0.01, top_p=0.5, max_new_tokens=512, seed=0)
+
+#: Engine settings for library use (``Analyzer``) when no params are given.
+DEFAULT_INFERENCE = InferenceConfig(device="auto", merge_lora=True, max_batch=16, max_context=None,
+                                    max_prefill_tokens=8192, length_bucket=128, cuda_graphs=True,
+                                    decode_attention="matmul")
+
+
+class PromptTooLong(ValueError):
+    """The prompt and the answer it asks for do not fit the model's context."""
+
+
+class EngineStopped(RuntimeError):
+    """The engine was closed, or its scheduler failed, before the request finished."""
+
+
+@dataclass
+class GenerationRequest:
+    """One prompt to answer.
+
+    ``prompt_ids``: the full prompt with the ``<image>`` and ``<prior>`` placeholders
+    expanded (:meth:`~emola.model.processing.EmolaProcessor.prompt_ids`); ``pixel_values``
+    ``(3, S, S)`` and ``prior`` ``(prior_dim,)`` when the model uses them.
+    ``stop_at_eos`` False generates exactly ``max_new_tokens`` (benchmarks).
+    """
+
+    prompt_ids: list[int]
+    pixel_values: torch.Tensor | None = None
+    prior: np.ndarray | torch.Tensor | None = None
+    max_new_tokens: int = 512
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+    stop_at_eos: bool = True
+
+
+@dataclass(frozen=True)
+class Generated:
+    """What a request produced: ids (the end token included when generated) and why it stopped."""
+
+    token_ids: list[int]
+    prompt_tokens: int
+    finish_reason: str   # "stop": the end token; "length": max_new_tokens ran out first; "cancelled"
+    batch_size: int = 1  # the most requests that decoded together with it
+
+
+class Listener:
+    """Receives a request's tokens as they are generated and its end (called from the scheduler).
+
+    Setting ``cancelled`` stops the request at the next step (its caller went away).
+    """
+
+    cancelled: bool = False
+
+    def on_token(self, token_id: int) -> None:  # noqa: B027 - optional hook
+        pass
+
+    def on_finish(self, result: Generated | None, error: BaseException | None) -> None:
+        raise NotImplementedError
+
+
+class _Collector(Listener):
+    def __init__(self):
+        self.result: Generated | None = None
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+
+    def on_finish(self, result, error):
+        self.result, self.error = result, error
+        self.done.set()
+
+
+@dataclass
+class _Running:
+    request: GenerationRequest
+    listener: Listener
+    ids: list[int] = field(default_factory=list)
+    cached: int = 0          # cache positions filled (prompt, then one per fed token)
+    finish: str | None = None
+    batch: int = 0           # the most rows it shared a step with
+
+
+class InferenceEngine:
+    """Continuous-batching generation with one EmoLA model on one device.
+
+    Args:
+        model: an :class:`~emola.model.modeling.EmolaForConditionalGeneration` (LoRA
+            applied or not; merged here when ``cfg.merge_lora``).
+        cfg: the ``inference`` params.
+        eos_token_id / pad_token_id: the tokenizer's end and padding ids.
+        processor: the model's processor, for the text-level :meth:`complete`.
+    """
+
+    def __init__(self, model, cfg: InferenceConfig, *, eos_token_id: int, pad_token_id: int, processor=None):
+        from peft import PeftModel
+
+        self.cfg = cfg
+        self.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto"
+                                   else cfg.device)
+        if cfg.merge_lora and isinstance(model.llava, PeftModel):
+            model.llava = model.llava.merge_and_unload()
+        model.to(self.device).eval()
+        for param in model.parameters():
+            param.requires_grad_(False)
+        self.model, self.processor = model, processor
+        self.eos_token_id, self.pad_token_id = eos_token_id, pad_token_id
+        llava = model.base_llava
+        limit = llava.config.text_config.max_position_embeddings
+        self.context = min(cfg.max_context or limit, limit)
+        self.decoder = SlotDecoder(llava.model.language_model, llava.lm_head, slots=cfg.max_batch,
+                                   context=self.context, length_bucket=cfg.length_bucket,
+                                   cuda_graphs=cfg.cuda_graphs, attention=cfg.decode_attention)
+        self.num_image_tokens = llava.config.image_seq_length if model.image_token_id is not None else 0
+        self._waiting: deque[tuple[GenerationRequest, Listener]] = deque()
+        self._active: list[_Running] = []
+        self._lock = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self.steps = 0
+        self.prefills = 0
+
+    @classmethod
+    def from_checkpoint(cls, path, cfg: InferenceConfig = DEFAULT_INFERENCE) -> "InferenceEngine":
+        """Load a checkpoint folder (in its own dtype) and build the engine on ``cfg.device``."""
+        from emola.model.checkpoint import load_checkpoint
+
+        model, processor, _ = load_checkpoint(path)
+        tokenizer = processor.tokenizer
+        return cls(model, cfg, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                   processor=processor)
+
+    # ------------------------------------------------------------- requests
+    def validate(self, request: GenerationRequest) -> None:
+        """Raise :class:`PromptTooLong` or ``ValueError`` for a request the engine cannot run."""
+        needed = len(request.prompt_ids) + request.max_new_tokens
+        if needed > self.context:
+            raise PromptTooLong(
+                f"the prompt has {len(request.prompt_ids)} tokens (template, {self.num_image_tokens} image tokens, "
+                f"prior token and question) and {request.max_new_tokens} new tokens were asked for: "
+                f"{needed} exceeds the model's context of {self.context} tokens")
+        if request.max_new_tokens < 1:
+            raise ValueError("max_new_tokens must be at least 1")
+        if not request.prompt_ids:
+            raise ValueError("empty prompt")
+        projector = self.model.prior_projector
+        if self.model.prior_token_id in request.prompt_ids:
+            shape = None if request.prior is None else tuple(np.shape(request.prior))
+            if projector is None or shape != (projector.linear_1.in_features,):
+                expected = None if projector is None else projector.linear_1.in_features
+                raise ValueError(f"prior: the prompt has a <prior> token and needs a vector of {expected} values, "
+                                 f"got {'none' if shape is None else shape}")
+        if self.model.image_token_id in request.prompt_ids:
+            size = self.model.base_llava.config.vision_config.image_size
+            shape = None if request.pixel_values is None else tuple(request.pixel_values.shape)
+            if shape != (3, size, size):
+                raise ValueError(f"pixel_values: the prompt has image tokens and needs (3, {size}, {size}), "
+                                 f"got {'none' if shape is None else shape}")
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[Generated]:
+        """Run ``requests`` to completion (continuous batching); results in the same order.
+
+        Requests are admitted in order of prompt length, so the prompts prefilled together
+        pad little.
+        """
+        for request in requests:
+            self.validate(request)
+        collectors = [_Collector() for _ in requests]
+        order = sorted(range(len(requests)), key=lambda i: len(requests[i].prompt_ids))
+        if self._thread is not None:
+            for i in order:
+                self.submit(requests[i], collectors[i])
+            for c in collectors:
+                c.done.wait()
+        else:
+            self._waiting.extend((requests[i], collectors[i]) for i in order)
+            while self._waiting or self._active:
+                self._step(self._admissible())
+        for c in collectors:
+            if c.error is not None:
+                raise c.error
+        return [c.result for c in collectors]
+
+    def complete(self, questions: Sequence[str], images=None, priors=None,
+                 generation: GenerationConfig = PUBLISHED_GENERATION, seed: int | None = None) -> list["Completion"]:
+        """Text in, text out: one :class:`Completion` per question (with its image and prior when used);
+        ``seed`` defaults to ``generation.seed``."""
+        requests = self.requests(questions, images, priors, generation, seed)
+        return [self.completion(request, generated) for request, generated in zip(requests, self.generate(requests))]
+
+    def requests(self, questions: Sequence[str], images=None, priors=None,
+                 generation: GenerationConfig = PUBLISHED_GENERATION, seed: int | None = None) -> list[GenerationRequest]:
+        """Requests for ``questions`` through the processor (template, media placeholders, image preprocessing)."""
+        p = self.processor
+        seed = generation.seed if seed is None else seed
+        if p.use_image and images is None:
+            raise ValueError("this model sees images: pass one per question")
+        if p.use_prior and priors is None:
+            raise ValueError("this model uses the landmark prior: pass one prior vector per question")
+        pixels = p.pixel_values(list(images)) if p.use_image else None
+        return [GenerationRequest(prompt_ids=p.prompt_ids(q), pixel_values=None if pixels is None else pixels[i],
+                                  prior=None if not p.use_prior else np.asarray(priors[i], np.float32),
+                                  max_new_tokens=generation.max_new_tokens, temperature=generation.temperature,
+                                  top_p=generation.top_p, seed=seed)
+                for i, q in enumerate(questions)]
+
+    def completion(self, request: GenerationRequest, generated: Generated) -> "Completion":
+        return Completion(self.processor.decode(generated.token_ids), generated.prompt_tokens,
+                          len(generated.token_ids), generated.finish_reason)
+
+    # ------------------------------------------------------------ serving
+    def start(self) -> "InferenceEngine":
+        """Run the scheduler in a background thread; requests then come through :meth:`submit`."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._serve_loop, name="emola-engine", daemon=True)
+            self._thread.start()
+        return self
+
+    def submit(self, request: GenerationRequest, listener: Listener) -> None:
+        """Queue a request for the scheduler thread (validated first: errors raise here, before queueing)."""
+        self.validate(request)
+        with self._lock:
+            if self._thread is None or self._stopping:
+                raise EngineStopped("the inference engine's scheduler is not running (call start())")
+            self._waiting.append((request, listener))
+            self._lock.notify()
+
+    @property
+    def load(self) -> dict:
+        return {"waiting": len(self._waiting), "running": len(self._active)}
+
+    def stop(self) -> None:
+        """Stop the scheduler thread after its current step; requests not finished get :class:`EngineStopped`."""
+        with self._lock:
+            self._stopping = True
+            self._lock.notify()
+        if self._thread is not None:
+            self._thread.join(timeout=60)
+        stopped = EngineStopped("the inference engine was stopped")
+        for running in self._active:
+            running.listener.on_finish(None, stopped)
+        for _, listener in self._waiting:
+            listener.on_finish(None, stopped)
+        self._active, self._thread, self._stopping = [], None, False
+        self._waiting.clear()
+
+    def _serve_loop(self) -> None:
+        while True:
+            with self._lock:
+                while not self._waiting and not self._active and not self._stopping:
+                    self._lock.wait()
+                if self._stopping:
+                    break
+                new = self._admissible()
+            try:
+                self._step(new)
+            except Exception as err:  # noqa: BLE001 - fail the requests in flight, keep serving the next ones
+                for running in self._active:
+                    running.listener.on_finish(None, err)
+                self._active = []
+
+    # ---------------------------------------------------------- scheduling
+    def _admissible(self) -> list[tuple[GenerationRequest, Listener]]:
+        """Take the waiting requests that start this step: free slots, within the prefill budget."""
+        new: list[tuple[GenerationRequest, Listener]] = []
+        longest = 0
+        while self._waiting and len(self._active) + len(new) < self.cfg.max_batch:
+            if self._waiting[0][1].cancelled:
+                self._waiting.popleft()[1].on_finish(None, EngineStopped("cancelled before it started"))
+                continue
+            length = len(self._waiting[0][0].prompt_ids)
+            padded = max(longest, length) * (len(new) + 1)
+            if new and padded > self.cfg.max_prefill_tokens:
+                break
+            new.append(self._waiting.popleft())
+            longest = max(longest, length)
+        return new
+
+    def _step(self, new: list[tuple[GenerationRequest, Listener]]) -> None:
+        """One scheduling step: prefill the new arrivals, then one decode step for every running request."""
+        if new:
+            groups = [new]
+            while groups:
+                group = groups.pop()
+                before = len(self._active)
+                try:
+                    self._prefill(group)
+                except Exception as err:  # noqa: BLE001 - a failing prefill fails its own request only
+                    del self._active[before:]
+                    if len(group) > 1:   # find the culprit: prefill the others one by one
+                        groups += [[item] for item in group]
+                    else:
+                        group[0][1].on_finish(None, err)
+        self._retire()
+        if self._active:
+            self._decode()
+            self._retire()
+
+    @torch.no_grad()
+    def _prefill(self, new: list[tuple[GenerationRequest, Listener]]) -> None:
+        start = len(self._active)
+        lengths = [len(r.prompt_ids) for r, _ in new]
+        width = max(lengths)
+        ids = torch.full((len(new), width), self.pad_token_id, dtype=torch.long)
+        for i, (request, _) in enumerate(new):
+            ids[i, : lengths[i]] = torch.as_tensor(request.prompt_ids, dtype=torch.long)
+        pixels = priors = None
+        if new[0][0].pixel_values is not None:
+            pixels = torch.stack([torch.as_tensor(r.pixel_values) for r, _ in new]).to(self.device)
+        if new[0][0].prior is not None:
+            priors = torch.stack([torch.as_tensor(np.asarray(r.prior), dtype=torch.float32) for r, _ in new])
+            priors = priors.to(self.device)
+        embeds = self.model.merge_inputs(ids.to(self.device), pixels, priors)
+        slots = torch.arange(start, start + len(new), device=self.device)
+        logits = self.decoder.prefill(embeds, torch.tensor(lengths), slots)
+        running = [_Running(request, listener, cached=length) for (request, listener), length in zip(new, lengths)]
+        self._accept(running, logits)
+        self._active.extend(running)
+        self.prefills += 1
+
+    @torch.no_grad()
+    def _decode(self) -> None:
+        rows = len(self._active)
+        self.decoder.tokens[:rows] = torch.tensor([r.ids[-1] for r in self._active]).to(self.device)
+        self.decoder.positions[:rows] = torch.tensor([r.cached for r in self._active]).to(self.device)
+        logits = self.decoder.decode(rows, max(r.cached for r in self._active) + 1)
+        for r in self._active:
+            r.cached += 1
+        self._accept(self._active, logits)
+        self.steps += 1
+
+    def _accept(self, rows: list[_Running], logits: torch.Tensor) -> None:
+        """Choose each row's next token, hand it to the listener, mark finished rows."""
+        if all(r.request.temperature <= 0 for r in rows):   # all greedy: one kernel, one transfer
+            chosen = logits.argmax(-1).tolist()
+        else:
+            chosen = self._sample(rows, logits)
+        self._record(rows, chosen)
+
+    def _sample(self, rows: list[_Running], logits: torch.Tensor) -> list[int]:
+        device = logits.device
+        temperature = torch.tensor([r.request.temperature for r in rows], dtype=torch.float32, device=device)
+        top_p = torch.tensor([r.request.top_p for r in rows], dtype=torch.float32, device=device)
+        seeds = torch.tensor([r.request.seed for r in rows], dtype=torch.long, device=device)
+        steps = torch.tensor([len(r.ids) for r in rows], dtype=torch.long, device=device)
+        return next_tokens(logits, temperature, top_p, seeds, steps).tolist()
+
+    def _record(self, rows: list[_Running], chosen: list[int]) -> None:
+        for r, token in zip(rows, chosen):
+            r.ids.append(token)
+            r.batch = max(r.batch, len(rows))
+            if r.listener.cancelled:
+                r.finish = "cancelled"
+                continue
+            r.listener.on_token(token)
+            if token == self.eos_token_id and r.request.stop_at_eos:
+                r.finish = "stop"
+            elif len(r.ids) >= r.request.max_new_tokens:
+                r.finish = "length"
+
+    def _retire(self) -> None:
+        """Finish done rows and fill their slots with the highest running rows (cache moved along)."""
+        if not any(r.finish for r in self._active):
+            return
+        for r in self._active:
+            if r.finish:
+                r.listener.on_finish(Generated(list(r.ids), len(r.request.prompt_ids), r.finish, r.batch), None)
+        keep = [i for i, r in enumerate(self._active) if not r.finish]
+        count = len(keep)
+        holes = [i for i in range(count) if self._active[i].finish]
+        movers = [i for i in keep if i >= count]
+        slots = list(self._active)
+        for hole, source in zip(holes, movers):
+            self.decoder.move(source, hole, slots[source].cached)
+            slots[hole] = slots[source]
+        self._active = slots[:count]
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One generated description with what an OpenAI-style response reports about it."""
+
+    text: str
+    prompt_tokens: int      # the prompt's ids: template, question, image and prior placeholders
+    completion_tokens: int  # generated ids, the end token included when one was generated
+    finish_reason: str      # "stop": the end token; "length": max_new_tokens ran out first
+

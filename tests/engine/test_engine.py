@@ -1,0 +1,259 @@
+"""The inference engine on the tiny profile: exactness against transformers, continuous batching,
+per-request sampling, limits and failures."""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from emola.engine import (PUBLISHED_GENERATION, EngineStopped, GenerationRequest, InferenceEngine, Listener,
+                          PromptTooLong)
+from emola.engine.sampling import next_tokens, top_p_keep, uniform_noise
+from tests.conftest import build_tiny
+
+QUESTIONS = ["What emotions are conveyed by this face?", "What AUs are conveyed by this face?", "Q?",
+             "A much longer question than the others, with more words in it?"]
+
+
+@pytest.fixture(scope="module")
+def lora_model(tiny_params, tiny_corpus):
+    """A tiny EmoLA with LoRA (unmerged) whose trainable weights are away from their initial values."""
+    model, processor, _ = build_tiny(tiny_params, tiny_corpus)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn_like(p))
+    return model.eval(), processor
+
+
+def _engine(lora_model, tiny_params, **inference) -> InferenceEngine:
+    model, processor = lora_model
+    cfg = tiny_params.inference.model_copy(update={"device": "cpu", **inference})
+    tok = processor.tokenizer
+    return InferenceEngine(copy.deepcopy(model), cfg, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                           processor=processor)
+
+
+def _media(n: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    images = [Image.fromarray(rng.integers(0, 255, (96, 96 + 8 * i, 3), np.uint8)) for i in range(n)]
+    return images, rng.normal(size=(n, 136)).astype(np.float32)
+
+
+def _greedy(tokens: int):
+    return PUBLISHED_GENERATION.model_copy(update={"temperature": 0.0, "max_new_tokens": tokens})
+
+
+def test_prefill_and_decode_logits_equal_transformers_forward(lora_model, tiny_params):
+    model, processor = lora_model
+    engine = _engine(lora_model, tiny_params)
+    images, priors = _media(2)
+    requests = engine.requests(QUESTIONS[:2], images, priors, _greedy(4))
+    batch = processor.generation_batch(QUESTIONS[:2], images, priors)
+    for i, request in enumerate(requests):   # transformers' forward of the unmerged model, one prompt at a time
+        ids = torch.tensor([request.prompt_ids])
+        with torch.no_grad():
+            reference = model(input_ids=ids, attention_mask=torch.ones_like(ids),
+                              pixel_values=batch["pixel_values"][i:i + 1], prior=batch["prior"][i:i + 1]).logits[0]
+            embeds = engine.model.merge_inputs(ids, batch["pixel_values"][i:i + 1], batch["prior"][i:i + 1])
+            prefill = engine.decoder.prefill(embeds, torch.tensor([ids.shape[1]]), torch.tensor([i]))
+        torch.testing.assert_close(prefill[0], reference[-1], atol=1e-4, rtol=1e-4)
+    # A decode step at the next position: the same as transformers over the longer sequence.
+    token = int(prefill[0].argmax())
+    engine.decoder.tokens[:2] = torch.tensor([0, token])
+    engine.decoder.positions[:2] = torch.tensor([0, len(requests[1].prompt_ids)])
+    decoded = engine.decoder.decode(2, len(requests[1].prompt_ids) + 1)[1]
+    ids = torch.tensor([requests[1].prompt_ids + [token]])
+    with torch.no_grad():
+        reference = model(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=batch["pixel_values"][1:2],
+                          prior=batch["prior"][1:2]).logits[0, -1]
+    torch.testing.assert_close(decoded, reference, atol=1e-4, rtol=1e-4)
+
+
+def test_merged_and_unmerged_greedy_outputs_are_identical(lora_model, tiny_params):
+    """transformers' generate with LoRA unmerged (the old path), the engine merged and unmerged: token for token."""
+    model, processor = lora_model
+    images, priors = _media(4)
+    tok = processor.tokenizer
+    reference = []
+    for i, question in enumerate(QUESTIONS):
+        batch = processor.generation_batch([question], images[i:i + 1], priors[i:i + 1])
+        ids = model.generate(**batch, max_new_tokens=16, do_sample=False, eos_token_id=tok.eos_token_id,
+                             pad_token_id=tok.pad_token_id)[0].tolist()
+        reference.append(ids[: ids.index(tok.eos_token_id) + 1] if tok.eos_token_id in ids else ids)
+    for merge in (True, False):
+        engine = _engine(lora_model, tiny_params, merge_lora=merge)
+        got = [g.token_ids for g in engine.generate(engine.requests(QUESTIONS, images, priors, _greedy(16)))]
+        assert got == reference, f"merge_lora={merge}"
+    assert not any(hasattr(m, "lora_A") for m in _engine(lora_model, tiny_params).model.modules())   # merged
+
+
+def test_batched_requests_equal_each_served_alone_through_few_slots(lora_model, tiny_params):
+    """Seven requests of different lengths through three slots: slots are freed, refilled and compacted."""
+    engine = _engine(lora_model, tiny_params, max_batch=3, max_prefill_tokens=200)
+    images, priors = _media(7, seed=1)
+    questions = [QUESTIONS[i % 4] for i in range(7)]
+    requests = engine.requests(questions, images, priors, _greedy(12))
+    for r, n in zip(requests, (3, 12, 5, 1, 9, 12, 7)):
+        r.max_new_tokens, r.stop_at_eos = n, False
+    together = engine.generate(requests)
+    assert [len(g.token_ids) for g in together] == [3, 12, 5, 1, 9, 12, 7]
+    assert max(g.batch_size for g in together) == 3 and engine.prefills > 1
+    alone = [engine.generate([r])[0].token_ids for r in requests]
+    assert [g.token_ids for g in together] == alone
+
+
+class _Recorder(Listener):
+    def __init__(self, name: str, log: list):
+        self.name, self.log, self.tokens = name, log, []
+        self.done = threading.Event()
+        self.result = self.error = None
+
+    def on_token(self, token_id):
+        self.tokens.append(token_id)
+
+    def on_finish(self, result, error):
+        self.result, self.error = result, error
+        self.log.append(self.name)
+        self.done.set()
+
+
+def test_a_short_request_joins_a_running_batch_and_finishes_first(lora_model, tiny_params):
+    engine = _engine(lora_model, tiny_params).start()
+    try:
+        images, priors = _media(2, seed=2)
+        long, short = engine.requests(QUESTIONS[:2], images, priors, _greedy(400))
+        long.stop_at_eos, short.max_new_tokens, short.stop_at_eos = False, 4, False
+        order: list[str] = []
+        slow, quick = _Recorder("long", order), _Recorder("short", order)
+        engine.submit(long, slow)
+        deadline = time.time() + 30
+        while len(slow.tokens) < 5 and time.time() < deadline:
+            time.sleep(0.001)
+        assert 5 <= len(slow.tokens) < 400, "the long request should be generating"
+        engine.submit(short, quick)
+        assert quick.done.wait(30) and slow.done.wait(60)
+    finally:
+        engine.stop()
+    assert order == ["short", "long"]
+    assert quick.result.batch_size == 2 and quick.tokens == quick.result.token_ids   # streamed as generated
+    assert quick.result.token_ids == engine.generate([short])[0].token_ids
+    assert slow.result.token_ids == engine.generate([long])[0].token_ids
+
+
+def test_sampling_depends_only_on_the_request_and_its_seed(lora_model, tiny_params):
+    engine = _engine(lora_model, tiny_params)
+    images, priors = _media(4, seed=3)
+    hot = PUBLISHED_GENERATION.model_copy(update={"temperature": 1.5, "top_p": 0.95, "max_new_tokens": 12})
+    requests = engine.requests(QUESTIONS, images, priors, hot, seed=11)
+    together = [g.token_ids for g in engine.generate(requests)]
+    assert together == [engine.generate([r])[0].token_ids for r in reversed(requests)][::-1]
+    reseeded = [g.token_ids for g in engine.generate(engine.requests(QUESTIONS, images, priors, hot, seed=12))]
+    assert reseeded != together
+    greedy = [g.token_ids for g in engine.generate(engine.requests(QUESTIONS, images, priors, _greedy(12)))]
+    assert greedy != together   # temperature 1.5 does sample
+
+
+def test_top_p_keeps_the_fewest_tokens_that_reach_the_mass():
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05], [0.05, 0.9, 0.03, 0.02]])
+    keep = top_p_keep(probs, torch.tensor([0.7, 0.5]))
+    assert keep.tolist() == [[True, True, False, False], [False, True, False, False]]
+    noise = uniform_noise(torch.tensor([1, 1, 2]), torch.tensor([0, 1, 0]), 1000)
+    assert noise.shape == (3, 1000) and float(noise.min()) > 0 and float(noise.max()) < 1
+    assert abs(float(noise.mean()) - 0.5) < 0.03 and not torch.equal(noise[0], noise[1])
+    torch.testing.assert_close(uniform_noise(torch.tensor([1]), torch.tensor([0]), 1000)[0], noise[0])
+    logits = torch.tensor([[0.0, 5.0, 1.0], [3.0, 0.0, 0.0]])
+    chosen = next_tokens(logits, torch.tensor([0.0, 0.01]), torch.tensor([1.0, 0.5]), torch.tensor([0, 0]),
+                         torch.tensor([0, 0]))
+    assert chosen.tolist() == [1, 0]
+
+
+def test_a_prompt_longer_than_the_context_is_refused_at_once(lora_model, tiny_params):
+    engine = _engine(lora_model, tiny_params)
+    images, priors = _media(1)
+    started = time.perf_counter()
+    request = engine.requests(["why " * 50_000], images, priors, _greedy(16))[0]
+    with pytest.raises(PromptTooLong, match=r"exceeds the model's context of 2048 tokens"):
+        engine.validate(request)
+    assert time.perf_counter() - started < 1.0
+    fits = engine.requests(["Q?"], images, priors, _greedy(2048))[0]
+    with pytest.raises(PromptTooLong, match=r"2048 new tokens were asked for"):
+        engine.generate([fits])
+
+
+def test_completions_say_why_they_stopped_and_count_tokens(lora_model, tiny_params):
+    engine = _engine(lora_model, tiny_params)
+    tok = engine.processor.tokenizer
+    calls = []
+
+    def first_call_ends_row_zero(_module, _inputs, logits):
+        calls.append(1)
+        if len(calls) == 1:   # the prefill: the first request can only say </s>
+            logits = logits.clone()
+            logits[0, tok.eos_token_id] = 1e4
+        return logits
+
+    hook = engine.decoder.lm_head.register_forward_hook(first_call_ends_row_zero)
+    try:
+        images, priors = _media(2)
+        completions = engine.complete(QUESTIONS[2:0:-1], images, priors, _greedy(5))
+    finally:
+        hook.remove()
+    stopped, cut = completions   # "Q?" is the shorter prompt: admitted first, row 0
+    assert (stopped.finish_reason, stopped.completion_tokens, stopped.text) == ("stop", 1, "")
+    assert (cut.finish_reason, cut.completion_tokens) == ("length", 5)
+    assert [c.prompt_tokens for c in completions] == [len(engine.processor.prompt_ids(q)) for q in QUESTIONS[2:0:-1]]
+
+
+def test_published_decoding_is_repeatable(lora_model, tiny_params):
+    engine = _engine(lora_model, tiny_params)
+    assert (PUBLISHED_GENERATION.temperature, PUBLISHED_GENERATION.top_p) == (0.01, 0.5)
+    images, priors = _media(3)
+    generation = PUBLISHED_GENERATION.model_copy(update={"max_new_tokens": 6})
+    texts = [c.text for c in engine.complete(QUESTIONS[:3], images, priors, generation)]
+    assert texts == [c.text for c in engine.complete(QUESTIONS[:3], images, priors, generation)]
+
+
+def test_a_cancelled_request_stops_and_a_failing_one_fails_alone(lora_model, tiny_params):
+    engine = _engine(lora_model, tiny_params).start()
+    try:
+        images, priors = _media(3, seed=4)
+        requests = engine.requests(QUESTIONS[:3], images, priors, _greedy(300))
+        for r in requests:
+            r.stop_at_eos = False
+        log: list[str] = []
+        cancelled, fine = _Recorder("cancelled", log), _Recorder("fine", log)
+        engine.submit(requests[0], cancelled)
+        while len(cancelled.tokens) < 3:
+            time.sleep(0.001)
+        cancelled.cancelled = True
+        assert cancelled.done.wait(10) and cancelled.result.finish_reason == "cancelled"
+        assert len(cancelled.result.token_ids) < 300
+        broken = copy.copy(requests[1])
+        broken.prior = np.zeros(7, np.float32)   # the wrong length: refused before it is queued
+        with pytest.raises(ValueError, match=r"prior: .* needs a vector of 136 values, got \(7,\)"):
+            engine.submit(broken, _Recorder("bad", log))
+        engine.submit(requests[2], fine)
+        assert fine.done.wait(60) and fine.error is None and len(fine.result.token_ids) == 300
+    finally:
+        engine.stop()
+    with pytest.raises(EngineStopped, match="not running"):
+        engine.submit(requests[2], _Recorder("late", []))
+
+
+def test_vision_or_prior_switched_off_runs_too(tiny_params, tiny_corpus):
+    model, processor, _ = build_tiny(tiny_params, tiny_corpus, vision="none")
+    tok = processor.tokenizer
+    engine = InferenceEngine(model.eval(), tiny_params.inference.model_copy(update={"device": "cpu"}),
+                             eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, processor=processor)
+    _, priors = _media(2)
+    out = engine.complete(QUESTIONS[:2], None, priors, _greedy(4))
+    assert len(out) == 2 and all(c.completion_tokens <= 4 for c in out)
+    assert GenerationRequest(prompt_ids=[1]).max_new_tokens == 512

@@ -1,0 +1,110 @@
+"""Serving under overload and faults over real HTTP: 503 with Retry-After, and a killed model replica.
+
+Outside tests/serving on purpose (like test_serve_routing.py): its server runs with two
+model replicas and small queues, and two local `serve run` instances would share one Ray.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import httpx
+import psutil
+import pytest
+
+pytestmark = pytest.mark.slow
+
+LIMITS = ["serve.min_replicas=2", "serve.max_replicas=2", "serve.max_ongoing_requests=2",
+          "serve.max_queued_requests=2", "serve.num_cpus=0.5", "evaluate.generation.max_new_tokens=48"]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_checkpoint, small_pipeline, tmp_path_factory):
+    from serve import local
+
+    srv = local.start(tmp_path_factory.mktemp("serve-engine"), [
+        f"serve.checkpoint={tiny_checkpoint}", f"serve.landmark_cache={small_pipeline['landmarks']}", *LIMITS])
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def face(small_pipeline) -> bytes:
+    from emola.data.manifest import read_manifest
+
+    row = next(r for r in read_manifest(small_pipeline["manifests"] / "test.jsonl") if r.task == "emotion")
+    return row.image_path().read_bytes()
+
+
+def _load(server, face: bytes, clients: int, seconds: float, on_tick=None) -> list[tuple[int, dict, dict]]:
+    """``clients`` threads sending /v1/analyze in a loop for ``seconds``; (status, headers, body) of every answer."""
+    answers: list[tuple[int, dict, dict]] = []
+    stop = time.time() + seconds
+
+    def client_loop():
+        with server.client(timeout=60) as client:
+            while time.time() < stop:
+                try:
+                    r = client.post("/v1/analyze", files={"file": ("f.jpg", face, "image/jpeg")},
+                                    data={"task": "both"})
+                    answers.append((r.status_code, dict(r.headers), r.json()))
+                except httpx.HTTPError as err:   # a lost request: the test fails on it
+                    answers.append((0, {}, {"error": repr(err)}))
+
+    threads = [threading.Thread(target=client_loop) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    if on_tick:
+        on_tick()
+    for t in threads:
+        t.join()
+    return answers
+
+
+def test_overflow_gets_503_with_retry_after(server, face):
+    answers = _load(server, face, clients=24, seconds=6)
+    statuses = {status for status, _, _ in answers}
+    assert statuses <= {200, 503}, [a for a in answers if a[0] not in (200, 503)][:3]
+    assert 200 in statuses and 503 in statuses
+    for status, headers, body in answers:
+        if status == 503:
+            assert headers.get("retry-after") == "1" and body["error"]["code"] == "overloaded"
+
+
+def _replica_processes() -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if any("ServeReplica:emola:EmolaModel" in part for part in proc.info["cmdline"] or []):
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+def test_a_killed_replica_loses_no_request_and_comes_back(server, face):
+    assert len(_replica_processes()) == 2
+    killed: list[int] = []
+
+    def kill_one():
+        time.sleep(2.0)
+        victim = _replica_processes()[0]
+        killed.append(victim.pid)
+        os.kill(victim.pid, signal.SIGKILL)
+
+    answers = _load(server, face, clients=4, seconds=8, on_tick=kill_one)
+    assert killed
+    lost = [a for a in answers if a[0] not in (200, 503)]
+    assert not lost, lost[:3]                      # every accepted request got an answer or a retryable 503
+    assert all(h.get("retry-after") for s, h, _ in answers if s == 503)
+    assert sum(s == 200 for s, _, _ in answers) > 10
+    deadline = time.time() + 90                    # Serve starts a new replica; the server keeps serving
+    while time.time() < deadline and len([p for p in _replica_processes() if p.pid not in killed]) < 2:
+        time.sleep(1)
+    assert len([p for p in _replica_processes() if p.pid not in killed]) == 2
+    with server.client() as client:
+        ok = client.post("/v1/analyze", files={"file": ("f.jpg", face, "image/jpeg")}, data={"task": "emotion"})
+    assert ok.status_code == 200
