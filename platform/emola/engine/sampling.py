@@ -55,9 +55,13 @@ def next_tokens(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Te
     sampled = temperature > 0
     if bool(sampled.any()):
         rows = sampled.nonzero().squeeze(-1)
-        scaled = logits[rows] / temperature[rows, None]
-        logp = torch.log_softmax(scaled, dim=-1)
-        keep = top_p_keep(logp.exp(), top_p[rows])
-        race = logp - torch.log(-torch.log(uniform_noise(seeds[rows], steps[rows], logits.shape[-1])))
-        out[rows] = race.masked_fill(~keep, float("-inf")).argmax(-1)
+        logp = torch.log_softmax(logits[rows] / temperature[rows, None], dim=-1)
+        # Where the most probable token alone holds top_p of the mass, the kept set is that token: the draw is
+        # the argmax (the published temperature 0.01 makes this almost every row). Only the others sort and draw.
+        open_rows = logp.max(-1).values < torch.log(top_p[rows])
+        if bool(open_rows.any()):
+            rows, logp = rows[open_rows], logp[open_rows]
+            keep = top_p_keep(logp.exp(), top_p[rows])
+            race = logp - torch.log(-torch.log(uniform_noise(seeds[rows], steps[rows], logits.shape[-1])))
+            out[rows] = race.masked_fill(~keep, float("-inf")).argmax(-1)
     return out

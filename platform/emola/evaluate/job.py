@@ -41,14 +41,15 @@ def check_baseline_name(name: str) -> None:
         raise ValueError(f"baseline {name!r} names the evaluated model's own scores; choose another name")
 
 
-def score(records: list[dict], dataset: str) -> dict[str, object]:
-    """REGE per task present in ``records``."""
+def score(records: list[dict], dataset: str, extras: bool = True) -> dict[str, object]:
+    """REGE per task present in ``records`` (``extras``: also the per-class and per-AU details and rouge-score's
+    numbers, which the reports keep for the evaluated model only)."""
     results = {}
     for task in ("emotion", "au"):
         task_records = [r for r in records if r["task"] == task]
         if task_records:
             results[task] = rege(task, [r["prediction"] for r in task_records], [r["reference"] for r in task_records],
-                                 [r["label"] for r in task_records], dataset=dataset)
+                                 [r["label"] for r in task_records], dataset=dataset, extras=extras)
     return results
 
 
@@ -62,8 +63,16 @@ def evaluate_variants(variants: list[Variant], cfg: EmolaConfig, rows: list[Mani
 
     A variant made of one checkpoint per task is scored on its parts' records together.
     """
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
     predictions = predict_variants(variants, cfg, rows)
-    return {name: (records, score(records, cfg.evaluate.dataset)) for name, records in predictions.items()}
+    names = list(predictions)
+    # Scoring is pure Python (ROUGE's longest common subsequences): the variants score on every CPU at once.
+    with ProcessPoolExecutor(max(1, min(len(names), os.cpu_count() or 1))) as pool:
+        scores = list(pool.map(score, [predictions[n] for n in names], [cfg.evaluate.dataset] * len(names),
+                               [n == MODEL for n in names]))
+    return {name: (predictions[name], result) for name, result in zip(names, scores)}
 
 
 def variants_to_score(parts: list[Path], trainings: dict[str, dict], cfg: EmolaConfig,

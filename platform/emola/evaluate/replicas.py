@@ -6,10 +6,11 @@ its imports, Ray Data's pipeline) once, not once per model.
 
 The unit of work is a generation batch, formed here rather than by Ray Data: up to
 ``evaluate.batch_size`` rows of one model, one task and one variant, split evenly. A
-batch never mixes models; it is never a few rows left over where Ray Data's blocks end;
-and it holds answers of one task, which have similar lengths (a batch generates until its
-longest answer ends). Batches reach the replicas in order, so a replica loads a model
-when the batches move on to it, about once per model.
+batch never mixes models, and it is never a few rows left over where Ray Data's blocks
+end. A replica hands a batch's rows to its inference engine at once (continuous batching:
+a finished answer's slot goes to the next row), sorted by prompt length. Batches reach the
+replicas in order, so a replica loads a model when the batches move on to it, about once
+per model.
 """
 
 from __future__ import annotations
@@ -94,9 +95,12 @@ class PredictActor:
     previous one first (a GPU replica has room for one 7B model).
     """
 
-    def __init__(self, generation: dict, inference: dict):
+    def __init__(self, generation: dict, inference: dict, threads: int = 1):
+        import torch
+
         from emola.config.schema import GenerationConfig, InferenceConfig
 
+        torch.set_num_threads(threads)   # one replica per core: more threads would only contend
         self.generation = GenerationConfig.model_validate(generation)
         self.inference = InferenceConfig.model_validate(inference)
         self.checkpoint: str | None = None
@@ -147,7 +151,8 @@ def predict_variants(variants: Sequence[Variant], cfg: EmolaConfig, rows: Sequen
     e = cfg.evaluate
     ds = ray.data.from_items(batches, override_num_blocks=len(batches))
     ds = ds.map_batches(PredictActor, fn_constructor_kwargs={"generation": e.generation.model_dump(),
-                                                             "inference": cfg.inference.model_dump()},
+                                                             "inference": cfg.inference.model_dump(),
+                                                             "threads": 4 if cfg.train.use_gpu else 1},
                         compute=ray.data.ActorPoolStrategy(size=min(e.replicas, len(batches))), batch_size=1,
                         num_gpus=1 if cfg.train.use_gpu else 0, num_cpus=1 if cfg.train.use_gpu else 0.75)
     out = ds.to_pandas()
