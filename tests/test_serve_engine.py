@@ -17,8 +17,10 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
+# Two model and two face replicas (autoscaling bounds apply to both) and the ingress fit 2 cores: 4 x 0.4 + 0.1.
 LIMITS = ["serve.min_replicas=2", "serve.max_replicas=2", "serve.max_ongoing_requests=2",
-          "serve.max_queued_requests=2", "serve.num_cpus=0.5", "evaluate.generation.max_new_tokens=48"]
+          "serve.max_queued_requests=2", "serve.num_cpus=0.4", "landmarks.cpus_per_actor=0.4",
+          "evaluate.generation.max_new_tokens=48"]
 
 
 @pytest.fixture(scope="module")

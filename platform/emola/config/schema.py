@@ -182,10 +182,10 @@ class TrainConfig(Section):
     warmup_ratio: float = Field(ge=0, lt=1)
     schedule: Literal["cosine", "linear", "constant"]
     max_length: int = Field(ge=16)
-    checkpointing: Literal["none", "all", "every_other", "selective"] = Field(
+    checkpointing: Literal["none", "all", "every_other", "every_fourth", "selective"] = Field(
         description="activation checkpointing of the decoder layers: none; all (recompute every layer, published); "
-                    "every_other layer; selective (every layer keeps its matrix-product and attention outputs and "
-                    "recomputes only the elementwise operations)")
+                    "every_other or every_fourth layer; selective (every layer keeps its matrix-product and attention "
+                    "outputs and recomputes only the elementwise operations)")
     compile: bool = Field(description="torch.compile each decoder layer (fuses norms, RoPE, SwiGLU, LoRA scaling)")
     sparse_logits: bool = Field(
         description="apply the LM head only where a loss is taken (answer tokens); the loss is unchanged")

@@ -36,8 +36,9 @@ from emola.engine.sampling import next_tokens
 #: Published EmoLA decoding: temperature 0.01, top_p 0.5, stop at </s>.
 PUBLISHED_GENERATION = GenerationConfig(temperature=0.01, top_p=0.5, max_new_tokens=512, seed=0)
 
-#: Engine settings for library use (``Analyzer``) when no params are given.
-DEFAULT_INFERENCE = InferenceConfig(device="auto", merge_lora=True, max_batch=16, max_context=None,
+#: Engine settings for library use (``Analyzer``) when no params are given: 8 requests of 2,048 positions
+#: (8 GiB of KV cache at the emola-7b shape).
+DEFAULT_INFERENCE = InferenceConfig(device="auto", merge_lora=True, max_batch=8, max_context=2048,
                                     max_prefill_tokens=8192, length_bucket=128, cuda_graphs=True,
                                     decode_attention="matmul")
 

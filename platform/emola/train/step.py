@@ -8,7 +8,7 @@ Preparation (:func:`prepare_model`), each a ``train`` param, measured on and off
 ``benchmarks/gpu.py`` (``emola-7b`` shape) and ``benchmarks/train.py`` (``tiny``):
 
 - ``checkpointing``: which decoder layers recompute their activations in the backward
-  pass (``none``, ``all``, ``every_other``), or ``selective``: every layer keeps its
+  pass (``none``, ``all``, ``every_other``, ``every_fourth``), or ``selective``: every layer keeps its
   matrix-product and attention outputs and recomputes only the elementwise operations
   between them (norms, RoPE, SwiGLU), which are cheap to recompute and costly to keep;
 - ``compile``: ``torch.compile`` of the blocks of each decoder layer (norms, attention,
@@ -72,9 +72,10 @@ def prepare_model(model, cfg: TrainConfig) -> None:
         for layer in llava.model.vision_tower.modules():   # frozen: it builds no graph to recompute
             if hasattr(layer, "gradient_checkpointing"):
                 layer.gradient_checkpointing = False
-        if cfg.checkpointing == "every_other":
+        interval = {"every_other": 2, "every_fourth": 4}.get(cfg.checkpointing)
+        if interval:
             for index, layer in enumerate(decoder_layers(model)):
-                layer.gradient_checkpointing = index % 2 == 0
+                layer.gradient_checkpointing = index % interval == 0
     if cfg.compile:
         # The blocks inside each layer are compiled, not the layer: the layer's checkpoint wrapper then stays
         # outside the compiled graphs (compiling through it failed in inductor's partitioner on torch 2.11).
