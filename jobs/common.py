@@ -14,7 +14,7 @@ def parse_job_args(description: str, argv: Sequence[str] | None = None) -> Emola
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--params", default="params.yaml", help="parameter file (default: params.yaml)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. data.synth.train=500")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)   # options and KEY=VALUE overrides in any order
     try:
         return load_config(args.params, args.overrides)
     except ParamsError as err:

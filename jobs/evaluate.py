@@ -12,6 +12,7 @@ from pathlib import Path
 
 from emola.config import ParamsError, load_config
 from emola.evaluate.job import check_baseline_name, run_evaluation
+from emola.preflight import JobInputError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="also score this checkpoint (reported in baselines.json)")
     parser.add_argument("--no-register", action="store_true")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)   # options and KEY=VALUE overrides in any order
     try:
         cfg = load_config(args.params, args.overrides)
     except ParamsError as err:
@@ -38,8 +39,12 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as err:
             parser.error(f"--baseline {spec!r}: {err}")
         baselines[name] = folder
-    summary = run_evaluation(cfg, checkpoint=args.checkpoint, baselines={k: Path(v) for k, v in baselines.items()},
-                             register=not args.no_register)
+    try:
+        summary = run_evaluation(cfg, checkpoint=args.checkpoint, baselines={k: Path(v) for k, v in baselines.items()},
+                                 register=not args.no_register)
+    except JobInputError as err:
+        print(f"evaluate: error: {err}", file=sys.stderr)
+        return 2
     print(json.dumps(summary, indent=2))
     return 0
 

@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+from emola import preflight
 from emola.faces.pipeline import run_landmark_job
 from jobs.common import parse_job_args
 
@@ -18,6 +19,14 @@ from jobs.common import parse_job_args
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_job_args(__doc__.splitlines()[0], argv)
     manifests = [Path(cfg.data.manifests) / name for name in ("train.jsonl", "test.jsonl")]
+    try:
+        for manifest in manifests:
+            preflight.require_file(manifest, "data.manifests", "manifest")
+        preflight.require_output(cfg.landmarks.cache, "landmarks.cache")
+        preflight.require_some_images(manifests)
+    except preflight.JobInputError as err:
+        print(f"landmarks: error: {err}", file=sys.stderr)
+        return 2
     summary = run_landmark_job(manifests, cfg.landmarks, max_pixels=cfg.data.max_image_pixels)
     print(json.dumps(summary, indent=2))
     return 0

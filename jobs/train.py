@@ -10,13 +10,19 @@ from __future__ import annotations
 
 import sys
 
+from emola.preflight import JobInputError
 from emola.train.launcher import run_training
 from jobs.common import parse_job_args
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_job_args(__doc__.splitlines()[0], argv)
-    for outcome in run_training(cfg):
+    try:
+        outcomes = run_training(cfg)
+    except JobInputError as err:
+        print(f"train: error: {err}", file=sys.stderr)
+        return 2
+    for outcome in outcomes:
         print(f"train: {outcome.output} <- {outcome.run_name} ({outcome.steps} steps, "
               f"loss {outcome.final_loss:.4f}, {outcome.seconds:.0f} s, MLflow run {outcome.mlflow_run_id})")
     return 0

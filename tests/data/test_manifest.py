@@ -43,3 +43,23 @@ def test_rows_hold_what_later_stages_need(synth_release, release_files, tmp_path
         assert row.question == EVAL_QUESTIONS[row.task]
     train_questions = {r.question for r in train if r.task == "emotion"}
     assert len(train_questions) > 1  # questions come from a pool of paraphrases
+
+
+def test_rows_name_their_images_wherever_the_reader_runs(synth_release, tmp_path, monkeypatch):
+    """The release root is recorded relative to the manifest and resolved against it, not the working directory."""
+    import json as _json
+
+    from emola.config import load_config
+    from emola.data.manifest import read_manifest, write_manifests
+    from emola.data.stage import check_release
+    from tests.conftest import REPO
+
+    cfg = load_config(REPO / "params.yaml")
+    write_manifests(check_release(synth_release, cfg.data), tmp_path / "manifests", root=synth_release)
+    raw = _json.loads((tmp_path / "manifests/train.jsonl").read_text().splitlines()[0])
+    assert raw["root_base"] == "manifest" and not raw["root"].startswith("/")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    row = next(read_manifest(tmp_path / "manifests/train.jsonl"))
+    assert row.image_path().is_absolute() and row.image_path().is_file()

@@ -8,13 +8,18 @@ the release format is parsed in one place. A manifest folder holds::
     rejects.jsonl   one line per skipped record: file, index, id, reasons
     summary.json    row counts per task and split, and the reject count
 
-Paths in a row are relative to its ``root`` (the release folder), so a manifest and its
-release move together.
+Paths in a row are relative to its ``root`` (the release folder), and ``root`` is written
+relative to the manifest's own folder (``../release``): :func:`read_manifest` resolves it
+there, so a row names the same image whatever the reader's working directory (a Ray
+worker's, or the copy of the repository ``ray job submit`` runs in), and a manifest and its
+release move together. Rows written before (``root_base: cwd``) keep a root relative to
+the working directory the pipeline ran in.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -27,7 +32,7 @@ from emola.data.release import CheckedRecord, FileReport, RecordIssue
 from emola.data.records import TrainRecord
 from emola.fileio import atomic_write_lines
 
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
 
 
 class ManifestRow(BaseModel):
@@ -40,6 +45,7 @@ class ManifestRow(BaseModel):
     task: Literal["emotion", "au"]
     split: Literal["train", "test"]
     root: str                     # release root the paths below are relative to
+    root_base: Literal["manifest", "cwd"] = "cwd"   # what a relative root is relative to
     image: str
     image_sha256: str             # content key shared with the landmark cache
     question: str
@@ -86,19 +92,23 @@ def to_row(checked: CheckedRecord, task: str, root: str) -> ManifestRow:
     )
 
 
-def write_manifests(reports: Iterable[FileReport], out_dir: Path | str, root: str) -> dict:
+def write_manifests(reports: Iterable[FileReport], out_dir: Path | str, root: str | Path) -> dict:
     """Convert checked release files into manifests under ``out_dir``; return the summary.
 
     Good records are converted; bad ones go to ``rejects.jsonl``. Each file is written
-    atomically, so an interrupted run never leaves a half-written manifest.
+    atomically, so an interrupted run never leaves a half-written manifest. ``root`` (the
+    release folder) is recorded relative to ``out_dir``.
     """
     out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    root = os.path.relpath(Path(root).resolve(), out_dir.resolve())
     rows: dict[str, list[ManifestRow]] = {"train": [], "test": []}
     rejects: list[RecordIssue] = []
     for report in reports:
         if report.task is None:
             raise ValueError(f"{report.file}: the task must be known to convert (pass it explicitly)")
-        rows[report.split].extend(to_row(c, report.task, root) for c in report.good)
+        rows[report.split].extend(to_row(c, report.task, root).model_copy(update={"root_base": "manifest"})
+                                  for c in report.good)
         rejects.extend(report.issues)
     for split, split_rows in rows.items():
         atomic_write_lines(out_dir / f"{split}.jsonl", (r.model_dump_json() for r in split_rows))
@@ -115,12 +125,17 @@ def write_manifests(reports: Iterable[FileReport], out_dir: Path | str, root: st
 
 
 def read_manifest(path: Path | str) -> Iterator[ManifestRow]:
-    """Rows of one manifest file; a bad line raises naming its line number."""
+    """Rows of one manifest file, their roots made absolute when they are relative to the manifest;
+    a bad line raises naming its line number."""
     path = Path(path)
+    base = path.parent.resolve()
     with open(path, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
             if line.strip():
                 try:
-                    yield ManifestRow.model_validate_json(line)
+                    row = ManifestRow.model_validate_json(line)
                 except ValueError as err:
                     raise ValueError(f"{path}: line {lineno}: {err}") from None
+                if row.root_base == "manifest" and not Path(row.root).is_absolute():
+                    row = row.model_copy(update={"root": os.path.normpath(base / row.root)})
+                yield row

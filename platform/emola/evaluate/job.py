@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from emola import preflight
 from emola.config import EmolaConfig
 from emola.data.manifest import ManifestRow, read_manifest
 from emola.evaluate.replicas import Variant, predict_variants
@@ -161,6 +162,9 @@ def run_evaluation(cfg: EmolaConfig, *, checkpoint: Path | str | None = None,
                    repo_root: Path | str = ".", register: bool = True, log=print) -> dict:
     """Evaluate ``checkpoint`` (default ``train.output``) and any ``baselines`` on the test split.
 
+    Raises :class:`~emola.preflight.JobInputError` before starting Ray when an input, the reports
+    folder or the tracking store cannot work.
+
     ``checkpoint`` is one checkpoint folder or a folder of per-task checkpoints
     (``train.separate_models``); their predictions are scored together. With per-task
     models each part is registered as ``{evaluate.register_as}-{part}`` and competes
@@ -174,12 +178,19 @@ def run_evaluation(cfg: EmolaConfig, *, checkpoint: Path | str | None = None,
 
     started = time.perf_counter()
     checkpoint = Path(checkpoint or cfg.train.output)
-    manifest = Path(cfg.data.manifests) / "test.jsonl"
+    manifest = preflight.require_file(Path(cfg.data.manifests) / "test.jsonl", "data.manifests", "test manifest")
+    if not checkpoint.exists():
+        preflight.require_dir(checkpoint, "--checkpoint", "checkpoint")
+    preflight.require_output(cfg.evaluate.reports, "evaluate.reports")
+    preflight.require_tracking()
     rows = list(read_manifest(manifest))
+    preflight.require_images(rows, manifest)
     test_set = hashlib.sha256(manifest.read_bytes()).hexdigest()[:16]
     reports = Path(cfg.evaluate.reports)
 
     parts = model_parts(checkpoint)
+    if any(EmolaModelConfig.load(part).prior == "landmarks" for part in parts):
+        preflight.require_dir(cfg.landmarks.cache, "landmarks.cache", "landmark cache")
     trainings = {part.name: training_info(part) for part in parts}
     evaluated = evaluate_variants(variants_to_score(parts, trainings, cfg, baselines, log), cfg, rows)
     records, results = evaluated.pop(MODEL)

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from emola import preflight
 from emola.config import EmolaConfig
 from emola.config.schema import TrainConfig
 from emola.data.manifest import read_manifest
@@ -55,8 +56,24 @@ def run_name_for(cfg: EmolaConfig, tasks: list[str], manifest_digest: str) -> st
     return f"emola-{cfg.profile}-{'-'.join(tasks)}-{hashlib.sha256(spec.encode()).hexdigest()[:12]}"
 
 
+def check_training_inputs(cfg: EmolaConfig) -> None:
+    """The driver's checks before any worker starts (:mod:`emola.preflight`): inputs exist, outputs and
+    tracking outlive a submitted job."""
+    preflight.require_file(Path(cfg.data.manifests) / "train.jsonl", "data.manifests", "training manifest")
+    if cfg.model.prior == "landmarks":
+        preflight.require_dir(cfg.landmarks.cache, "landmarks.cache", "landmark cache")
+    preflight.require_output(cfg.train.storage_path, "train.storage_path")
+    preflight.require_output(cfg.train.output, "train.output")
+    preflight.require_tracking()
+
+
 def run_training(cfg: EmolaConfig, *, repo_root: Path | str = ".", log=print) -> list[TrainingOutcome]:
-    """Train the configured model(s): one for all tasks, or one per task (``train.separate_models``)."""
+    """Train the configured model(s): one for all tasks, or one per task (``train.separate_models``).
+
+    Raises :class:`~emola.preflight.JobInputError` before starting Ray when an input, output or the
+    tracking store cannot work.
+    """
+    check_training_inputs(cfg)
     tasks = list(cfg.train.tasks)
     groups = [[t] for t in tasks] if cfg.train.separate_models else [tasks]
     output = Path(cfg.train.output)
@@ -127,8 +144,10 @@ def train_one(cfg: EmolaConfig, tasks: list[str], output: Path, *, repo_root: Pa
 
     started = time.perf_counter()
     t = cfg.train
+    check_training_inputs(cfg)
     manifest = Path(cfg.data.manifests) / "train.jsonl"
     rows = list(read_manifest(manifest))
+    preflight.require_images([r for r in rows if r.task in tasks], manifest)
     _, points = images_of(rows)
     backend_key = build_backend(cfg.landmarks, annotation_points=points).key
     priors = None
@@ -138,7 +157,8 @@ def train_one(cfg: EmolaConfig, tasks: list[str], output: Path, *, repo_root: Pa
     if examples.skipped:
         log(f"train: {len(examples.skipped)} rows skipped (no usable prior vector), e.g. {examples.skipped[:3]}")
     if not examples.rows:
-        raise RuntimeError(f"no training examples for tasks {tasks} in {manifest} (run the landmarks stage first?)")
+        raise preflight.JobInputError(f"no training examples for tasks {tasks} in {manifest}: no row has a prior vector "
+                                      f"in {cfg.landmarks.cache} (run the landmarks stage first)")
 
     name = run_name_for(cfg, tasks, hashlib.sha256(manifest.read_bytes()).hexdigest())
     storage = Path(t.storage_path).resolve()
