@@ -85,6 +85,8 @@ def test_dvc_repro_on_a_fresh_clone(fresh_clone):
     baselines = json.loads((fresh_clone / "reports/baselines.json").read_text())
     assert baselines["prior_off"]["emotion"]["S_re"] < scores["emotion"]["S_re"] - 30  # the model reads the prior
 
+    _check_the_registered_champion(fresh_clone)
+
     stages = yaml.safe_load((fresh_clone / "dvc.yaml").read_text())["stages"]
     again = _dvc(fresh_clone, "repro")
     assert again.count("didn't change, skipping") == len(stages) and "Data and pipelines are up to date" in again
@@ -102,6 +104,30 @@ def test_dvc_repro_on_a_fresh_clone(fresh_clone):
     assert (fresh_clone / "data/manifests/train.jsonl").read_bytes() == before
     assert len(list((fresh_clone / "data/release/images/train").iterdir())) > 0
     assert "up to date" in _dvc(fresh_clone, "status")
+
+
+def _check_the_registered_champion(clone):
+    """The evaluate stage's champion loads with mlflow.pyfunc and answers like the Analyzer (greedy)."""
+    import mlflow
+    import pandas as pd
+
+    from emola import Analyzer
+    from emola.config.schema import GenerationConfig
+
+    greedy = {"temperature": 0.0, "top_p": 1.0, "max_new_tokens": 32, "seed": 0}
+    faces = sorted((clone / "data/release/images/test").iterdir())[:16]
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{clone / 'mlflow.db'}")
+    try:
+        model = mlflow.pyfunc.load_model("models:/emola@champion")
+        assert mlflow.models.get_model_info("models:/emola@champion").signature is not None
+        out = model.predict(pd.DataFrame({"image": [str(f) for f in faces]}), params=greedy)
+    finally:
+        mlflow.set_tracking_uri(previous)
+    expected = Analyzer.from_checkpoint(clone / "models/emola", generation=GenerationConfig(**greedy)).analyze_many(faces)
+    assert list(out.status) == [r.status for r in expected]
+    assert [e if isinstance(e, str) else None for e in out.emotion] == [r.emotion for r in expected]
+    assert sum(r.status == "ok" for r in expected) >= 4, [r.status for r in expected]
 
 
 @pytest.mark.slow

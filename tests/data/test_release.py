@@ -103,6 +103,29 @@ def test_test_records_unknown_labels_and_bad_landmarks(release_copy, release_fil
     assert set(reasons) == {0, 1, 2, 3, 4, 6}
 
 
+@pytest.mark.parametrize("task", ["au", None])
+def test_train_records_optional_annotations_are_checked(release_copy, release_files, task):
+    """FABA-Synth's train records carry a label and intensities: each is checked, with or without the file's task."""
+    rel = release_files[("au", "train")]
+    records = json.loads((release_copy / rel).read_text())
+    records[0]["label"] = "confusion"
+    records[1]["au_intensities"] = {"1": 1.5}
+    records[2]["intensity"] = "high"
+    records[3]["au_intensities"] = {"AU1": 0.5}
+    records[4]["au_intensities"] = {"9": 0.5}     # names an AU its label does not have
+    records[5]["comment"] = "bookkeeping"          # unknown keys stay allowed
+    (release_copy / rel).write_text(json.dumps(records))
+    report = check_release_file(release_copy / rel, release_copy, split="train", task=task)
+    reasons = {i.index: i.message() for i in report.issues}
+    assert ("is not an AU number" if task else "neither an emotion nor a list of AUs") in reasons[0]
+    assert "AU1 intensity 1.5 is outside 0..1" in reasons[1]
+    assert "field 'intensity'" in reasons[2]
+    assert "key 'AU1' is not an AU number" in reasons[3]
+    assert set(reasons) == ({0, 1, 2, 3, 4} if task else {0, 1, 2, 3})
+    if task:
+        assert "au_intensities name AUs [9]" in reasons[4]
+
+
 def test_decompression_bombs_are_rejected_before_decoding(release_copy, release_files):
     rel = release_files[("emotion", "test")]
     records = json.loads((release_copy / rel).read_text())

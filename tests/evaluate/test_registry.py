@@ -19,11 +19,10 @@ def test_champion_moves_only_on_a_better_score_on_the_same_test_set(tmp_path, mo
         (tmp_path / "model").mkdir()
         (tmp_path / "model/emola_config.json").write_text("{}")
         mlflow.log_artifacts(str(tmp_path / "model"), artifact_path="model")
-    uri_model = f"runs:/{run.info.run_id}/model"
     steps = [(100.0, "A", True), (90.0, "A", False), (120.0, "A", True), (500.0, "B", False), (120.0, "A", False)]
     for score, test_set, promoted in steps:
-        out = register_and_maybe_promote(client, "emola-test", uri_model, run.info.run_id, score, test_set, {})
+        out = register_and_maybe_promote(client, "emola-test", run.info.run_id, score, test_set, {})
         assert out["champion"] is promoted, out
     champion = client.get_model_version_by_alias("emola-test", "champion")
     assert int(champion.version) == 3 and champion.tags["S_rege_total"] == "120.000000"
-    assert "another test set" in register_and_maybe_promote(client, "emola-test", uri_model, run.info.run_id, 1.0, "B", {})["reason"]
+    assert "another test set" in register_and_maybe_promote(client, "emola-test", run.info.run_id, 1.0, "B", {})["reason"]

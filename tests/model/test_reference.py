@@ -31,7 +31,7 @@ def test_models_alias_and_version_uris_from_the_registry(tiny_checkpoint, tmp_pa
         with mlflow.start_run() as run:
             mlflow.log_artifacts(str(tiny_checkpoint), artifact_path="model")
         client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-        register_and_maybe_promote(client, "emola", f"runs:/{run.info.run_id}/model", run.info.run_id, 10.0, "t", {})
+        register_and_maybe_promote(client, "emola", run.info.run_id, 10.0, "t", {})
     finally:
         (tiny_checkpoint / "training.json").unlink()
     champion = resolve_checkpoint("models:/emola@champion", tracking_uri=uri)

@@ -11,7 +11,10 @@ Test record::
     {"image", "landmark", "label", "gpt4"}
 
 ``image`` and ``landmark`` are paths relative to the release root. Extra keys are
-allowed (releases carry bookkeeping fields); the ones listed are required.
+allowed (releases carry bookkeeping fields); the ones listed are required. The optional
+annotations FABA-Synth adds are checked when present: ``label`` on a train record (parsed
+against the file's task), ``intensity`` (the emotion's, 0..1) and ``au_intensities``
+(AU number -> intensity 0..1, one per AU of the label).
 """
 
 from __future__ import annotations
@@ -40,6 +43,19 @@ class TrainRecord(BaseModel):
     landmark: str = Field(min_length=1)
     source: str | None = None
     conversations: list[Turn] = Field(min_length=2)
+    label: str | int | None = None
+    intensity: float | None = Field(default=None, ge=0, le=1)
+    au_intensities: dict[str, float] | None = None
+
+    @field_validator("au_intensities")
+    @classmethod
+    def _intensities_per_au(cls, values: dict[str, float] | None) -> dict[str, float] | None:
+        for key, value in (values or {}).items():
+            if not key.isdigit():
+                raise ValueError(f"key {key!r} is not an AU number")
+            if not 0 <= value <= 1:
+                raise ValueError(f"AU{key} intensity {value} is outside 0..1")
+        return values
 
     @field_validator("conversations")
     @classmethod

@@ -188,7 +188,7 @@ def _check_one(
 
     reasons: list[str] = []
     emotion = aus = None
-    label = getattr(record, "label", None) if split == "test" else raw.get("label")
+    label = record.label
     if label is not None and task is not None:
         try:
             if task == "emotion":
@@ -197,6 +197,11 @@ def _check_one(
                 aus = parse_au_label(label)
         except LabelError as err:
             reasons.append(str(err))
+    elif label is not None and not (_parses(parse_emotion_label, label) or _parses(parse_au_label, label)):
+        reasons.append(f"label {label!r} is neither an emotion nor a list of AUs")
+    intensities = getattr(record, "au_intensities", None)
+    if intensities is not None and aus is not None and {int(k) for k in intensities} != set(aus):
+        reasons.append(f"au_intensities name AUs {sorted(int(k) for k in intensities)}, the label {list(aus)}")
 
     image_sha = ""
     layout = ""

@@ -64,15 +64,17 @@ def evaluate_variants(variants: list[Variant], cfg: EmolaConfig, rows: list[Mani
 
     A variant made of one checkpoint per task is scored on its parts' records together.
     """
-    import os
-    from concurrent.futures import ProcessPoolExecutor
+    import ray
+
+    from emola.runtime import init_ray
 
     predictions = predict_variants(variants, cfg, rows)
     names = list(predictions)
-    # Scoring is pure Python (ROUGE's longest common subsequences): the variants score on every CPU at once.
-    with ProcessPoolExecutor(max(1, min(len(names), os.cpu_count() or 1))) as pool:
-        scores = list(pool.map(score, [predictions[n] for n in names], [cfg.evaluate.dataset] * len(names),
-                               [n == MODEL for n in names]))
+    # Scoring is pure Python (ROUGE's longest common subsequences): one Ray task per variant, so the
+    # variants score on every CPU at once. (Not a fork of this process: it holds Ray's and torch's threads.)
+    init_ray()
+    remote_score = ray.remote(num_cpus=1, max_retries=0)(score)
+    scores = ray.get([remote_score.remote(predictions[n], cfg.evaluate.dataset, n == MODEL) for n in names])
     return {name: (predictions[name], result) for name, result in zip(names, scores)}
 
 
@@ -251,7 +253,7 @@ def run_evaluation(cfg: EmolaConfig, *, checkpoint: Path | str | None = None,
             name = cfg.evaluate.register_as if len(parts) == 1 else f"{cfg.evaluate.register_as}-{part.name}"
             run_id = train_runs[part.name]
             registered[part.name] = entry = register_and_maybe_promote(
-                client, name, f"runs:/{run_id}/model", run_id, total, test_set, {"eval_run_id": eval_run})
+                client, name, run_id, total, test_set, {"eval_run_id": eval_run})
             log(f"evaluate: registered {entry['name']} v{entry['version']}: "
                 f"{'now champion' if entry['champion'] else 'not promoted'} ({entry['reason']})")
         registry = next(iter(registered.values()), None) if len(parts) == 1 else registered

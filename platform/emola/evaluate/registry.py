@@ -5,10 +5,27 @@ from __future__ import annotations
 CHAMPION = "champion"
 
 
-def register_and_maybe_promote(client, name: str, model_uri: str, run_id: str, score: float, test_set: str,
+def run_model_source(client, run_id: str, artifact_path: str = "model") -> tuple[str, str | None]:
+    """What to register for the model a run logged at ``artifact_path``: ``(source, model id)``.
+
+    An MLflow model (``mlflow.pyfunc.log_model``, :mod:`emola.model.pyfunc`) is registered
+    by its ``models:/<model id>``, so ``mlflow.pyfunc.load_model`` and ``mlflow models serve``
+    load the version; a checkpoint logged as plain artifacts (before MLflow models) by its
+    ``runs:/`` URI, which the platform's resolver still reads.
+    """
+    run = client.get_run(run_id)
+    found = client.search_logged_models(experiment_ids=[run.info.experiment_id],
+                                        filter_string=f"name = '{artifact_path}' AND source_run_id = '{run_id}'")
+    if found:
+        return f"models:/{found[-1].model_id}", found[-1].model_id
+    return f"runs:/{run_id}/{artifact_path}", None
+
+
+def register_and_maybe_promote(client, name: str, run_id: str, score: float, test_set: str,
                                tags: dict[str, str]) -> dict:
-    """Register ``model_uri`` as a new version of ``name``; alias it ``champion`` if its score
-    beats the current champion's on the same test set (or there is no champion yet).
+    """Register the model run ``run_id`` logged (:func:`run_model_source`) as a new version of
+    ``name``; alias it ``champion`` if its score beats the current champion's on the same test
+    set (or there is no champion yet).
 
     ``score``: the summed S_rege of the evaluated tasks; ``test_set``: a hash of the test
     manifest, so scores on different test sets are never compared.
@@ -19,7 +36,8 @@ def register_and_maybe_promote(client, name: str, model_uri: str, run_id: str, s
         client.get_registered_model(name)
     except MlflowException:
         client.create_registered_model(name)
-    version = client.create_model_version(name, model_uri, run_id=run_id, tags={
+    source, model_id = run_model_source(client, run_id)
+    version = client.create_model_version(name, source, run_id=run_id, model_id=model_id, tags={
         **tags, "S_rege_total": f"{score:.6f}", "test_set": test_set})
     current = None
     try:

@@ -53,6 +53,7 @@ def _rouge_chunk(pairs: list[tuple[str, str]]) -> list[float]:
 
 def generation_score(predictions: Sequence[str], references: Sequence[str], workers: int | None = None) -> float:
     """S_ge in percent. Large inputs are scored on ``workers`` processes (default: every CPU)."""
+    import multiprocessing
     import os
     from concurrent.futures import ProcessPoolExecutor
 
@@ -62,7 +63,8 @@ def generation_score(predictions: Sequence[str], references: Sequence[str], work
     workers = workers or os.cpu_count() or 1
     if workers > 1 and len(pairs) >= 2000:
         size = -(-len(pairs) // (workers * 4))
-        with ProcessPoolExecutor(workers) as pool:
+        # Spawned, not forked: the caller may hold Ray's or torch's threads, which a fork can deadlock on.
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             scores = [s for chunk in pool.map(_rouge_chunk, [pairs[i:i + size] for i in range(0, len(pairs), size)])
                       for s in chunk]
     else:

@@ -221,12 +221,13 @@ def _natural(name: str):
 
 def track_import(checkpoint: Path | str, repo_root: Path | str = ".") -> str:
     """Log an imported checkpoint as an MLflow run (experiment ``emola-import``; the checkpoint as the
-    ``model`` artifact, the provenance as params) and write its ``training.json``, so the evaluate
+    ``model`` MLflow model (:mod:`emola.model.pyfunc`), the provenance as params) and write its ``training.json``, so the evaluate
     stage treats it as it treats a trained model: scored, then registered (``emola-<task>`` for a
     folder of per-task parts). Returns the run id."""
     import mlflow
 
     from emola import tracking
+    from emola.model.pyfunc import log_emola_model
     from emola.model.reference import TRAINING_FILE
 
     checkpoint = Path(checkpoint)
@@ -240,5 +241,5 @@ def track_import(checkpoint: Path | str, repo_root: Path | str = ".") -> str:
         (checkpoint / TRAINING_FILE).write_text(json.dumps({
             "mlflow_run_id": run.info.run_id, "tracking_uri": uri, "ray_run_name": None, "steps": 0,
             "final_loss": None, "tasks": [provenance["task"]], "imported_from": provenance["source"]}, indent=2) + "\n")
-        mlflow.log_artifacts(str(checkpoint), artifact_path="model")
+        log_emola_model(checkpoint)
     return run.info.run_id

@@ -3,7 +3,9 @@
 Serving and evaluation accept either ``models/emola`` or ``models:/emola@champion``
 (also ``models:/emola/3`` and ``runs:/<run id>/model``). MLflow URIs are downloaded
 once into the MLflow artifact cache; what was resolved is reported in
-:class:`ResolvedCheckpoint` so an endpoint can say which model version answers.
+:class:`ResolvedCheckpoint` so an endpoint can say which model version answers. A version
+may hold an MLflow model (:mod:`emola.model.pyfunc`: the checkpoint is its artifact) or,
+when logged before MLflow models, the checkpoint folder itself: both resolve.
 """
 
 from __future__ import annotations
@@ -103,6 +105,8 @@ def resolve_checkpoint(reference: str, tracking_uri: str | None = None) -> Resol
         import mlflow
         from mlflow.tracking import MlflowClient
 
+        from emola.model.pyfunc import checkpoint_in_model
+
         uri = tracking_uri or mlflow.get_tracking_uri()
         artifact_uri = reference
         if match := _REGISTRY.match(reference):
@@ -112,6 +116,7 @@ def resolve_checkpoint(reference: str, tracking_uri: str | None = None) -> Resol
                      else client.get_model_version(name, match["version"]))
             version, artifact_uri = int(found.version), found.source
         path = Path(mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri, tracking_uri=uri))
+        path = checkpoint_in_model(path) or path
     else:
         path = Path(reference)
     if not (path / CONFIG_FILE).is_file():

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import io
 import json
+import multiprocessing
 import shutil
 import tempfile
 import time
@@ -167,7 +168,8 @@ def generate(
             (staging / "landmarks" / split).mkdir(parents=True)
             chunks = [(str(staging), split, range(s, min(s + 64, n)), seed, image_size, au_only_fraction) for s in range(0, n, 64)]
             if workers > 1:
-                with ProcessPoolExecutor(max_workers=workers) as pool:
+                # Spawned, not forked: a caller holding threads (Ray, torch) can deadlock a forked child.
+                with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
                     results = [r for chunk in pool.map(_render_chunk, chunks) for r in chunk]
             else:
                 results = [r for chunk in map(_render_chunk, chunks) for r in chunk]

@@ -137,6 +137,7 @@ def train_one(cfg: EmolaConfig, tasks: list[str], output: Path, *, repo_root: Pa
     from emola.model.builder import build_emola
     from emola.model.checkpoint import save_checkpoint
     from emola.model.processing import EmolaProcessor
+    from emola.model.pyfunc import log_emola_model
     from emola.runtime import init_ray
     from emola.train.examples import build_examples, training_stream, weighted_examples
     from emola.train.objective import AUX_HEAD_FILE
@@ -254,7 +255,8 @@ def train_one(cfg: EmolaConfig, tasks: list[str], output: Path, *, repo_root: Pa
     replace_dir(staging, output)
 
     with mlflow.start_run(run_id=run_id):
-        mlflow.log_artifacts(str(output), artifact_path="model")
+        # An MLflow model holding the checkpoint: pyfunc-loadable and servable; one training face is its input example.
+        log_emola_model(output, example_image=next((r.image_path() for r in rows if r.task in tasks), None))
         mlflow.log_metric("final_loss", state["loss"], step=state["step"])
     seconds = time.perf_counter() - started
     log(f"train: exported {output} after {state['step']} steps (final loss {state['loss']:.4f}) in {seconds:.0f} s")

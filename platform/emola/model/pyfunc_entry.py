@@ -1,0 +1,11 @@
+"""The models-from-code entry of EmoLA's MLflow model (see :mod:`emola.model.pyfunc`).
+
+MLflow copies this file into each logged model and runs it when the model loads; it only
+names the model object. Nothing imports it.
+"""
+
+from mlflow.models import set_model
+
+from emola.model.pyfunc import EmolaPyfunc
+
+set_model(EmolaPyfunc())
