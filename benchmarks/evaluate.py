@@ -1,6 +1,6 @@
 """REGE over many predictions: the platform's scorer against a naive per-sample loop.
 
-    python benchmarks/evaluate.py [--n 10000]
+    python benchmarks/evaluate.py [--n 10000]     # -> benchmarks/results/evaluate.json
 
 Predictions and references are FABA-Synth-style descriptions (emotion and AU). The naive
 loop is how REGE is often written: a new ``Rouge()`` and every regex compiled anew per
@@ -14,10 +14,11 @@ import re
 import time
 
 import numpy as np
+from harness import write_results
 
 
 def texts(n: int, seed: int, task: str) -> tuple[list[str], list[str], list]:
-    from emola.data.labels import EMOTION_PROTOTYPES, EMOTIONS, format_au_label
+    from emola.labels import EMOTION_PROTOTYPES, EMOTIONS, format_au_label
     from emola.synth.descriptions import au_description, emotion_description
 
     rng = np.random.default_rng(seed)
@@ -88,7 +89,9 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=10000)
+    parser.add_argument("--out", help="results file (default benchmarks/results/evaluate.json)")
     args = parser.parse_args()
+    results = {}
     for task in ("emotion", "au"):
         preds, refs, labels = texts(args.n, 0, task)
         started = time.perf_counter()
@@ -100,6 +103,9 @@ def main() -> None:
         assert abs(s_ge - ours.S_ge) < 1e-6 and abs(s_re - ours.S_re) < 1e-6, (task, s_re, ours.S_re, s_ge, ours.S_ge)
         print(f"{task:7s} {args.n} predictions: platform {ours_s:6.2f} s, naive loop {naive_s:6.2f} s, "
               f"ratio {naive_s / ours_s:.2f}x (S_re {ours.S_re:.2f}, S_ge {ours.S_ge:.2f}, equal)")
+        results[task] = {"predictions": args.n, "platform_s": round(ours_s, 3), "naive_s": round(naive_s, 3),
+                         "ratio": round(naive_s / ours_s, 2)}
+    write_results("evaluate", results, args.out)
 
 
 if __name__ == "__main__":

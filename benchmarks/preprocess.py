@@ -1,6 +1,6 @@
 """Landmark job throughput: Ray Data actor pool vs a plain loop, and incremental re-runs.
 
-    python benchmarks/preprocess.py [--images 300] [--actors 2]
+    python benchmarks/preprocess.py [--images 300] [--actors 2]     # -> benchmarks/results/preprocess.json
 
 1. dlib-68 over ``--images`` distinct face photos (variants of the real photos shipped
    in installed packages: crops, flips, brightness), run (a) as a plain single-process
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageEnhance
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from harness import write_results  # noqa: E402  (also puts the package on the path)
 
 from emola.config import load_config  # noqa: E402
 from emola.data.manifest import ManifestRow  # noqa: E402
@@ -74,6 +74,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=300)
     parser.add_argument("--actors", type=int, default=2)
+    parser.add_argument("--out", help="results file (default benchmarks/results/preprocess.json)")
     args = parser.parse_args()
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     from emola.runtime import init_ray
@@ -97,6 +98,8 @@ def main() -> None:
         print(f"   plain loop : {loop_s:6.1f} s  {n / loop_s:6.1f} images/s   status {s['status']}")
         print(f"   Ray Data   : {ray_s:6.1f} s  {n / ray_s:6.1f} images/s")
         print(f"   ratio Ray / loop throughput: {loop_s / ray_s:.2f}x")
+        results = {"dlib68": {"images": n, "loop_s": round(loop_s, 2), "ray_s": round(ray_s, 2),
+                              "ray_over_loop": round(loop_s / ray_s, 2)}}
 
         release = Path("data/release")
         if (Path("data/manifests/train.jsonl")).is_file():
@@ -107,6 +110,8 @@ def main() -> None:
                 summary = run_landmark_job(synth, cfg(f"synth-{use_ray}", "annotation"), use_ray=use_ray, log=lambda *_: None)
                 seconds = time.perf_counter() - started
                 print(f"   {label} : {seconds:6.1f} s  {summary['images'] / seconds:6.1f} images/s")
+                results.setdefault("annotation", {"images": summary["images"]})["ray_s" if use_ray else "loop_s"] = \
+                    round(seconds, 2)
         else:
             print(f"2. skipped: no manifests under data/ (run dvc repro first; {release} missing)")
 
@@ -124,6 +129,9 @@ def main() -> None:
         print(f"   full run   : {ray_s:6.1f} s  ({n} images processed)")
         print(f"   re-run +1% : {rerun_s:6.1f} s  ({s2['processed']} images processed of {s2['images']})")
         print(f"   ratio full / re-run: {ray_s / rerun_s:.1f}x")
+        results["incremental"] = {"full_s": round(ray_s, 2), "rerun_s": round(rerun_s, 2),
+                                  "processed": s2["processed"], "images": s2["images"]}
+    write_results("preprocess", results, args.out)
 
 
 if __name__ == "__main__":

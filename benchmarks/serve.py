@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import tempfile
 import time
@@ -26,6 +25,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from harness import write_results  # noqa: E402
 from serve import local  # noqa: E402
 
 TOKENS = 32   # generated tokens per request: the same work for every setting
@@ -137,9 +137,7 @@ def main() -> None:
     images = [r.image_path().read_bytes() for r in rows]
     with tempfile.TemporaryDirectory() as work:
         result = {"batching": batching(args, images, Path(work)), "autoscaling": autoscaling(args, images, Path(work))}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
-    print(f"wrote {args.out}")
+    write_results("serve", result, args.out)
 
 
 if __name__ == "__main__":

@@ -26,22 +26,17 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from harness import ROOT, training_inputs, write_results
 
 
 def micro_batches(cfg, steps: int, init_dir: Path, pack: bool) -> list:
     """The first ``steps`` micro batches of the training stream, as the recipe's workers build them."""
     import numpy as np
 
-    from emola.data.manifest import read_manifest
-    from emola.faces.pipeline import images_of, prior_vectors
-    from emola.faces.registry import build_backend
     from emola.train.examples import Preprocess, build_examples, collate, training_stream
 
     t = cfg.train
-    rows = list(read_manifest(ROOT / cfg.data.manifests / "train.jsonl"))
-    key = build_backend(cfg.landmarks, annotation_points=images_of(rows)[1]).key
-    priors = prior_vectors(ROOT / cfg.landmarks.cache, key, {r.image_sha256 for r in rows})
+    rows, _, priors = training_inputs(cfg)
     examples = build_examples(rows, t.tasks, priors).rows
     stream, _ = training_stream(examples, t.task_weights, lambda e: 0, t.micro_batch, t.seed, 1, group_by_length=False)
     preprocess = Preprocess(str(init_dir), t.max_length, aux_targets=t.prior_aux_weight > 0,
@@ -148,10 +143,7 @@ def main() -> None:
     base = results["profile"]["samples_per_s"]
     for name, r in results.items():
         print(f"{name:24s} x{r['samples_per_s'] / base:.2f} of the profile's plain step")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"steps": args.steps, "date": time.strftime("%Y-%m-%d"), "variants": results},
-                                         indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_results("train", {"steps": args.steps, "variants": results}, args.out)
 
 
 if __name__ == "__main__":

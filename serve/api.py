@@ -26,7 +26,7 @@ from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from emola.data.labels import EVAL_QUESTIONS
+from emola.labels import EVAL_QUESTIONS
 from emola.engine import PromptTooLong
 from emola.metrics.rege_parsers import aus_of, emotion_of
 from serve.inputs import RequestError, b64_bytes, decode_upload, image_url_bytes, last_user_turn

@@ -1,7 +1,7 @@
 """The face deployment: detection, landmarks and the prior vector of the largest face.
 
 The backend is the one whose prior vectors match the checkpoint's training data
-(:func:`emola.analyzer.inference_backend_name`). When ``serve.landmark_cache`` is set,
+(:func:`emola.faces.registry.inference_backend_name`). When ``serve.landmark_cache`` is set,
 an image whose content hash is in the cache under the checkpoint's own backend key gets
 exactly the landmarks it was trained or evaluated with (FABA-Synth's annotated faces,
 which no detector finds, are served this way); other images go to the live backend.
@@ -36,9 +36,8 @@ def _cached_results(cache_root: str | None, backend_key: str) -> dict[str, dict]
 class FaceDetector:
     def __init__(self, checkpoints: list[str], landmarks: dict, landmark_cache: str | None):
         """``checkpoints``: every served model; they must read priors of one landmark backend."""
-        from emola.analyzer import inference_backend_name
         from emola.config.schema import LandmarksConfig
-        from emola.faces.registry import build_backend
+        from emola.faces.registry import build_backend, inference_backend_name
         from emola.model.configuration import EmolaModelConfig
         from emola.model.reference import resolve_checkpoint
 
@@ -48,7 +47,7 @@ class FaceDetector:
             raise ValueError("the served models need different face priors; serve them separately: "
                              + ", ".join(f"{r}: {c.prior} {c.landmark_backend}" for r, c in configs.items()))
         config = next(iter(configs.values()))
-        name = inference_backend_name(config)
+        name = inference_backend_name(config.prior, config.landmark_backend, config.prior_dim)
         self.backend = build_backend(LandmarksConfig.model_validate(landmarks), name=name) if name else None
         self.cached = _cached_results(landmark_cache, config.landmark_backend) if name else {}
         self.source = {"backend": self.backend.key if self.backend else None, "cache": config.landmark_backend,

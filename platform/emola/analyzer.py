@@ -19,9 +19,10 @@ from PIL import Image
 from pydantic import BaseModel
 
 from emola.config.schema import GenerationConfig, InferenceConfig
-from emola.data.labels import EVAL_QUESTIONS
+from emola.labels import EVAL_QUESTIONS
 from emola.engine import DEFAULT_INFERENCE, PUBLISHED_GENERATION, InferenceEngine
 from emola.faces.backend import FaceResult, LandmarkBackend
+from emola.faces.registry import build_backend, inference_backend_name
 from emola.imaging import ImageProblem, decode_image, read_image_file
 from emola.metrics.rege_parsers import aus_of, emotion_of
 from emola.model.configuration import EmolaModelConfig
@@ -61,20 +62,6 @@ class AnalysisResult(BaseModel):
                 "total_ms": self.timings_ms.get("total")}
 
 
-def inference_backend_name(config: EmolaModelConfig) -> str | None:
-    """Backend that produces prior vectors like the training ones, for images without annotations.
-
-    ``annotation`` with 68 points normalizes exactly like ``dlib-68``; with 106 points it
-    holds InsightFace 2d106det's raw ``paper``-mode output.
-    """
-    if config.prior == "none":
-        return None
-    name, _, version = config.landmark_backend.partition("@")
-    if name == "annotation":
-        return "dlib-68" if config.prior_dim == 136 else "insightface-2d106"
-    return name
-
-
 class Analyzer:
     def __init__(self, engine: InferenceEngine, config: EmolaModelConfig, backend: LandmarkBackend | None,
                  generation: GenerationConfig = PUBLISHED_GENERATION, max_pixels: int = 40_000_000):
@@ -91,9 +78,8 @@ class Analyzer:
         """Load ``path`` into an engine; the landmark backend defaults to the one matching the checkpoint's priors."""
         engine = InferenceEngine.from_checkpoint(path, inference)
         config = EmolaModelConfig.load(path)
-        if backend is None and (name := inference_backend_name(config)):
-            from emola.faces.registry import build_backend
-
+        if backend is None and (name := inference_backend_name(config.prior, config.landmark_backend,
+                                                               config.prior_dim)):
             backend = build_backend(landmarks_cfg, name=name)
         return cls(engine, config, backend, generation or PUBLISHED_GENERATION)
 

@@ -89,7 +89,7 @@ def test_all_errors_are_reported_at_once(tmp_path, params):
 
 def test_sections_override_the_profile_and_overrides_win(params):
     raw = read_yaml(params)
-    raw["train"] = {"lr": 0.5}
+    raw["train"] = {**raw["train"], "lr": 0.5}
     assert resolve(raw).train.lr == 0.5
     assert resolve(raw, {"profile": "emola-7b"}).train.lr == 0.5  # a section key wins for any profile
     assert resolve(raw, {"train.lr": 0.25}).train.lr == 0.25
@@ -121,3 +121,23 @@ def test_exponent_floats_in_yaml_are_floats(tmp_path):
 def test_import_source_requires_a_root(params):
     with pytest.raises(ParamsError, match="data.faba_instruct.root must name"):
         load_config(params, {"data.source": "faba-instruct"})
+
+
+def test_profiles_hold_only_what_differs(repo_root):
+    """A value every profile shares lives once, in the top-level section."""
+    import yaml
+
+    raw = yaml.safe_load((repo_root / "params.yaml").read_text())
+
+    def leaves(tree, prefix=""):
+        out = {}
+        for key, value in tree.items():
+            if isinstance(value, dict) and value:
+                out.update(leaves(value, f"{prefix}{key}."))
+            else:
+                out[f"{prefix}{key}"] = value
+        return out
+
+    profiles = [leaves(p) for p in raw["profiles"].values()]
+    shared = [k for k in profiles[0] if all(k in p and p[k] == profiles[0][k] for p in profiles[1:])]
+    assert len(profiles) >= 2 and shared == []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from emola.data.labels import EVAL_QUESTIONS, parse_au_label
+from emola.labels import EVAL_QUESTIONS, parse_au_label
 from emola.data.manifest import read_manifest, write_manifests
 from emola.data.release import check_release_file
 from emola.imaging import sha256_bytes

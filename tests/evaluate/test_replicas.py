@@ -14,7 +14,7 @@ import pytest
 from emola.config import load_config
 from emola.data.manifest import ManifestRow, read_manifest
 from emola.evaluate.replicas import Variant, generation_batches, predict_variants
-from emola.faces.pipeline import prior_vectors
+from emola.faces.cache import prior_vectors
 from tests.conftest import REPO, build_tiny, copy_as_task_part
 
 
@@ -75,8 +75,8 @@ def test_the_landmark_cache_is_read_once_per_backend(small_pipeline, tiny_checkp
     import emola.faces.pipeline
 
     reads = []
-    real = emola.faces.pipeline.prior_vectors
-    monkeypatch.setattr(emola.faces.pipeline, "prior_vectors", lambda *args: reads.append(args[1]) or real(*args))
+    real = emola.faces.cache.prior_vectors
+    monkeypatch.setattr(emola.faces.cache, "prior_vectors", lambda *args: reads.append(args[1]) or real(*args))
     variants = [Variant("model", (tiny_checkpoint,)), Variant("prior_off", (tiny_checkpoint,), prior_off=True),
                 Variant("again", (tiny_checkpoint,))]
     assert generation_batches(variants, _params(small_pipeline, batch_size=7), _rows(small_pipeline))

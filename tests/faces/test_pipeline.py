@@ -14,7 +14,8 @@ from PIL import Image
 from emola.config import load_config
 from emola.data.manifest import ManifestRow
 from emola.faces.cache import LandmarkCache
-from emola.faces.pipeline import prior_vectors, run_landmark_job
+from emola.faces.cache import prior_vectors
+from emola.faces.pipeline import run_landmark_job
 from emola.fileio import atomic_write_lines
 from emola.imaging import sha256_bytes
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from emola.data.labels import AU_LISTS, FABA_SCORED_AUS
+from emola.labels import AU_LISTS, FABA_SCORED_AUS
 from emola.synth.action_units import RENDERED_AUS, apply_action_units
 from emola.synth.face_model import MEAN_SHAPE, UPPER_LIDS, LOWER_LIDS
 

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from skimage.feature import hog
 
-from emola.data.labels import EMOTION_PROTOTYPES, EMOTIONS, parse_au_label
+from emola.labels import EMOTION_PROTOTYPES, EMOTIONS, parse_au_label
 from emola.metrics.rege_parsers import NEGATIONS, aus_of, emotion_of
 from emola.synth.dataset import ACTIVE_THRESHOLD, generate
 

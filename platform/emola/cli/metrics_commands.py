@@ -51,7 +51,7 @@ def read_records(path: str, check) -> tuple[list[dict], list[str]]:
 
 def read_predictions(path: str, task: str) -> tuple[list[dict], list[str]]:
     """Lines with prediction, reference and a label of ``task``; one message per bad line."""
-    from emola.data.labels import parse_emotion_label
+    from emola.labels import parse_emotion_label
     from emola.metrics.rege import au_targets
 
     def check(record: dict) -> None:

@@ -84,7 +84,8 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _import(args: argparse.Namespace) -> int:
-    from emola.model.importing import ReleaseImportError, import_release, track_import
+    from emola.mlflow_model import track_import
+    from emola.model.importing import ReleaseImportError, import_release
 
     key = args.landmark_backend
     try:

@@ -227,6 +227,10 @@ class GenerationConfig(Section):
                                                    "only on it, its prompt and these settings)")
 
 
+#: Published EmoLA decoding: temperature 0.01, top_p 0.5 (the answer stops at </s>).
+PUBLISHED_GENERATION = GenerationConfig(temperature=0.01, top_p=0.5, max_new_tokens=512, seed=0)
+
+
 class EvaluateConfig(Section):
     """Stage ``evaluate``: REGE on the test manifests."""
 

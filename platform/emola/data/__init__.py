@@ -1,1 +1,1 @@
-"""FABA-Instruct data layer: labels, typed records, release checks, normalized manifests."""
+"""FABA-Instruct data layer: typed records, release checks, normalized manifests."""

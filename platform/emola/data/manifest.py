@@ -27,7 +27,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from emola.data.labels import EVAL_QUESTIONS
+from emola.labels import EVAL_QUESTIONS
 from emola.data.release import CheckedRecord, FileReport, RecordIssue
 from emola.data.records import TrainRecord
 from emola.fileio import atomic_write_lines

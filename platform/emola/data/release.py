@@ -17,7 +17,7 @@ from typing import Literal
 import numpy as np
 from pydantic import ValidationError
 
-from emola.data.labels import LabelError, parse_au_label, parse_emotion_label
+from emola.labels import LabelError, parse_au_label, parse_emotion_label
 from emola.data.records import TestRecord, TrainRecord
 from emola.imaging import ImageProblem, read_image_file
 

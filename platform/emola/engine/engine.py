@@ -29,12 +29,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from emola.config.schema import GenerationConfig, InferenceConfig
+from emola.config.schema import PUBLISHED_GENERATION, GenerationConfig, InferenceConfig
 from emola.engine.decoder import SlotDecoder
 from emola.engine.sampling import next_tokens
-
-#: Published EmoLA decoding: temperature 0.01, top_p 0.5, stop at </s>.
-PUBLISHED_GENERATION = GenerationConfig(temperature=0.01, top_p=0.5, max_new_tokens=512, seed=0)
 
 #: Engine settings for library use (``Analyzer``) when no params are given: 8 requests of 2,048 positions
 #: (8 GiB of KV cache at the emola-7b shape).

@@ -8,7 +8,7 @@ CHAMPION = "champion"
 def run_model_source(client, run_id: str, artifact_path: str = "model") -> tuple[str, str | None]:
     """What to register for the model a run logged at ``artifact_path``: ``(source, model id)``.
 
-    An MLflow model (``mlflow.pyfunc.log_model``, :mod:`emola.model.pyfunc`) is registered
+    An MLflow model (``mlflow.pyfunc.log_model``, :mod:`emola.mlflow_model`) is registered
     by its ``models:/<model id>``, so ``mlflow.pyfunc.load_model`` and ``mlflow models serve``
     load the version; a checkpoint logged as plain artifacts (before MLflow models) by its
     ``runs:/`` URI, which the platform's resolver still reads.

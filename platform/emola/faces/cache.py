@@ -102,3 +102,11 @@ class LandmarkCache:
         finally:
             tmp.unlink(missing_ok=True)
         return self.root / name
+
+
+def prior_vectors(cache_root: Path | str, backend_key: str, shas: Iterable[str]) -> dict[str, np.ndarray]:
+    """Prior vectors of images with status ok, by content hash (what training reads)."""
+    table = LandmarkCache(cache_root).read_ok(backend_key)
+    wanted = set(shas)
+    return {sha: np.asarray(prior, np.float32) for sha, prior in
+            zip(table.column("image_sha256").to_pylist(), table.column("prior").to_pylist()) if sha in wanted}

@@ -22,12 +22,9 @@ from emola.config import LandmarksConfig
 from emola.data.manifest import ManifestRow, read_manifest
 from emola.faces.backend import FaceResult, LandmarkBackend
 from emola.faces.cache import LandmarkCache, cache_key, result_rows
-from emola.faces.registry import build_backend
+from emola.faces.registry import annotation_points, build_backend
 from emola.fileio import atomic_write_lines
 from emola.imaging import ImageProblem, read_image_file
-
-_LAYOUT_POINTS = {"ibug68": 68, "insightface106": 106}
-
 
 @dataclass(frozen=True)
 class ImageTask:
@@ -40,17 +37,13 @@ class ImageTask:
 
 def images_of(rows: Iterable[ManifestRow]) -> tuple[list[ImageTask], int]:
     """Distinct images of manifest rows, and the annotation layout's point count."""
+    rows = list(rows)
     tasks: dict[str, ImageTask] = {}
-    layouts = set()
     for row in rows:
         if row.image_sha256 not in tasks:
             landmark = str(row.landmark_path()) if row.landmark else None
             tasks[row.image_sha256] = ImageTask(row.image_sha256, str(row.image_path()), landmark)
-        if row.landmark_layout:
-            layouts.add(row.landmark_layout)
-    if len(layouts) > 1:
-        raise ValueError(f"manifest mixes landmark layouts {sorted(layouts)}; the annotation backend needs one")
-    return list(tasks.values()), _LAYOUT_POINTS[layouts.pop()] if layouts else 68
+    return list(tasks.values()), annotation_points(rows)
 
 
 def process_batch(backend: LandmarkBackend, tasks: list[ImageTask], *, all_faces: bool, max_pixels: int) -> list[FaceResult]:
@@ -186,11 +179,3 @@ def _run_on_ray(todo: list[ImageTask], cfg: LandmarksConfig, annotation_points: 
     tables = [pa.Table.from_batches([b]) if isinstance(b, pa.RecordBatch) else b
               for b in ds.iter_batches(batch_format="pyarrow", batch_size=None)]
     return pa.concat_tables(tables) if tables else None
-
-
-def prior_vectors(cache_root: Path | str, backend_key: str, shas: Iterable[str]) -> dict[str, np.ndarray]:
-    """Prior vectors of images with status ok, by content hash (what training reads)."""
-    table = LandmarkCache(cache_root).read_ok(backend_key)
-    wanted = set(shas)
-    return {sha: np.asarray(prior, np.float32) for sha, prior in
-            zip(table.column("image_sha256").to_pylist(), table.column("prior").to_pylist()) if sha in wanted}

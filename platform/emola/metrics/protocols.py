@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from emola.data.labels import parse_emotion_label
+from emola.labels import parse_emotion_label
 from emola.metrics.rege import au_recognition, emotion_recognition
 
 RAFDB_LABELS = {1: "surprise", 2: "fear", 3: "disgust", 4: "happiness", 5: "sadness", 6: "anger", 7: "neutral"}

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from emola.data.labels import AU_LISTS, EMOTIONS, FABA_SCORED_AUS, parse_emotion_label
+from emola.labels import AU_LISTS, EMOTIONS, FABA_SCORED_AUS, parse_emotion_label
 from emola.metrics.rege_parsers import aus_of, emotion_of
 
 #: AUs each data set scores (FABA scores 12 of its 20-AU label space).

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from emola.data.labels import AU_LISTS
+from emola.labels import AU_LISTS
 
 #: Class test order of the parser (it decides first-sentence hits and breaks ties).
 CLASS_ORDER: tuple[str, ...] = ("happiness", "sadness", "surprise", "anger", "neutral", "disgust", "fear")

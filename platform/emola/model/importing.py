@@ -217,29 +217,3 @@ def import_release(folder: Path | str, *, base: str, out: Path | str, task: str,
 
 def _natural(name: str):
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
-
-
-def track_import(checkpoint: Path | str, repo_root: Path | str = ".") -> str:
-    """Log an imported checkpoint as an MLflow run (experiment ``emola-import``; the checkpoint as the
-    ``model`` MLflow model (:mod:`emola.model.pyfunc`), the provenance as params) and write its ``training.json``, so the evaluate
-    stage treats it as it treats a trained model: scored, then registered (``emola-<task>`` for a
-    folder of per-task parts). Returns the run id."""
-    import mlflow
-
-    from emola import tracking
-    from emola.model.pyfunc import log_emola_model
-    from emola.model.reference import TRAINING_FILE
-
-    checkpoint = Path(checkpoint)
-    provenance = json.loads((checkpoint / PROVENANCE_FILE).read_text())
-    uri = tracking.configure(repo_root)
-    mlflow.set_experiment("emola-import")
-    with mlflow.start_run(run_name=f"import-{provenance['task']}", tags={"source": "emola-release",
-                                                                           "tasks": provenance["task"]}) as run:
-        mlflow.log_params({"source": provenance["source"], "base": provenance["base"], "task": provenance["task"],
-                           **{f"sha256.{name}": digest for name, digest in provenance["files"].items()}})
-        (checkpoint / TRAINING_FILE).write_text(json.dumps({
-            "mlflow_run_id": run.info.run_id, "tracking_uri": uri, "ray_run_name": None, "steps": 0,
-            "final_loss": None, "tasks": [provenance["task"]], "imported_from": provenance["source"]}, indent=2) + "\n")
-        log_emola_model(checkpoint)
-    return run.info.run_id

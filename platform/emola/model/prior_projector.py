@@ -20,8 +20,8 @@ class PriorProjector(nn.Module):
       of the training faces). Expressions move landmarks by a few hundredths of the face
       while a head roll of 15 degrees moves the outer points by a tenth, and a box-normalized
       vector (the 68-point backends) still carries the roll: without alignment the model
-      must learn to undo it from a thousand examples. ``benchmarks/prior_alignment.py``
-      measures the information each view gives a linear probe.
+      must learn to undo it from a thousand examples. docs/experiments.md (2026-11-21)
+      has what a linear probe reads from each view.
     - ``mean`` and ``std`` standardize each coordinate; they default to 0 and 1.
 
     The published model uses neither: raw InsightFace vectors (``align=False``, no fit).

@@ -4,7 +4,7 @@ Serving and evaluation accept either ``models/emola`` or ``models:/emola@champio
 (also ``models:/emola/3`` and ``runs:/<run id>/model``). MLflow URIs are downloaded
 once into the MLflow artifact cache; what was resolved is reported in
 :class:`ResolvedCheckpoint` so an endpoint can say which model version answers. A version
-may hold an MLflow model (:mod:`emola.model.pyfunc`: the checkpoint is its artifact) or,
+may hold an MLflow model (:mod:`emola.mlflow_model`: the checkpoint is its artifact) or,
 when logged before MLflow models, the checkpoint folder itself: both resolve.
 """
 
@@ -40,6 +40,7 @@ class ResolvedCheckpoint:
         return info
 
 
+CHECKPOINT_ARTIFACT = "checkpoint"  # the artifact key of the checkpoint folder in a logged MLflow model
 TRAINING_FILE = "training.json"   # written by the training driver beside an exported checkpoint
 
 
@@ -91,6 +92,18 @@ def serving_parts(checkpoint: str | Mapping[str, str]) -> dict[str, str]:
     return {"": checkpoint}
 
 
+def checkpoint_in_model(folder: Path) -> Path | None:
+    """The checkpoint folder inside a downloaded MLflow model (``None`` if ``folder`` is not one)."""
+    import yaml
+
+    mlmodel = folder / "MLmodel"
+    if not mlmodel.is_file():
+        return None
+    flavor = (yaml.safe_load(mlmodel.read_text()).get("flavors") or {}).get("python_function") or {}
+    entry = (flavor.get("artifacts") or {}).get(CHECKPOINT_ARTIFACT)
+    return folder / entry["path"] if entry else None
+
+
 def is_mlflow_uri(reference: str) -> bool:
     return reference.startswith(_MLFLOW_SCHEMES)
 
@@ -104,8 +117,6 @@ def resolve_checkpoint(reference: str, tracking_uri: str | None = None) -> Resol
     if is_mlflow_uri(reference):
         import mlflow
         from mlflow.tracking import MlflowClient
-
-        from emola.model.pyfunc import checkpoint_in_model
 
         uri = tracking_uri or mlflow.get_tracking_uri()
         artifact_uri = reference

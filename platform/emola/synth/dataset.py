@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emola.data.labels import EMOTION_PROTOTYPES, EMOTIONS, format_au_label
+from emola.labels import EMOTION_PROTOTYPES, EMOTIONS, format_au_label
 from emola.fileio import replace_dir
 from emola.synth.action_units import RENDERED_AUS, apply_action_units
 from emola.synth.descriptions import AU_QUESTIONS, EMOTION_QUESTIONS, au_description, emotion_description

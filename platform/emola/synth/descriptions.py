@@ -14,7 +14,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from emola.data.labels import AU_NAMES
+from emola.labels import AU_NAMES
 
 EMOTION_QUESTIONS = (
     "What emotions are conveyed by this face?",

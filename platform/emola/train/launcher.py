@@ -20,8 +20,8 @@ from emola import preflight
 from emola.config import EmolaConfig
 from emola.config.schema import TrainConfig
 from emola.data.manifest import read_manifest
-from emola.faces.pipeline import images_of, prior_vectors
-from emola.faces.registry import build_backend
+from emola.faces.cache import prior_vectors
+from emola.faces.registry import manifest_backend_key
 from emola.fileio import replace_dir
 from emola.model.reference import TRAINING_FILE
 
@@ -137,7 +137,7 @@ def train_one(cfg: EmolaConfig, tasks: list[str], output: Path, *, repo_root: Pa
     from emola.model.builder import build_emola
     from emola.model.checkpoint import save_checkpoint
     from emola.model.processing import EmolaProcessor
-    from emola.model.pyfunc import log_emola_model
+    from emola.mlflow_model import log_emola_model
     from emola.runtime import init_ray
     from emola.train.examples import build_examples, training_stream, weighted_examples
     from emola.train.objective import AUX_HEAD_FILE
@@ -149,8 +149,7 @@ def train_one(cfg: EmolaConfig, tasks: list[str], output: Path, *, repo_root: Pa
     manifest = Path(cfg.data.manifests) / "train.jsonl"
     rows = list(read_manifest(manifest))
     preflight.require_images([r for r in rows if r.task in tasks], manifest)
-    _, points = images_of(rows)
-    backend_key = build_backend(cfg.landmarks, annotation_points=points).key
+    backend_key = manifest_backend_key(cfg.landmarks, rows)
     priors = None
     if cfg.model.prior == "landmarks":
         priors = prior_vectors(cfg.landmarks.cache, backend_key, {r.image_sha256 for r in rows})

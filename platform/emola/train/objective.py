@@ -12,7 +12,7 @@ training devices:
 - The AU head (``train.prior_aux_weight``): a linear head reads the AU multi-label target
   of each AU-task sample off its projected prior token. Why: the language-model gradient
   reaching the prior projector is weak and noisy, so the projector learns the AU geometry
-  slowly; the head gives it a direct signal (``benchmarks/prior_aux.py`` measures it).
+  slowly; the head gives it a direct signal (measured: docs/experiments.md, 2026-11-21).
 
 Both are training devices only: the exported checkpoint is the wrapped model, and
 inference never sees the weights or the head.
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from emola.data.labels import AU_LISTS
+from emola.labels import AU_LISTS
 from emola.data.manifest import ManifestRow
 from emola.metrics.rege_parsers import aus_of
 from emola.model.modeling import EmolaForConditionalGeneration

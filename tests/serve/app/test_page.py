@@ -6,8 +6,8 @@ import shutil
 
 import pytest
 
-from emola.data.labels import EMOTIONS
-from tests.serving.conftest import API_KEY, ARTIFACTS
+from emola.labels import EMOTIONS
+from tests.serve.app.conftest import API_KEY, ARTIFACTS
 
 pytestmark = pytest.mark.slow
 

@@ -1,6 +1,6 @@
 """Serving under overload and faults over real HTTP: 503 with Retry-After, and a killed model replica.
 
-Outside tests/serving on purpose (like test_serve_routing.py): its server runs with two
+Outside tests/serve/app on purpose (like test_routing.py): its server runs with two
 model replicas and small queues, and two local `serve run` instances would share one Ray.
 """
 

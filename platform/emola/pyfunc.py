@@ -1,21 +1,13 @@
-"""EmoLA as an MLflow model: a ``python_function`` flavor around the Analyzer.
-
-A trained (or imported) checkpoint is logged with :func:`log_emola_model` as an MLflow model
-whose artifact is the checkpoint folder itself, so one logged model serves every consumer:
-
-- ``mlflow.pyfunc.load_model("models:/emola@champion").predict(df)`` and
-  ``mlflow models serve -m models:/emola@champion`` run :class:`EmolaPyfunc`, which loads the
-  checkpoint into an :class:`~emola.analyzer.Analyzer` (the inference engine every other
-  caller uses) and answers a batch per task;
-- the platform's own resolver (:func:`emola.model.reference.resolve_checkpoint`) finds the
-  checkpoint inside the logged model (:func:`checkpoint_in_model`).
+"""The ``python_function`` model of EmoLA (what :mod:`emola.mlflow_model` logs): an Analyzer per
+loaded model, ``predict`` over a DataFrame of images.
 
 Input: a DataFrame with an ``image`` column (bytes, base64, a data URL, or a path readable
 where the model runs) and optional ``task`` (``emotion`` | ``au``, default ``emotion``) and
-``question`` columns. Output: one row per input row, the Analyzer's table (``AnalysisResult.to_row``):
-a row that is not an image, or shows no face, comes back with its ``status`` and ``reason``
-and never fails the batch. Generation settings are predict params (the published sampling
-by default; ``temperature=0`` is greedy).
+``question`` columns. Output: one row per input row, the Analyzer's table
+(``AnalysisResult.to_row``): a row that is not an image, or shows no face, comes back with its
+``status`` and ``reason`` and never fails the batch. Generation settings are predict params
+(the published sampling by default; ``temperature=0`` is greedy). Every row of one task is
+generated in one continuous batch of the inference engine.
 """
 
 from __future__ import annotations
@@ -23,89 +15,15 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from importlib import metadata
 from pathlib import Path
 
 import pandas as pd
 
-from emola.data.labels import EVAL_QUESTIONS
+from emola.labels import EVAL_QUESTIONS
+from emola.mlflow_model import OUTPUT_COLUMNS
+from emola.model.reference import CHECKPOINT_ARTIFACT
 
-CHECKPOINT_ARTIFACT = "checkpoint"      # the artifact key of the checkpoint folder in the logged model
-MODEL_ARTIFACT_PATH = "model"           # where a run logs its model (``runs:/<run id>/model``)
-_ENTRY = Path(__file__).with_name("pyfunc_entry.py")   # models-from-code: defines the model object
 _DATA_URL = re.compile(r"^data:[\w.+-]+/[\w.+-]+(;[\w-]+=[^;,]*)*;base64,", re.IGNORECASE)
-
-#: Output columns, as ``AnalysisResult.to_row`` writes them, and their MLflow types.
-OUTPUT_COLUMNS = {"image": "string", "task": "string", "status": "string", "emotion": "string", "aus": "string",
-                  "face_x0": "double", "face_y0": "double", "face_x1": "double", "face_y1": "double",
-                  "description": "string", "reason": "string", "total_ms": "double"}
-
-
-def signature():
-    """The model signature: the input and output tables above and the generation params."""
-    from mlflow.models import ModelSignature
-    from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
-
-    from emola.engine import PUBLISHED_GENERATION as g
-
-    inputs = Schema([ColSpec("string", "image"), ColSpec("string", "task", required=False),
-                     ColSpec("string", "question", required=False)])
-    outputs = Schema([ColSpec(kind, name, required=name in ("task", "status")) for name, kind in OUTPUT_COLUMNS.items()])
-    params = ParamSchema([ParamSpec("temperature", "double", g.temperature), ParamSpec("top_p", "double", g.top_p),
-                          ParamSpec("max_new_tokens", "long", g.max_new_tokens), ParamSpec("seed", "long", g.seed)])
-    return ModelSignature(inputs=inputs, outputs=outputs, params=params)
-
-
-def _requirements() -> list[str]:
-    """What the model needs installed: the ``emola`` package (the platform's image) and its dependencies."""
-    try:
-        needs = metadata.requires("emola") or []
-    except metadata.PackageNotFoundError:
-        needs = []
-    return [r for r in needs if "extra ==" not in r]
-
-
-def log_emola_model(checkpoint: Path | str, example_image: Path | str | None = None) -> str:
-    """Log ``checkpoint`` as an MLflow model named ``model`` in the active run; return its model URI.
-
-    ``example_image`` (a face) becomes the input example. The model is not loaded here (a 7B
-    checkpoint would not fit the driver); the tests load and serve what this logs.
-    """
-    import mlflow
-    from mlflow.models import Model
-
-    example = None
-    if example_image is not None and Path(example_image).is_file():
-        example = pd.DataFrame({"image": [base64.b64encode(Path(example_image).read_bytes()).decode()],
-                                "task": ["emotion"]})
-    # What mlflow.pyfunc.log_model does, less its check that loads the model to run the example.
-    info = Model.log(artifact_path=None, name=MODEL_ARTIFACT_PATH, flavor=_PyfuncFlavor, python_model=str(_ENTRY),
-                     artifacts={CHECKPOINT_ARTIFACT: str(checkpoint)}, signature=signature(), input_example=example,
-                     pip_requirements=_requirements(), validate_serving_input=False, flavor_name="pyfunc.ModelFromCode")
-    return info.model_uri
-
-
-class _PyfuncFlavor:
-    """``mlflow.pyfunc`` as ``Model.log``'s flavor (a documented extension point: an object with
-    ``save_model``), taking the ``validate_serving_input`` switch that ``pyfunc.save_model`` rejects."""
-
-    @staticmethod
-    def save_model(validate_serving_input: bool = True, **kwargs):
-        import mlflow.pyfunc
-
-        return mlflow.pyfunc.save_model(**kwargs)
-
-
-def checkpoint_in_model(folder: Path) -> Path | None:
-    """The checkpoint folder inside a downloaded MLflow model (``None`` if ``folder`` is not one)."""
-    import yaml
-
-    mlmodel = folder / "MLmodel"
-    if not mlmodel.is_file():
-        return None
-    flavor = (yaml.safe_load(mlmodel.read_text()).get("flavors") or {}).get("python_function") or {}
-    entry = (flavor.get("artifacts") or {}).get(CHECKPOINT_ARTIFACT)
-    return folder / entry["path"] if entry else None
 
 
 class RowProblem(ValueError):
@@ -201,7 +119,7 @@ class EmolaPyfunc(PythonModel):
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         from emola.config.schema import GenerationConfig
-        from emola.engine import PUBLISHED_GENERATION
+        from emola.config.schema import PUBLISHED_GENERATION
 
         params = params or {}
         generation = PUBLISHED_GENERATION.model_copy(update={k: params[k] for k in

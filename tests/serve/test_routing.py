@@ -1,6 +1,6 @@
 """One model per task behind one endpoint: `serve run` over a folder of per-task checkpoints.
 
-Outside tests/serving on purpose: that package keeps its own server up for all its tests,
+Outside tests/serve/app on purpose: that package keeps its own server up for all its tests,
 and two local `serve run` instances would share one Ray.
 """
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from emola.data.labels import EMOTIONS
+from emola.labels import EMOTIONS
 from emola.metrics.rege_parsers import aus_of, emotion_of
-from tests.serving.conftest import API_KEY
+from tests.serve.app.conftest import API_KEY
 
 pytestmark = pytest.mark.slow
 

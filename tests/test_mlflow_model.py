@@ -28,7 +28,7 @@ def registry(tiny_checkpoint, synth_release, tmp_path_factory):
     from mlflow.tracking import MlflowClient
 
     from emola.evaluate.registry import register_and_maybe_promote
-    from emola.model.pyfunc import log_emola_model
+    from emola.mlflow_model import log_emola_model
 
     root = tmp_path_factory.mktemp("registry")
     uri = f"sqlite:///{root / 'mlflow.db'}"

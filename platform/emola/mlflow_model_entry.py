@@ -1,4 +1,4 @@
-"""The models-from-code entry of EmoLA's MLflow model (see :mod:`emola.model.pyfunc`).
+"""The models-from-code entry of EmoLA's MLflow model (see :mod:`emola.mlflow_model` and :mod:`emola.pyfunc`).
 
 MLflow copies this file into each logged model and runs it when the model loads; it only
 names the model object. Nothing imports it.
@@ -6,6 +6,6 @@ names the model object. Nothing imports it.
 
 from mlflow.models import set_model
 
-from emola.model.pyfunc import EmolaPyfunc
+from emola.pyfunc import EmolaPyfunc
 
 set_model(EmolaPyfunc())

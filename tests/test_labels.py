@@ -1,6 +1,6 @@
 import pytest
 
-from emola.data.labels import AU_LISTS, EMOTIONS, LabelError, format_au_label, parse_au_label, parse_emotion_label
+from emola.labels import AU_LISTS, EMOTIONS, LabelError, format_au_label, parse_au_label, parse_emotion_label
 
 
 @pytest.mark.parametrize("value, expected", [
