@@ -8,7 +8,9 @@ import os
 def init_ray(num_cpus: int | None = None) -> None:
     """Connect to ``$RAY_ADDRESS`` (a cluster, or a job's own) or start a local instance.
 
-    Locally Ray stays on 127.0.0.1 with no dashboard, and re-initializing is a no-op.
+    Locally Ray stays on 127.0.0.1, and re-initializing is a no-op. The local dashboard (on
+    127.0.0.1 only) serves the State API that Ray Train's placement-group cleaner polls: without
+    it the cleaner logs a warning at every poll of a training run.
     """
     import ray
     import ray.data
@@ -23,5 +25,5 @@ def init_ray(num_cpus: int | None = None) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=True)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True,
+        ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True,
                  _node_ip_address="127.0.0.1", configure_logging=False)

@@ -71,8 +71,21 @@ def test_training_run_exports_a_checkpoint_and_tracks_it_in_mlflow(small_pipelin
     assert params["train.zero_stage"] == "2" and params["profile"] == "tiny" and "git.commit" in params
     assert params["train.au_code_weight"] == "5.0"
     assert any(k.startswith("system/") for k in mlrun.data.metrics)  # system metrics
-    artifacts = {a.path for a in client.list_artifacts(mlrun.info.run_id, "model")}
-    assert "model/emola_config.json" in artifacts
+    # The model is logged as an MLflow model holding the checkpoint (emola.mlflow_model).
+    from emola.model.reference import resolve_checkpoint, run_model_source
+
+    import mlflow
+    from mlflow.models import Model
+
+    source, model_id = run_model_source(client, mlrun.info.run_id)
+    assert model_id and source == f"models:/{model_id}"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=client.get_logged_model(model_id).artifact_location,
+                                                      tracking_uri=uri))
+    assert Model.load(folder / "MLmodel").signature is not None
+    logged = resolve_checkpoint(f"runs:/{mlrun.info.run_id}/model", tracking_uri=uri).path
+    assert (logged / "emola_config.json").read_text() == (tmp_path / "model/emola_config.json").read_text()
+    assert (tmp_path / "runs" / info["ray_run_name"] / "steps.log").read_text().count(" step ") == 12
 
 
 def _train_worker_pids(job_pid: int) -> list[int]:

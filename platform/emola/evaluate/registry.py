@@ -2,23 +2,9 @@
 
 from __future__ import annotations
 
+from emola.model.reference import run_model_source
+
 CHAMPION = "champion"
-
-
-def run_model_source(client, run_id: str, artifact_path: str = "model") -> tuple[str, str | None]:
-    """What to register for the model a run logged at ``artifact_path``: ``(source, model id)``.
-
-    An MLflow model (``mlflow.pyfunc.log_model``, :mod:`emola.mlflow_model`) is registered
-    by its ``models:/<model id>``, so ``mlflow.pyfunc.load_model`` and ``mlflow models serve``
-    load the version; a checkpoint logged as plain artifacts (before MLflow models) by its
-    ``runs:/`` URI, which the platform's resolver still reads.
-    """
-    run = client.get_run(run_id)
-    found = client.search_logged_models(experiment_ids=[run.info.experiment_id],
-                                        filter_string=f"name = '{artifact_path}' AND source_run_id = '{run_id}'")
-    if found:
-        return f"models:/{found[-1].model_id}", found[-1].model_id
-    return f"runs:/{run_id}/{artifact_path}", None
 
 
 def register_and_maybe_promote(client, name: str, run_id: str, score: float, test_set: str,

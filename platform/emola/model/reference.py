@@ -19,6 +19,8 @@ from pathlib import Path
 from emola.model.configuration import CONFIG_FILE
 
 _MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/", "s3://", "gs://")
+_LOGGED_MODEL = re.compile(r"^models:/(?P<id>m-[0-9a-f]+)/?$")
+_RUNS = re.compile(r"^runs:/(?P<run>[^/]+)/(?P<path>[^/].*?)/?$")
 _REGISTRY = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))/?$")
 
 
@@ -104,6 +106,22 @@ def checkpoint_in_model(folder: Path) -> Path | None:
     return folder / entry["path"] if entry else None
 
 
+def run_model_source(client, run_id: str, artifact_path: str = "model") -> tuple[str, str | None]:
+    """What to register for the model a run logged at ``artifact_path``: ``(source, model id)``.
+
+    An MLflow model (``mlflow.pyfunc.log_model``, :mod:`emola.mlflow_model`) is registered
+    by its ``models:/<model id>``, so ``mlflow.pyfunc.load_model`` and ``mlflow models serve``
+    load the version; a checkpoint logged as plain artifacts (before MLflow models) by its
+    ``runs:/`` URI, which the platform's resolver still reads.
+    """
+    run = client.get_run(run_id)
+    found = client.search_logged_models(experiment_ids=[run.info.experiment_id],
+                                        filter_string=f"name = '{artifact_path}' AND source_run_id = '{run_id}'")
+    if found:
+        return f"models:/{found[-1].model_id}", found[-1].model_id
+    return f"runs:/{run_id}/{artifact_path}", None
+
+
 def is_mlflow_uri(reference: str) -> bool:
     return reference.startswith(_MLFLOW_SCHEMES)
 
@@ -120,12 +138,16 @@ def resolve_checkpoint(reference: str, tracking_uri: str | None = None) -> Resol
 
         uri = tracking_uri or mlflow.get_tracking_uri()
         artifact_uri = reference
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        if runs := _RUNS.match(reference):   # the MLflow model the run logged there, if it logged one
+            artifact_uri = run_model_source(client, runs["run"], runs["path"])[0]
         if match := _REGISTRY.match(reference):
-            client = MlflowClient(tracking_uri=uri, registry_uri=uri)
             name = match["name"]
             found = (client.get_model_version_by_alias(name, match["alias"]) if match["alias"]
                      else client.get_model_version(name, match["version"]))
             version, artifact_uri = int(found.version), found.source
+        if logged := _LOGGED_MODEL.match(artifact_uri):   # by its artifact location: in this tracking store
+            artifact_uri = client.get_logged_model(logged["id"]).artifact_location
         path = Path(mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri, tracking_uri=uri))
         path = checkpoint_in_model(path) or path
     else:

@@ -141,7 +141,7 @@ def train_one(cfg: EmolaConfig, tasks: list[str], output: Path, *, repo_root: Pa
     from emola.runtime import init_ray
     from emola.train.examples import build_examples, training_stream, weighted_examples
     from emola.train.objective import AUX_HEAD_FILE
-    from emola.train.recipe import EXPORT_DIR, train_loop_per_worker
+    from emola.train.recipe import EXPORT_DIR, STEPS_LOG, train_loop_per_worker
 
     started = time.perf_counter()
     t = cfg.train
@@ -218,6 +218,7 @@ def train_one(cfg: EmolaConfig, tasks: list[str], output: Path, *, repo_root: Pa
                 mlflow.log_params(dict(list(params.items())[start:start + 90]))
     log(f"train: run {name}: {epoch_sizes[0]} examples x {epochs} epochs, {world} workers x micro batch {t.micro_batch} "
         f"x accumulation {t.grad_accum}, {total} steps, ZeRO-{t.zero_stage}, {t.precision}; MLflow {uri} run {run_id}")
+    log(f"train: a line every {t.log_every} steps here; every step in {storage / name / STEPS_LOG} and MLflow")
 
     trainer = TorchTrainer(
         train_loop_per_worker,

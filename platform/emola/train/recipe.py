@@ -21,6 +21,7 @@ from pathlib import Path
 TRAIN_STATE = "train_state.json"
 DS_TAG = "deepspeed"
 EXPORT_DIR = "model"
+STEPS_LOG = "steps.log"         # every step's line, in the run folder beside the initial model
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -111,6 +112,13 @@ class TrainingRecipe:
         if getattr(self, "rank", 0) == 0:
             sys.stdout.write(line + "\n")
             sys.stdout.flush()
+            self._log_to_file(line)
+
+    def _log_to_file(self, line: str) -> None:
+        """Rank 0 keeps every step's line in ``<run folder>/steps.log`` (the terminal gets every ``log_every``-th)."""
+        if getattr(self, "rank", 0) == 0:
+            with (Path(self.raw["init_dir"]).parent / STEPS_LOG).open("a") as log:
+                log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
 
     # ------------------------------------------------------------------ train
     def _micro_batches(self):
@@ -136,6 +144,7 @@ class TrainingRecipe:
 
     def train(self) -> None:
         window_start, window_samples, window_tokens = time.perf_counter(), 0, 0
+        self.started, self.first_step = window_start, self.step
         while self.step < self.total_steps:
             for index, batch in enumerate(self._micro_batches()):
                 if index < self.micro_in_pass:
@@ -160,10 +169,15 @@ class TrainingRecipe:
                 window_start, window_samples, window_tokens = time.perf_counter(), 0, 0
                 if self.mlflow:  # queued: a blocking database write per step stalls every rank's next step
                     self.mlflow.log_metrics(metrics, step=self.step, synchronous=False)
+                line = (f"step {self.step}/{self.total_steps} loss {metrics['loss']:.4f} lr {metrics['lr']:.2e} "
+                        f"grad_norm {metrics['grad_norm']:.3f} {metrics['samples_per_s']:.1f} samples/s "
+                        f"{metrics['tokens_per_s']:.0f} tokens/s")
                 if self.step % self.train_cfg.log_every == 0 or self.step == self.total_steps:
-                    self._log(f"step {self.step}/{self.total_steps} loss {metrics['loss']:.4f} lr {metrics['lr']:.2e} "
-                              f"grad_norm {metrics['grad_norm']:.3f} {metrics['samples_per_s']:.1f} samples/s "
-                              f"{metrics['tokens_per_s']:.0f} tokens/s")
+                    done = self.step - self.first_step
+                    eta = (time.perf_counter() - self.started) / max(done, 1) * (self.total_steps - self.step)
+                    self._log(f"{line}, ETA {int(eta // 60)} min {int(eta % 60):02d} s")
+                else:
+                    self._log_to_file(line)
                 if self.step == self.total_steps:
                     self.export()
                     return
