@@ -38,8 +38,8 @@ def training_inputs(cfg) -> tuple[list, str, dict]:
     """The default pipeline's training rows, the landmark backend key the landmarks stage stored
     them under, and their prior vectors (run ``dvc repro`` first)."""
     from emola.data.manifest import read_manifest
-    from emola.faces.cache import prior_vectors
-    from emola.faces.registry import manifest_backend_key
+    from emola.landmarks.cache import prior_vectors
+    from emola.landmarks.registry import manifest_backend_key
 
     manifest = ROOT / cfg.data.manifests / "train.jsonl"
     if not manifest.is_file():

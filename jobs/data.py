@@ -5,8 +5,8 @@
 
 from __future__ import annotations
 
-import json
 import sys
+from pathlib import Path
 
 from emola.data.stage import run_data_stage
 from jobs.common import parse_job_args
@@ -14,8 +14,8 @@ from jobs.common import parse_job_args
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_job_args(__doc__.splitlines()[0], argv)
-    summary = run_data_stage(cfg.data)
-    print(json.dumps(summary, indent=2))
+    run_data_stage(cfg.data)
+    print(f"data: summary in {Path(cfg.data.manifests) / 'summary.json'}")
     return 0
 
 

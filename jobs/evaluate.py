@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -45,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     except JobInputError as err:
         print(f"evaluate: error: {err}", file=sys.stderr)
         return 2
-    print(json.dumps(summary, indent=2))
+    print(f"evaluate: reports in {cfg.evaluate.reports}/ (metrics.json, baselines.json, details.json, plots/), "
+          f"MLflow run {summary['eval_run_id']}, {summary['seconds']:.0f} s")
     return 0
 
 

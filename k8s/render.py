@@ -4,7 +4,7 @@
     python k8s/render.py --check    # exit 1 when the committed files are out of date (CI runs the test)
 
 Sources: the pod definitions of ``k8s/base/raycluster.yaml``; the job entry points of
-``dvc.yaml``'s stages (``jobs.preprocess``, ``jobs.train``, ``jobs.evaluate``); and
+``dvc.yaml``'s stages (``jobs.landmarks``, ``jobs.train``, ``jobs.evaluate``); and
 ``serve/config.yaml`` rendered for the cluster. The cluster differs from the local
 config only by :data:`CLUSTER_OVERRIDES` (documented in k8s/README.md).
 """
@@ -30,7 +30,7 @@ CLUSTER_OVERRIDES = ["profile=emola-7b"]
 # data/ and models/ are the workspace PVC; Ray Train checkpoints go to S3.
 PROFILE, CHECKPOINTS = "profile=emola-7b", "train.storage_path=s3://emola-artifacts/ray"
 JOBS = {
-    "preprocess": {"entrypoint": "python -m jobs.preprocess", "overrides": [PROFILE], "ttl": 3600},
+    "landmarks": {"entrypoint": "python -m jobs.landmarks", "overrides": [PROFILE], "ttl": 3600},
     "train": {"entrypoint": "python -m jobs.train", "overrides": [PROFILE, CHECKPOINTS], "ttl": 86400},
     "evaluate": {"entrypoint": "python -m jobs.evaluate", "overrides": [PROFILE, CHECKPOINTS], "ttl": 86400},
 }

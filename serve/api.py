@@ -229,8 +229,32 @@ class EmolaAPI:
 
     @app.post("/v1/analyze")
     async def analyze(self, request: Request) -> dict:
-        """Multipart (``file``, optional ``task``) or JSON (``image`` as base64 or data URL, ``task``)."""
+        """Multipart (``file``, optional ``task``) or JSON (``image`` as base64 or data URL, ``task``).
+
+        Named steps: read the request, decode the image, find the face and its prior, describe
+        it per task (each task on its model, concurrently), answer."""
         started = time.perf_counter()
+        data, task = await self._analysis_request(request)
+        t0 = time.perf_counter()
+        image = decode_upload(data, self.settings["max_image_pixels"])
+        t1 = time.perf_counter()
+        face = await self._face(image)
+        tasks = ["emotion", "au"] if task == "both" else [task]
+        results, generate_ms = await self._describe(tasks, image, face)
+        return {
+            "id": f"analyze-{uuid.uuid4().hex[:16]}", "model": self.settings["model_name"],
+            "model_version": results[tasks[0]]["model_version"],   # each result names its own model too
+            "task": task, "image_sha256": image.sha256,
+            "width": int(image.pixels.shape[1]), "height": int(image.pixels.shape[0]),
+            "face": face["face"], "landmark_source": face["source"],
+            "emotion": results.get("emotion", {}).get("emotion"), "aus": results.get("au", {}).get("aus"),
+            "results": results,
+            "timings_ms": {"decode": round(1e3 * (t1 - t0), 2), "landmarks": face["ms"], "generate": generate_ms,
+                           "total": round(1e3 * (time.perf_counter() - started), 2)},
+        }
+
+    async def _analysis_request(self, request: Request) -> tuple[bytes, str]:
+        """The image bytes and the task of a multipart or JSON analysis request (4xx when malformed)."""
         kind = request.headers.get("content-type", "")
         if kind.startswith("multipart/form-data"):
             form = await request.form(max_part_size=self.settings["max_body_bytes"])
@@ -248,11 +272,10 @@ class EmolaAPI:
             task = payload.get("task", "both")
         if task not in TASKS:
             raise RequestError(400, "invalid_task", f"task: {task!r} is not one of {', '.join(TASKS)}")
-        t0 = time.perf_counter()
-        image = decode_upload(data, self.settings["max_image_pixels"])
-        t1 = time.perf_counter()
-        face = await self._face(image)
-        tasks = ["emotion", "au"] if task == "both" else [task]
+        return data, task
+
+    async def _describe(self, tasks: list[str], image, face: dict) -> tuple[dict, float]:
+        """Each task's description from its model (concurrently), with the emotion or AUs parsed from it."""
         parts = [await self._part_for_task(t) for t in tasks]
         generation = self._generation()
         outputs = await asyncio.gather(*[
@@ -269,18 +292,7 @@ class EmolaAPI:
                 results[t]["emotion"] = emotion_of(out["text"])
             else:
                 results[t]["aus"] = sorted(aus_of(out["text"]))
-        return {
-            "id": f"analyze-{uuid.uuid4().hex[:16]}", "model": self.settings["model_name"],
-            "model_version": results[tasks[0]]["model_version"],   # each result names its own model too
-            "task": task, "image_sha256": image.sha256,
-            "width": int(image.pixels.shape[1]), "height": int(image.pixels.shape[0]),
-            "face": face["face"], "landmark_source": face["source"],
-            "emotion": results.get("emotion", {}).get("emotion"), "aus": results.get("au", {}).get("aus"),
-            "results": results,
-            "timings_ms": {"decode": round(1e3 * (t1 - t0), 2), "landmarks": face["ms"],
-                           "generate": max(o["generate_ms"] for o in outputs),
-                           "total": round(1e3 * (time.perf_counter() - started), 2)},
-        }
+        return results, max(o["generate_ms"] for o in outputs)
 
     @app.post("/v1/chat/completions")
     async def chat(self, request: Request):

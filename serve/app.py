@@ -51,7 +51,7 @@ def deployment_options(cfg: EmolaConfig, parts: dict[str, str]) -> dict[str, dic
              "ray_actor_options": {"num_cpus": s.num_cpus, "num_gpus": s.num_gpus}}
     return {
         **{model_deployment_name(part): dict(model) for part in parts},
-        "FaceDetector": {"max_ongoing_requests": s.max_ongoing_requests, "autoscaling_config": dict(autoscaling),
+        "LandmarkDetector": {"max_ongoing_requests": s.max_ongoing_requests, "autoscaling_config": dict(autoscaling),
                          "ray_actor_options": {"num_cpus": cfg.landmarks.cpus_per_actor,
                                                "num_gpus": cfg.landmarks.gpus_per_actor}},
         # The ingress only parses and awaits: a small CPU share, many concurrent requests.
@@ -63,7 +63,7 @@ def deployment_options(cfg: EmolaConfig, parts: dict[str, str]) -> dict[str, dic
 def build_app(args: dict | None = None):
     """The application for ``serve run``: ``args`` = ``{params: FILE, overrides: [KEY=VALUE, ...]}``."""
     from serve.api import EmolaAPI
-    from serve.faces import FaceDetector
+    from serve.landmarks import LandmarkDetector
     from serve.model import EmolaModel
 
     args = dict(args or {})
@@ -74,7 +74,7 @@ def build_app(args: dict | None = None):
     s = cfg.serve
     parts = serving_parts(s.checkpoint)
     options = deployment_options(cfg, parts)
-    faces = FaceDetector.options(**options["FaceDetector"]).bind(
+    faces = LandmarkDetector.options(**options["LandmarkDetector"]).bind(
         list(parts.values()), cfg.landmarks.model_dump(), s.landmark_cache)
     models = {part: EmolaModel.options(name=model_deployment_name(part), **options[model_deployment_name(part)]).bind(
         reference, cfg.inference.model_dump(), max(1, int(s.num_cpus))) for part, reference in parts.items()}

@@ -120,7 +120,7 @@ def small_pipeline(synth_release, tmp_path_factory) -> dict[str, Path]:
     from emola.config import load_config
     from emola.data.stage import check_release
     from emola.data.manifest import write_manifests
-    from emola.faces.pipeline import run_landmark_job
+    from emola.landmarks.pipeline import run_landmark_job
 
     root = tmp_path_factory.mktemp("pipeline")
     cfg = load_config(REPO / "params.yaml", {"landmarks.cache": str(root / "landmarks")})

@@ -18,7 +18,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("emola.labels", "emola.fileio", "emola.imaging", "emola.config", "emola.runtime", "emola.tracking"),
     ("emola.synth", "emola.deploy"),
     ("emola.data", "emola.metrics"),
-    ("emola.faces", "emola.preflight"),
+    ("emola.landmarks", "emola.preflight"),
     ("emola.model",),
     ("emola.engine", "emola.mlflow_model"),
     ("emola.train", "emola.evaluate", "emola.analyzer", "emola.pyfunc", "emola.mlflow_model_entry"),

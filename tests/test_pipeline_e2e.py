@@ -54,10 +54,15 @@ def test_dvc_repro_on_a_fresh_clone(fresh_clone):
     started = time.perf_counter()
     out = _dvc(fresh_clone, "repro")
     elapsed = time.perf_counter() - started
+    # Quiet: stage lines, a training line every train.log_every steps, results (full logs go to files).
+    lines = out.splitlines()
+    assert len(lines) <= 150, f"dvc repro printed {len(lines)} lines"
+    noise = ("PlacementGroupCleaner", "is_gradient_checkpointing", "all_gather_into_tensor", "Loading weights")
+    assert not [line for line in lines if any(n in line for n in noise)], out
     rendered = re.search(r"FABA-Synth rendered (\d+) images in ([\d.]+) s", out)
     assert rendered, out
     images, seconds = int(rendered.group(1)), float(rendered.group(2))
-    print(f"dvc repro: {elapsed:.1f} s; FABA-Synth default set: {images} images in {seconds:.1f} s")
+    print(f"dvc repro: {elapsed:.1f} s, {len(lines)} lines; FABA-Synth default set: {images} images in {seconds:.1f} s")
     assert 3000 <= images <= 5000 and seconds < 120  # 3,900 images in 44 s on 2 cores
 
     summary = json.loads((fresh_clone / "data/manifests/summary.json").read_text())

@@ -21,8 +21,8 @@ from pydantic import BaseModel
 from emola.config.schema import GenerationConfig, InferenceConfig
 from emola.labels import EVAL_QUESTIONS
 from emola.engine import DEFAULT_INFERENCE, PUBLISHED_GENERATION, InferenceEngine
-from emola.faces.backend import FaceResult, LandmarkBackend
-from emola.faces.registry import build_backend, inference_backend_name
+from emola.landmarks.backend import FaceResult, LandmarkBackend
+from emola.landmarks.registry import build_backend, inference_backend_name
 from emola.imaging import ImageProblem, decode_image, read_image_file
 from emola.metrics.rege_parsers import aus_of, emotion_of
 from emola.model.configuration import EmolaModelConfig

@@ -14,7 +14,7 @@ import pytest
 from emola.config import load_config
 from emola.data.manifest import ManifestRow, read_manifest
 from emola.evaluate.replicas import Variant, generation_batches, predict_variants
-from emola.faces.cache import prior_vectors
+from emola.landmarks.cache import prior_vectors
 from tests.conftest import REPO, build_tiny, copy_as_task_part
 
 
@@ -72,11 +72,11 @@ def test_batches_hold_one_model_task_and_variant_evenly_split_and_cover_every_ro
 
 
 def test_the_landmark_cache_is_read_once_per_backend(small_pipeline, tiny_checkpoint, monkeypatch):
-    import emola.faces.pipeline
+    import emola.landmarks.pipeline
 
     reads = []
-    real = emola.faces.cache.prior_vectors
-    monkeypatch.setattr(emola.faces.cache, "prior_vectors", lambda *args: reads.append(args[1]) or real(*args))
+    real = emola.landmarks.cache.prior_vectors
+    monkeypatch.setattr(emola.landmarks.cache, "prior_vectors", lambda *args: reads.append(args[1]) or real(*args))
     variants = [Variant("model", (tiny_checkpoint,)), Variant("prior_off", (tiny_checkpoint,), prior_off=True),
                 Variant("again", (tiny_checkpoint,))]
     assert generation_batches(variants, _params(small_pipeline, batch_size=7), _rows(small_pipeline))

@@ -28,9 +28,9 @@ def _plot_path(plot: str, image: Path, many: bool) -> Path:
 
 def _landmarks(args: argparse.Namespace) -> int:
     from emola.config import LandmarksConfig, ParamsError, load_config
-    from emola.faces.backend import FaceResult
-    from emola.faces.plot import save_plot
-    from emola.faces.registry import build_backend
+    from emola.landmarks.backend import FaceResult
+    from emola.landmarks.plot import save_plot
+    from emola.landmarks.registry import build_backend
     from emola.imaging import ImageProblem, read_image_file
 
     cfg: LandmarksConfig | None = None

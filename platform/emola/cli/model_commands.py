@@ -90,7 +90,7 @@ def _import(args: argparse.Namespace) -> int:
     key = args.landmark_backend
     try:
         if key is None:
-            from emola.faces.registry import build_backend
+            from emola.landmarks.registry import build_backend
 
             key = build_backend(name="insightface-2d106").key   # paper mode, the published preprocessing
         out = import_release(args.checkpoint, base=args.base, out=args.out, task=args.task, landmark_backend=key,

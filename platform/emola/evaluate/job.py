@@ -1,7 +1,9 @@
 """The evaluation job: generate on the test manifests (Ray Data), score REGE, report, track, register.
 
-The trained model, its prior-token ablation and the baselines are generated in one pass
-(:mod:`emola.evaluate.replicas`) and scored each on its own.
+``run_evaluation`` runs named steps: ``check_inputs``; ``evaluate_variants`` (the trained
+model, its prior-token ablation and the baselines generated in one pass,
+:mod:`emola.evaluate.replicas`, and scored each as a Ray task); ``training_history``;
+``write_reports`` (:mod:`emola.evaluate.report`); ``track`` (MLflow); ``register_parts``.
 
 Outputs under ``evaluate.reports``:
 
@@ -17,17 +19,14 @@ Outputs under ``evaluate.reports``:
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from pathlib import Path
-
-import numpy as np
 
 from emola import preflight
 from emola.config import EmolaConfig
 from emola.data.manifest import ManifestRow, read_manifest
 from emola.evaluate.replicas import Variant, predict_variants
-from emola.fileio import atomic_write_lines
+from emola.evaluate.report import figures, write_reports
 from emola.metrics.rege import rege
 from emola.model.configuration import EmolaModelConfig
 from emola.model.reference import model_parts, training_info
@@ -106,57 +105,90 @@ def variants_to_score(parts: list[Path], trainings: dict[str, dict], cfg: EmolaC
     return variants
 
 
-def _write_plots(reports: Path, results: dict, train_loss: dict[str, list[tuple[int, float]]]) -> None:
-    plots = reports / "plots"
-    if "emotion" in results:
-        labels = results["emotion"].extras["confusion_matrix"]["labels"]
-        rows = results["emotion"].extras["confusion_matrix"]["rows"]
-        lines = ["actual,predicted"] + [f"{labels[i]},{labels[j]}" for i, row in enumerate(rows)
-                                        for j, count in enumerate(row) for _ in range(count)]
-        atomic_write_lines(plots / "confusion.csv", lines)
-    if "au" in results:
-        per_au = results["au"].extras["per_au"]
-        atomic_write_lines(plots / "per_au_f1.csv", ["au,f1"] + [f"AU{au},{v['f1']:.3f}" for au, v in per_au.items()])
-    if len(train_loss) > 1:  # one model per task: a series per model
-        lines = ["step,loss,model"] + [f"{s},{v:.5f},{name}" for name, series in train_loss.items() for s, v in series]
+def check_inputs(cfg: EmolaConfig, checkpoint: Path) -> tuple[Path, list[ManifestRow], list[Path]]:
+    """Step 1, in the driver before Ray starts: the test manifest and its images, the checkpoint's
+    parts, the landmark cache they need, the reports folder and the tracking store."""
+    manifest = preflight.require_file(Path(cfg.data.manifests) / "test.jsonl", "data.manifests", "test manifest")
+    if not checkpoint.exists():
+        preflight.require_dir(checkpoint, "--checkpoint", "checkpoint")
+    preflight.require_output(cfg.evaluate.reports, "evaluate.reports")
+    preflight.require_tracking()
+    rows = list(read_manifest(manifest))
+    preflight.require_images(rows, manifest)
+    parts = model_parts(checkpoint)
+    if any(EmolaModelConfig.load(part).prior == "landmarks" for part in parts):
+        preflight.require_dir(cfg.landmarks.cache, "landmarks.cache", "landmark cache")
+    return manifest, rows, parts
+
+
+def training_history(uri: str, trainings: dict[str, dict]) -> tuple[dict[str, str], dict[str, list[tuple[int, float]]]]:
+    """Step 3: each part's training run found in this tracking store, and its loss curve."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    train_runs: dict[str, str] = {}   # part name -> training run found in this tracking store
+    train_loss: dict[str, list[tuple[int, float]]] = {}
+    for name, training in trainings.items():
+        if run_id := training.get("mlflow_run_id"):
+            try:
+                history = client.get_metric_history(run_id, "loss")
+            except Exception:  # noqa: BLE001 - the training run may live in another tracking store
+                continue
+            train_runs[name] = run_id
+            train_loss[name] = [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)]
+    return train_runs, train_loss
+
+
+def track(cfg: EmolaConfig, checkpoint: Path, parts: list[Path], test_set: str, train_runs: dict[str, str],
+          records: list[dict], metrics: dict, results: dict, baseline_metrics: dict, train_loss) -> str:
+    """Step 5: the evaluation's MLflow run (linked to the training runs): params, the six numbers of
+    the model and of each baseline, figures, sample predictions. Returns its id."""
+    import mlflow
+
+    mlflow.set_experiment("emola-eval")
+    tags = {"test_set": test_set, "checkpoint": str(checkpoint)}
+    if len(parts) == 1 and train_runs:
+        tags["training_run_id"] = next(iter(train_runs.values()))
     else:
-        lines = ["step,loss"] + [f"{s},{v:.5f}" for series in train_loss.values() for s, v in series]
-    atomic_write_lines(plots / "train_loss.csv", lines)
+        tags.update({f"training_run_id.{name}": run_id for name, run_id in train_runs.items()})
+    with mlflow.start_run(run_name=f"eval-{checkpoint.name}", tags=tags) as run:
+        mlflow.log_params({"dataset": cfg.evaluate.dataset, "generation": cfg.evaluate.generation.model_dump_json(),
+                           "test_rows": len(records)})
+        mlflow.log_metrics({f"{t}.{k}": v for t, m in metrics.items() for k, v in m.items()})
+        for name, m in baseline_metrics.items():
+            mlflow.log_metrics({f"baseline.{name}.{t}.{k}": v for t, mm in m.items() for k, v in mm.items()})
+        for name, fig in figures(results, train_loss).items():
+            mlflow.log_figure(fig, f"plots/{name}")
+        sample = records[:50]
+        mlflow.log_table({k: [r[k] for r in sample] for k in ("uid", "task", "prediction", "reference", "label")},
+                         artifact_file="sample_predictions.json")
+        mlflow.log_artifact(str(Path(cfg.evaluate.reports) / "metrics.json"))
+        return run.info.run_id
 
 
-def _figures(results: dict, train_loss) -> dict:
-    import matplotlib
+def register_parts(uri: str, cfg: EmolaConfig, parts: list[Path], metrics: dict, test_set: str,
+                   train_runs: dict[str, str], eval_run: str, log=print) -> dict | None:
+    """Step 6: register each part its training run logged; ``champion`` moves on a better S_rege
+    of the part's own tasks (:mod:`emola.evaluate.registry`)."""
+    from mlflow.tracking import MlflowClient
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from emola.evaluate.registry import register_and_maybe_promote
 
-    figures = {}
-    if "emotion" in results:
-        cm = results["emotion"].extras["confusion_matrix"]
-        fig, ax = plt.subplots(figsize=(5, 4.5))
-        ax.imshow(np.array(cm["rows"]), cmap="Blues")
-        ax.set_xticks(range(7), cm["labels"], rotation=45, ha="right")
-        ax.set_yticks(range(7), cm["labels"])
-        ax.set_xlabel("predicted"), ax.set_ylabel("actual"), ax.set_title("emotion confusion matrix")
-        fig.tight_layout()
-        figures["confusion_matrix.png"] = fig
-    if "au" in results:
-        per_au = results["au"].extras["per_au"]
-        fig, ax = plt.subplots(figsize=(6, 3))
-        ax.bar([f"AU{a}" for a in per_au], [v["f1"] for v in per_au.values()])
-        ax.set_ylabel("F1 (%)"), ax.set_title("per-AU F1"), ax.tick_params(axis="x", rotation=45)
-        fig.tight_layout()
-        figures["per_au_f1.png"] = fig
-    if any(train_loss.values()):
-        fig, ax = plt.subplots(figsize=(5, 3))
-        for name, series in train_loss.items():
-            ax.plot([s for s, _ in series], [v for _, v in series], label=name)
-        if len(train_loss) > 1:
-            ax.legend()
-        ax.set_xlabel("step"), ax.set_ylabel("loss"), ax.set_title("training loss")
-        fig.tight_layout()
-        figures["train_loss.png"] = fig
-    return figures
+    if not train_runs:
+        return None
+    client = MlflowClient(tracking_uri=uri)
+    registered = {}
+    for part in parts:
+        if part.name not in train_runs:
+            continue
+        tasks = EmolaModelConfig.load(part).tasks
+        total = sum(m["S_rege"] for task, m in metrics.items() if task in tasks)
+        name = cfg.evaluate.register_as if len(parts) == 1 else f"{cfg.evaluate.register_as}-{part.name}"
+        registered[part.name] = entry = register_and_maybe_promote(
+            client, name, train_runs[part.name], total, test_set, {"eval_run_id": eval_run})
+        log(f"evaluate: registered {entry['name']} v{entry['version']}: "
+            f"{'now champion' if entry['champion'] else 'not promoted'} ({entry['reason']})")
+    return next(iter(registered.values()), None) if len(parts) == 1 else registered
 
 
 def run_evaluation(cfg: EmolaConfig, *, checkpoint: Path | str | None = None,
@@ -172,27 +204,12 @@ def run_evaluation(cfg: EmolaConfig, *, checkpoint: Path | str | None = None,
     models each part is registered as ``{evaluate.register_as}-{part}`` and competes
     for its own ``champion`` alias on its own tasks' S_rege.
     """
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
     from emola import tracking
-    from emola.evaluate.registry import register_and_maybe_promote
 
     started = time.perf_counter()
     checkpoint = Path(checkpoint or cfg.train.output)
-    manifest = preflight.require_file(Path(cfg.data.manifests) / "test.jsonl", "data.manifests", "test manifest")
-    if not checkpoint.exists():
-        preflight.require_dir(checkpoint, "--checkpoint", "checkpoint")
-    preflight.require_output(cfg.evaluate.reports, "evaluate.reports")
-    preflight.require_tracking()
-    rows = list(read_manifest(manifest))
-    preflight.require_images(rows, manifest)
+    manifest, rows, parts = check_inputs(cfg, checkpoint)
     test_set = hashlib.sha256(manifest.read_bytes()).hexdigest()[:16]
-    reports = Path(cfg.evaluate.reports)
-
-    parts = model_parts(checkpoint)
-    if any(EmolaModelConfig.load(part).prior == "landmarks" for part in parts):
-        preflight.require_dir(cfg.landmarks.cache, "landmarks.cache", "landmark cache")
     trainings = {part.name: training_info(part) for part in parts}
     evaluated = evaluate_variants(variants_to_score(parts, trainings, cfg, baselines, log), cfg, rows)
     records, results = evaluated.pop(MODEL)
@@ -204,58 +221,10 @@ def run_evaluation(cfg: EmolaConfig, *, checkpoint: Path | str | None = None,
         log(f"evaluate: {name}{' (prior-token ablation: one mean prior for every image)' if name == PRIOR_OFF else ''}: {m}")
 
     uri = tracking.configure(repo_root)
-    client = MlflowClient(tracking_uri=uri)
-    train_runs: dict[str, str] = {}   # part name -> training run found in this tracking store
-    train_loss: dict[str, list[tuple[int, float]]] = {}
-    for name, training in trainings.items():
-        if run_id := training.get("mlflow_run_id"):
-            try:
-                history = client.get_metric_history(run_id, "loss")
-            except Exception:  # noqa: BLE001 - the training run may live in another tracking store
-                continue
-            train_runs[name] = run_id
-            train_loss[name] = [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)]
-
-    atomic_write_lines(reports / "predictions.jsonl", (json.dumps(r) for r in records))
-    atomic_write_lines(reports / "metrics.json", [json.dumps(metrics, indent=2)])
-    atomic_write_lines(reports / "details.json", [json.dumps({t: r.to_dict() for t, r in results.items()}, indent=2)])
-    atomic_write_lines(reports / "baselines.json", [json.dumps(baseline_metrics, indent=2)])
-    _write_plots(reports, results, train_loss)
-
-    mlflow.set_experiment("emola-eval")
-    tags = {"test_set": test_set, "checkpoint": str(checkpoint)}
-    if len(parts) == 1 and train_runs:
-        tags["training_run_id"] = next(iter(train_runs.values()))
-    else:
-        tags.update({f"training_run_id.{name}": run_id for name, run_id in train_runs.items()})
-    with mlflow.start_run(run_name=f"eval-{checkpoint.name}", tags=tags) as run:
-        mlflow.log_params({"dataset": cfg.evaluate.dataset, "generation": cfg.evaluate.generation.model_dump_json(),
-                           "test_rows": len(records)})
-        mlflow.log_metrics({f"{t}.{k}": v for t, m in metrics.items() for k, v in m.items()})
-        for name, m in baseline_metrics.items():
-            mlflow.log_metrics({f"baseline.{name}.{t}.{k}": v for t, mm in m.items() for k, v in mm.items()})
-        for name, fig in _figures(results, train_loss).items():
-            mlflow.log_figure(fig, f"plots/{name}")
-        sample = records[:50]
-        mlflow.log_table({k: [r[k] for r in sample] for k in ("uid", "task", "prediction", "reference", "label")},
-                         artifact_file="sample_predictions.json")
-        mlflow.log_artifact(str(reports / "metrics.json"))
-        eval_run = run.info.run_id
-
-    registry = None
-    if register and train_runs:
-        registered = {}
-        for part in parts:
-            if part.name not in train_runs:
-                continue
-            tasks = EmolaModelConfig.load(part).tasks
-            total = sum(m["S_rege"] for task, m in metrics.items() if task in tasks)
-            name = cfg.evaluate.register_as if len(parts) == 1 else f"{cfg.evaluate.register_as}-{part.name}"
-            run_id = train_runs[part.name]
-            registered[part.name] = entry = register_and_maybe_promote(
-                client, name, run_id, total, test_set, {"eval_run_id": eval_run})
-            log(f"evaluate: registered {entry['name']} v{entry['version']}: "
-                f"{'now champion' if entry['champion'] else 'not promoted'} ({entry['reason']})")
-        registry = next(iter(registered.values()), None) if len(parts) == 1 else registered
+    train_runs, train_loss = training_history(uri, trainings)
+    write_reports(Path(cfg.evaluate.reports), records, metrics, results, baseline_metrics, train_loss)
+    eval_run = track(cfg, checkpoint, parts, test_set, train_runs, records, metrics, results, baseline_metrics,
+                     train_loss)
+    registry = register_parts(uri, cfg, parts, metrics, test_set, train_runs, eval_run, log) if register else None
     return {"metrics": metrics, "baselines": baseline_metrics, "eval_run_id": eval_run, "registry": registry,
             "seconds": round(time.perf_counter() - started, 1)}

@@ -52,7 +52,7 @@ def generation_batches(variants: Sequence[Variant], cfg: EmolaConfig, rows: Sequ
     empty for a model without the prior token). Rows whose image has no prior vector are
     left out, as training leaves them out.
     """
-    from emola.faces.cache import prior_vectors
+    from emola.landmarks.cache import prior_vectors
 
     shas = {r.image_sha256 for r in rows}
     cached: dict[str, dict[str, np.ndarray]] = {}  # backend key -> prior vectors (read the cache once)

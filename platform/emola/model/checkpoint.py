@@ -20,6 +20,7 @@ import copy
 import json
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -118,7 +119,10 @@ def load_checkpoint(directory: Path | str, *, dtype: torch.dtype | None = None, 
         projector.load_state_dict({k.removeprefix("prior_projector."): v for k, v in state.items()
                                    if k.startswith("prior_projector.")}, strict=True)
     if (directory / "adapter").is_dir():
-        model.llava = PeftModel.from_pretrained(llava, directory / "adapter", is_trainable=trainable)
+        with warnings.catch_warnings():   # peft probes transformers' deprecated `is_gradient_checkpointing`
+            warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated",
+                                    category=FutureWarning)
+            model.llava = PeftModel.from_pretrained(llava, directory / "adapter", is_trainable=trainable)
         if trainable:
             for module in trainable_projectors(model):
                 module.requires_grad_(True)

@@ -9,6 +9,7 @@ word embeddings stay frozen.
 from __future__ import annotations
 
 import re
+import warnings
 
 from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, get_peft_model
@@ -46,7 +47,9 @@ def apply_lora(model: EmolaForConditionalGeneration, lora: LoraConfig) -> EmolaF
     """Wrap ``model.llava`` with LoRA adapters (in place) and set what trains; returns ``model``."""
     if isinstance(model.llava, PeftModel):
         raise ValueError("LoRA is already applied")
-    model.llava = get_peft_model(model.llava, peft_config(lora))
+    with warnings.catch_warnings():   # peft probes transformers' deprecated `is_gradient_checkpointing`
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        model.llava = get_peft_model(model.llava, peft_config(lora))
     for module in trainable_projectors(model):
         module.requires_grad_(True)
     return model

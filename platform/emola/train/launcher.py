@@ -1,7 +1,7 @@
-"""The training driver: examples, the initial model, MLflow run, Ray Train + DeepSpeed, export.
-
-``run_training(cfg)`` is what ``python -m jobs.train`` calls, locally or through
-``ray job submit``. A run's name is a hash of everything that defines it (params, data,
+"""The training driver: ``run_training(cfg)`` is what ``python -m jobs.train`` calls, locally or
+through ``ray job submit``. Each model is trained by :func:`train_one` in named steps:
+``load_examples``, ``initial_model``, ``plan_stream``, ``tracking_run``, ``fit`` (Ray Train +
+DeepSpeed), ``export`` and ``log_model``. A run's name is a hash of everything that defines it (params, data,
 code), so running the same job again after a crash resumes it from its latest checkpoint,
 while any change starts a new run.
 """
@@ -20,8 +20,8 @@ from emola import preflight
 from emola.config import EmolaConfig
 from emola.config.schema import TrainConfig
 from emola.data.manifest import read_manifest
-from emola.faces.cache import prior_vectors
-from emola.faces.registry import manifest_backend_key
+from emola.landmarks.cache import prior_vectors
+from emola.landmarks.registry import manifest_backend_key
 from emola.fileio import replace_dir
 from emola.model.reference import TRAINING_FILE
 
@@ -127,24 +127,18 @@ def warm_up(model, examples: list[dict], t: TrainConfig, log=print):
     return head
 
 
-def train_one(cfg: EmolaConfig, tasks: list[str], output: Path, *, repo_root: Path, log=print) -> TrainingOutcome:
-    import mlflow
-    import ray
-    import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
+@dataclass
+class _Examples:
+    manifest: Path
+    rows: list            # the manifest's rows
+    backend_key: str      # the landmark backend their prior vectors were stored under
+    examples: list[dict]  # the rows of the run's tasks that have a prior vector, as training examples
 
-    from emola import tracking
-    from emola.model.builder import build_emola
-    from emola.model.checkpoint import save_checkpoint
-    from emola.model.processing import EmolaProcessor
-    from emola.mlflow_model import log_emola_model
-    from emola.runtime import init_ray
-    from emola.train.examples import build_examples, training_stream, weighted_examples
-    from emola.train.objective import AUX_HEAD_FILE
-    from emola.train.recipe import EXPORT_DIR, STEPS_LOG, train_loop_per_worker
 
-    started = time.perf_counter()
-    t = cfg.train
+def load_examples(cfg: EmolaConfig, tasks: list[str], log=print) -> _Examples:
+    """Step 1: the manifest's rows of ``tasks`` joined with their cached prior vectors."""
+    from emola.train.examples import build_examples
+
     check_training_inputs(cfg)
     manifest = Path(cfg.data.manifests) / "train.jsonl"
     rows = list(read_manifest(manifest))
@@ -159,75 +153,110 @@ def train_one(cfg: EmolaConfig, tasks: list[str], output: Path, *, repo_root: Pa
     if not examples.rows:
         raise preflight.JobInputError(f"no training examples for tasks {tasks} in {manifest}: no row has a prior vector "
                                       f"in {cfg.landmarks.cache} (run the landmarks stage first)")
+    return _Examples(manifest, rows, backend_key, examples.rows)
 
-    name = run_name_for(cfg, tasks, hashlib.sha256(manifest.read_bytes()).hexdigest())
-    storage = Path(t.storage_path).resolve()
-    init_dir = storage / name / "init"
-    if not (init_dir / "emola_config.json").is_file():  # a resumed run keeps its initial model and tokenizer
-        corpus = [r.answer for r in rows] + [r.question for r in rows]
-        model, processor, model_cfg = build_emola(cfg.model, profile=cfg.profile, landmark_backend=backend_key,
-                                                  tasks=tasks, corpus=corpus)
-        if model.prior_projector is not None and (cfg.model.prior_align or cfg.model.prior_standardize):
-            import numpy as np
-            import torch
 
-            model.prior_projector.fit_normalization(torch.tensor(np.array([e["prior"] for e in examples.rows])),
-                                                    standardize=cfg.model.prior_standardize)
-        head = warm_up(model, examples.rows, t, log)
-        save_checkpoint(model, processor, model_cfg, init_dir)
-        if head is not None:
-            from safetensors.torch import save_file
+def initial_model(cfg: EmolaConfig, tasks: list[str], data: _Examples, init_dir: Path, log=print) -> None:
+    """Step 2: build the initial model, fit the prior normalization, warm up the AU head, and save
+    them to ``init_dir`` (a resumed run keeps the one it started from)."""
+    from emola.model.builder import build_emola
+    from emola.model.checkpoint import save_checkpoint
+    from emola.train.objective import AUX_HEAD_FILE
 
-            save_file(head.state_dict(), init_dir / AUX_HEAD_FILE)
-        del model
+    if (init_dir / "emola_config.json").is_file():
+        return
+    corpus = [r.answer for r in data.rows] + [r.question for r in data.rows]
+    model, processor, model_cfg = build_emola(cfg.model, profile=cfg.profile, landmark_backend=data.backend_key,
+                                              tasks=tasks, corpus=corpus)
+    if model.prior_projector is not None and (cfg.model.prior_align or cfg.model.prior_standardize):
+        import numpy as np
+        import torch
+
+        model.prior_projector.fit_normalization(torch.tensor(np.array([e["prior"] for e in data.examples])),
+                                                standardize=cfg.model.prior_standardize)
+    head = warm_up(model, data.examples, cfg.train, log)
+    save_checkpoint(model, processor, model_cfg, init_dir)
+    if head is not None:
+        from safetensors.torch import save_file
+
+        save_file(head.state_dict(), init_dir / AUX_HEAD_FILE)
+
+
+@dataclass
+class _Plan:
+    stream: list[dict]       # every epoch's examples back to back
+    epoch_sizes: list[int]
+    epochs: int
+    steps_per_epoch: int
+    total_steps: int
+
+
+def plan_stream(examples: list[dict], init_dir: Path, t: TrainConfig) -> _Plan:
+    """Step 3: the run's example stream (each epoch weighted and ordered with its own seed) and its step count."""
+    from emola.model.processing import EmolaProcessor
+    from emola.train.examples import training_stream, weighted_examples
+
     processor = EmolaProcessor.load(init_dir)
-
-    world = t.num_workers
-    epoch_size = len(weighted_examples(examples.rows, t.task_weights, t.seed))
+    epoch_size = len(weighted_examples(examples, t.task_weights, t.seed))
     epochs, steps_per_epoch = epochs_to_stream(epoch_size, t)
-    stream, epoch_sizes = training_stream(examples.rows, t.task_weights,
+    stream, epoch_sizes = training_stream(examples, t.task_weights,
                                           lambda e: len(processor.example_ids(e["question"], e["answer"])[0]),
                                           t.micro_batch, t.seed, epochs, group_by_length=t.group_by_length)
-    total = min(t.max_steps or 10**12, optimizer_steps(len(stream), t))
+    return _Plan(stream, epoch_sizes, epochs, steps_per_epoch, min(t.max_steps or 10**12, optimizer_steps(len(stream), t)))
 
-    init_ray()
-    cpus = ray.cluster_resources().get("CPU", 1)
-    # Train workers leave a share of every CPU to the data pipeline: actors holding all
-    # CPUs starve Ray Data's tasks (field notes, 2-core deadlock).
-    worker_cpus = 1.0 if t.use_gpu else max(0.25, min(1.0, (cpus - 0.5) / world))
-    # One dataset for every epoch of the run (emola.train.examples.training_stream). It holds
-    # the examples, not their tensors: each worker preprocesses its own micro batches as it
-    # reads them (emola.train.recipe), so no pixel arrays travel through the object store.
-    dataset = ray.data.from_items(stream, override_num_blocks=max(world, min(len(stream) // 64, 64)))
+
+def tracking_run(cfg: EmolaConfig, tasks: list[str], name: str, plan: _Plan, backend_key: str,
+                 repo_root: Path) -> tuple[str, str]:
+    """Step 4: the MLflow run of ``name`` (the one a resumed run started, else a new one with the
+    resolved params, the git commit and the DVC data hashes); returns ``(tracking URI, run id)``."""
+    import mlflow
+
+    from emola import tracking
 
     uri = tracking.configure(repo_root)
     mlflow.set_experiment("emola-train")
     previous = mlflow.search_runs(filter_string=f"tags.ray_run_name = '{name}'", max_results=1, output_format="list")
     if previous:
-        run_id = previous[0].info.run_id
-    else:
-        with mlflow.start_run(run_name=name, tags={"ray_run_name": name, "profile": cfg.profile,
-                                                    "tasks": ",".join(tasks)}) as run:
-            run_id = run.info.run_id
-            params = tracking.flatten(cfg.model_dump())
-            params.update({"git.commit": tracking.git_commit(repo_root), "examples": str(epoch_sizes[0]),
-                           "epochs_streamed": str(epochs),
-                           "total_steps": str(total), "landmarks.backend_key": backend_key})
-            params.update(tracking.dvc_data_hashes(repo_root))
-            for start in range(0, len(params), 90):  # MLflow accepts at most 100 params per call
-                mlflow.log_params(dict(list(params.items())[start:start + 90]))
-    log(f"train: run {name}: {epoch_sizes[0]} examples x {epochs} epochs, {world} workers x micro batch {t.micro_batch} "
-        f"x accumulation {t.grad_accum}, {total} steps, ZeRO-{t.zero_stage}, {t.precision}; MLflow {uri} run {run_id}")
-    log(f"train: a line every {t.log_every} steps here; every step in {storage / name / STEPS_LOG} and MLflow")
+        return uri, previous[0].info.run_id
+    with mlflow.start_run(run_name=name, tags={"ray_run_name": name, "profile": cfg.profile,
+                                                "tasks": ",".join(tasks)}) as run:
+        params = tracking.flatten(cfg.model_dump())
+        params.update({"git.commit": tracking.git_commit(repo_root), "examples": str(plan.epoch_sizes[0]),
+                       "epochs_streamed": str(plan.epochs), "total_steps": str(plan.total_steps),
+                       "landmarks.backend_key": backend_key})
+        params.update(tracking.dvc_data_hashes(repo_root))
+        for start in range(0, len(params), 90):  # MLflow accepts at most 100 params per call
+            mlflow.log_params(dict(list(params.items())[start:start + 90]))
+        return uri, run.info.run_id
 
+
+def fit(cfg: EmolaConfig, name: str, storage: Path, plan: _Plan, init_dir: Path, uri: str, run_id: str):
+    """Step 5: the Ray Train run (Ray Data stream, DeepSpeed workers; resumes from its last checkpoint)."""
+    import ray
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from emola.runtime import init_ray
+    from emola.train.recipe import train_loop_per_worker
+
+    t = cfg.train
+    init_ray()
+    cpus = ray.cluster_resources().get("CPU", 1)
+    # Train workers leave a share of every CPU to the data pipeline: actors holding all
+    # CPUs starve Ray Data's tasks (field notes, 2-core deadlock).
+    worker_cpus = 1.0 if t.use_gpu else max(0.25, min(1.0, (cpus - 0.5) / t.num_workers))
+    # One dataset for every epoch of the run (emola.train.examples.training_stream). It holds
+    # the examples, not their tensors: each worker preprocesses its own micro batches as it
+    # reads them (emola.train.recipe), so no pixel arrays travel through the object store.
+    dataset = ray.data.from_items(plan.stream, override_num_blocks=max(t.num_workers, min(len(plan.stream) // 64, 64)))
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"params": cfg.model_dump(), "init_dir": str(init_dir), "total_steps": total,
-                           "steps_per_epoch": steps_per_epoch,
+        train_loop_config={"params": cfg.model_dump(), "init_dir": str(init_dir), "total_steps": plan.total_steps,
+                           "steps_per_epoch": plan.steps_per_epoch,
                            "mlflow_run_id": run_id, "tracking_uri": uri,
                            "threads_per_worker": max(1, int(worker_cpus)) if not t.use_gpu else 4},
         datasets={"train": dataset},
-        scaling_config=ray.train.ScalingConfig(num_workers=world, use_gpu=t.use_gpu,
+        scaling_config=ray.train.ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
                                                resources_per_worker={"CPU": worker_cpus}),
         run_config=ray.train.RunConfig(
             name=name, storage_path=str(storage),
@@ -238,7 +267,13 @@ def train_one(cfg: EmolaConfig, tasks: list[str], output: Path, *, repo_root: Pa
         ),
         torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
     )
-    result = trainer.fit()
+    return trainer.fit()
+
+
+def export(result, name: str, output: Path, total: int, tasks: list[str], uri: str, run_id: str) -> dict:
+    """Step 6: the final checkpoint's exported model to ``output`` (atomically) with its ``training.json``."""
+    from emola.train.recipe import EXPORT_DIR
+
     if result.checkpoint is None:
         raise RuntimeError(f"training run {name} reported no checkpoint")
     with result.checkpoint.as_directory() as directory:
@@ -253,11 +288,40 @@ def train_one(cfg: EmolaConfig, tasks: list[str], output: Path, *, repo_root: Pa
         "mlflow_run_id": run_id, "tracking_uri": uri, "ray_run_name": name, "steps": state["step"],
         "final_loss": state["loss"], "tasks": tasks}, indent=2) + "\n")
     replace_dir(staging, output)
+    return state
+
+
+def log_model(output: Path, data: _Examples, tasks: list[str], run_id: str, state: dict) -> None:
+    """Step 7: the exported model as an MLflow model in the training run (one training face as its input example)."""
+    import mlflow
+
+    from emola.mlflow_model import log_emola_model
 
     with mlflow.start_run(run_id=run_id):
-        # An MLflow model holding the checkpoint: pyfunc-loadable and servable; one training face is its input example.
-        log_emola_model(output, example_image=next((r.image_path() for r in rows if r.task in tasks), None))
+        log_emola_model(output, example_image=next((r.image_path() for r in data.rows if r.task in tasks), None))
         mlflow.log_metric("final_loss", state["loss"], step=state["step"])
+
+
+def train_one(cfg: EmolaConfig, tasks: list[str], output: Path, *, repo_root: Path, log=print) -> TrainingOutcome:
+    """Train one model on ``tasks`` and export it to ``output``: the steps above, in order."""
+    from emola.train.recipe import STEPS_LOG
+
+    started = time.perf_counter()
+    t = cfg.train
+    data = load_examples(cfg, tasks, log)
+    name = run_name_for(cfg, tasks, hashlib.sha256(data.manifest.read_bytes()).hexdigest())
+    storage = Path(t.storage_path).resolve()
+    init_dir = storage / name / "init"
+    initial_model(cfg, tasks, data, init_dir, log)
+    plan = plan_stream(data.examples, init_dir, t)
+    uri, run_id = tracking_run(cfg, tasks, name, plan, data.backend_key, repo_root)
+    log(f"train: run {name}: {plan.epoch_sizes[0]} examples x {plan.epochs} epochs, {t.num_workers} workers x micro "
+        f"batch {t.micro_batch} x accumulation {t.grad_accum}, {plan.total_steps} steps, ZeRO-{t.zero_stage}, "
+        f"{t.precision}; MLflow {uri} run {run_id}")
+    log(f"train: a line every {t.log_every} steps here; every step in {storage / name / STEPS_LOG} and MLflow")
+    result = fit(cfg, name, storage, plan, init_dir, uri, run_id)
+    state = export(result, name, output, plan.total_steps, tasks, uri, run_id)
+    log_model(output, data, tasks, run_id, state)
     seconds = time.perf_counter() - started
     log(f"train: exported {output} after {state['step']} steps (final loss {state['loss']:.4f}) in {seconds:.0f} s")
     return TrainingOutcome(output, name, run_id, state["step"], state["loss"], seconds,

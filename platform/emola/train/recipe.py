@@ -12,6 +12,7 @@ half-written one. Rank 0 logs per-step metrics to MLflow and prints a progress l
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -67,6 +68,8 @@ class TrainingRecipe:
 
         context = ray.train.get_context()
         self.rank, self.world = context.get_world_rank(), context.get_world_size()
+        # Ray Train logs two INFO lines per checkpoint and rank; the run's own lines say what matters.
+        logging.getLogger("ray.train").setLevel(logging.WARNING)
         # Ray Train already created the process group; DeepSpeed reuses it.
         deepspeed.init_distributed(dist_backend="nccl" if self.train_cfg.use_gpu else "gloo")
         torch.manual_seed(self.train_cfg.seed)

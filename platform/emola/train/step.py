@@ -23,6 +23,7 @@ Packing (``train.packing``) happens in the data path (:func:`emola.train.example
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from functools import partial
 
@@ -147,6 +148,8 @@ class TrainStep:
 
             groups = parameter_groups(objective, cfg)
             optimizer = torch.optim.AdamW(groups, fused=True) if cfg.fused_adam else None
+            # DeepSpeed's ZeRO gathers call torch's deprecated all_gather_into_tensor name at every step.
+            warnings.filterwarnings("ignore", message=r".*all_gather_into_tensor.* is deprecated", category=FutureWarning)
             self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
                 model=objective, optimizer=optimizer, model_parameters=None if optimizer else groups,
                 config=deepspeed_config(cfg, use_cpu=not cfg.use_gpu, client_optimizer=optimizer is not None),

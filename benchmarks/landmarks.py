@@ -1,6 +1,6 @@
 """Landmark job throughput: Ray Data actor pool vs a plain loop, and incremental re-runs.
 
-    python benchmarks/preprocess.py [--images 300] [--actors 2]     # -> benchmarks/results/preprocess.json
+    python benchmarks/landmarks.py [--images 300] [--actors 2]     # -> benchmarks/results/landmarks.json
 
 1. dlib-68 over ``--images`` distinct face photos (variants of the real photos shipped
    in installed packages: crops, flips, brightness), run (a) as a plain single-process
@@ -27,7 +27,7 @@ from harness import write_results  # noqa: E402  (also puts the package on the p
 
 from emola.config import load_config  # noqa: E402
 from emola.data.manifest import ManifestRow  # noqa: E402
-from emola.faces.pipeline import run_landmark_job  # noqa: E402
+from emola.landmarks.pipeline import run_landmark_job  # noqa: E402
 from emola.fileio import atomic_write_lines  # noqa: E402
 from emola.imaging import sha256_bytes  # noqa: E402
 
@@ -74,7 +74,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=300)
     parser.add_argument("--actors", type=int, default=2)
-    parser.add_argument("--out", help="results file (default benchmarks/results/preprocess.json)")
+    parser.add_argument("--out", help="results file (default benchmarks/results/landmarks.json)")
     args = parser.parse_args()
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     from emola.runtime import init_ray
@@ -131,7 +131,7 @@ def main() -> None:
         print(f"   ratio full / re-run: {ray_s / rerun_s:.1f}x")
         results["incremental"] = {"full_s": round(ray_s, 2), "rerun_s": round(rerun_s, 2),
                                   "processed": s2["processed"], "images": s2["images"]}
-    write_results("preprocess", results, args.out)
+    write_results("landmarks", results, args.out)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The face deployment: detection, landmarks and the prior vector of the largest face.
 
 The backend is the one whose prior vectors match the checkpoint's training data
-(:func:`emola.faces.registry.inference_backend_name`). When ``serve.landmark_cache`` is set,
+(:func:`emola.landmarks.registry.inference_backend_name`). When ``serve.landmark_cache`` is set,
 an image whose content hash is in the cache under the checkpoint's own backend key gets
 exactly the landmarks it was trained or evaluated with (FABA-Synth's annotated faces,
 which no detector finds, are served this way); other images go to the live backend.
@@ -20,7 +20,7 @@ def _cached_results(cache_root: str | None, backend_key: str) -> dict[str, dict]
     """``sha256 -> face`` for every ok row of the cache under ``backend_key``."""
     if not cache_root or not Path(cache_root).is_dir():
         return {}
-    from emola.faces.cache import LandmarkCache
+    from emola.landmarks.cache import LandmarkCache
 
     table = LandmarkCache(cache_root).read_ok(backend_key)
     faces = {}
@@ -32,12 +32,12 @@ def _cached_results(cache_root: str | None, backend_key: str) -> dict[str, dict]
     return faces
 
 
-@serve.deployment(name="FaceDetector")
-class FaceDetector:
+@serve.deployment(name="LandmarkDetector")
+class LandmarkDetector:
     def __init__(self, checkpoints: list[str], landmarks: dict, landmark_cache: str | None):
         """``checkpoints``: every served model; they must read priors of one landmark backend."""
         from emola.config.schema import LandmarksConfig
-        from emola.faces.registry import build_backend, inference_backend_name
+        from emola.landmarks.registry import build_backend, inference_backend_name
         from emola.model.configuration import EmolaModelConfig
         from emola.model.reference import resolve_checkpoint
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from emola.faces.annotation import AnnotationBackend
-from emola.faces.backend import normalize_points
-from emola.faces.dlib68 import Dlib68Backend
+from emola.landmarks.annotation import AnnotationBackend
+from emola.landmarks.backend import normalize_points
+from emola.landmarks.dlib68 import Dlib68Backend
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +111,7 @@ def _reference(blob, w, b):
 def test_paper_mode_is_the_published_preprocessing(tmp_path, real_photos):
     import cv2
 
-    from emola.faces.insightface106 import InsightFace106Backend
+    from emola.landmarks.insightface106 import InsightFace106Backend
 
     w, b = _landmark_graph(tmp_path / "2d106det.onnx")
     backend = InsightFace106Backend(str(tmp_path / "2d106det.onnx"), "paper")
@@ -129,7 +129,7 @@ def test_paper_mode_is_the_published_preprocessing(tmp_path, real_photos):
 
 
 def test_aligned_mode_crops_like_insightface_and_maps_points_back(tmp_path, real_photos):
-    from emola.faces.insightface106 import InsightFace106Backend
+    from emola.landmarks.insightface106 import InsightFace106Backend
 
     # Zero weights: the output is tanh(bias), so every point's crop position is known.
     bias = np.zeros(212, np.float32)
@@ -149,7 +149,7 @@ def test_aligned_mode_crops_like_insightface_and_maps_points_back(tmp_path, real
 
 
 def test_missing_model_says_what_to_download(tmp_path, monkeypatch):
-    from emola.faces.insightface106 import InsightFace106Backend
+    from emola.landmarks.insightface106 import InsightFace106Backend
 
     monkeypatch.delenv("EMOLA_INSIGHTFACE_MODEL", raising=False)
     with pytest.raises(FileNotFoundError) as err:
@@ -159,7 +159,7 @@ def test_missing_model_says_what_to_download(tmp_path, monkeypatch):
 
 
 def test_environment_variable_names_the_model(tmp_path, monkeypatch):
-    from emola.faces.insightface106 import InsightFace106Backend
+    from emola.landmarks.insightface106 import InsightFace106Backend
 
     _landmark_graph(tmp_path / "env.onnx")
     monkeypatch.setenv("EMOLA_INSIGHTFACE_MODEL", str(tmp_path / "env.onnx"))
@@ -170,7 +170,7 @@ def test_wrong_graph_signature_is_rejected(tmp_path):
     import onnx
     from onnx import TensorProto, helper
 
-    from emola.faces.insightface106 import InsightFace106Backend
+    from emola.landmarks.insightface106 import InsightFace106Backend
 
     graph = helper.make_graph([helper.make_node("Identity", ["data"], ["out"])], "g",
                               [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 3, 112, 112])],

@@ -1,18 +1,17 @@
 """Stage ``landmarks``: landmarks and prior vectors of every manifest image, on Ray Data.
 
-    python -m jobs.preprocess [--params params.yaml] [landmarks.backend=dlib-68 ...]
+    python -m jobs.landmarks [--params params.yaml] [landmarks.backend=dlib-68 ...]
 
 Runs on a local Ray instance, or on the cluster named by RAY_ADDRESS (``ray job submit``).
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 from emola import preflight
-from emola.faces.pipeline import run_landmark_job
+from emola.landmarks.pipeline import run_landmark_job
 from jobs.common import parse_job_args
 
 
@@ -27,8 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     except preflight.JobInputError as err:
         print(f"landmarks: error: {err}", file=sys.stderr)
         return 2
-    summary = run_landmark_job(manifests, cfg.landmarks, max_pixels=cfg.data.max_image_pixels)
-    print(json.dumps(summary, indent=2))
+    run_landmark_job(manifests, cfg.landmarks, max_pixels=cfg.data.max_image_pixels)
+    print(f"landmarks: summary in {Path(cfg.landmarks.cache) / 'summary.json'}")
     return 0
 
 

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from emola.faces.backend import FaceResult
+from emola.landmarks.backend import FaceResult
 
 SCHEMA = pa.schema([
     ("key", pa.string()),

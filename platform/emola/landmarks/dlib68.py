@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emola.faces.backend import Face, FaceResult, LandmarkBackend, normalize_points, order_faces
+from emola.landmarks.backend import Face, FaceResult, LandmarkBackend, normalize_points, order_faces
 
 
 def predictor_path() -> Path:
@@ -30,7 +30,7 @@ class Dlib68Backend(LandmarkBackend):
 
     Images whose shorter side is under ``upsample_below`` pixels are searched once more
     at twice the size (dlib's detector misses faces under about 80 px otherwise).
-    Prior vector: 136 values, :func:`~emola.faces.backend.normalize_points` (the same
+    Prior vector: 136 values, :func:`~emola.landmarks.backend.normalize_points` (the same
     as the ``annotation`` backend's 68-point layout).
     """
 

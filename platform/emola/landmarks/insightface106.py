@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emola.faces.backend import Face, FaceResult, LandmarkBackend, bbox_of, order_faces
+from emola.landmarks.backend import Face, FaceResult, LandmarkBackend, bbox_of, order_faces
 
 INPUT_SIZE = 192
 MODEL_ENV = "EMOLA_INSIGHTFACE_MODEL"
@@ -85,7 +85,7 @@ class InsightFace106Backend(LandmarkBackend):
         self.mean, self.std = _input_normalization(self.model_path)
         self._detector = None
         if mode == "aligned":
-            from emola.faces.dlib68 import Dlib68Backend
+            from emola.landmarks.dlib68 import Dlib68Backend
 
             self._detector = Dlib68Backend()
 

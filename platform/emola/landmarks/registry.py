@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from emola.config import LandmarksConfig
-from emola.faces.backend import LandmarkBackend
+from emola.landmarks.backend import LandmarkBackend
 
 BACKENDS = ("annotation", "dlib-68", "insightface-2d106")
 _LAYOUT_POINTS = {"ibug68": 68, "insightface106": 106}
@@ -49,15 +49,15 @@ def build_backend(cfg: LandmarksConfig | None = None, *, name: str | None = None
     """
     name = name or (cfg.backend if cfg else None)
     if name == "annotation":
-        from emola.faces.annotation import AnnotationBackend
+        from emola.landmarks.annotation import AnnotationBackend
 
         return AnnotationBackend(annotation_points)
     if name == "dlib-68":
-        from emola.faces.dlib68 import Dlib68Backend
+        from emola.landmarks.dlib68 import Dlib68Backend
 
         return Dlib68Backend()
     if name == "insightface-2d106":
-        from emola.faces.insightface106 import InsightFace106Backend
+        from emola.landmarks.insightface106 import InsightFace106Backend
 
         insight = cfg.insightface if cfg else None
         return InsightFace106Backend(insight.model_path if insight else None, insight.mode if insight else "paper")

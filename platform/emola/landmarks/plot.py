@@ -6,7 +6,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from emola.faces.backend import FaceResult
+from emola.landmarks.backend import FaceResult
 
 
 def draw_faces(image: Image.Image, result: FaceResult) -> Image.Image:

@@ -13,9 +13,9 @@ from PIL import Image
 
 from emola.config import load_config
 from emola.data.manifest import ManifestRow
-from emola.faces.cache import LandmarkCache
-from emola.faces.cache import prior_vectors
-from emola.faces.pipeline import run_landmark_job
+from emola.landmarks.cache import LandmarkCache
+from emola.landmarks.cache import prior_vectors
+from emola.landmarks.pipeline import run_landmark_job
 from emola.fileio import atomic_write_lines
 from emola.imaging import sha256_bytes
 
@@ -141,7 +141,7 @@ def test_an_interrupted_write_leaves_the_cache_as_it_was(repo_root, synth_releas
     run_landmark_job([manifest], cfg, use_ray=False)
     before = sorted(p.name for p in (tmp_path / "cache").iterdir())
 
-    import emola.faces.cache as cache_module
+    import emola.landmarks.cache as cache_module
 
     def crash(table, path, **kwargs):
         open(path, "wb").write(b"PAR1 half")

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from emola.faces.backend import Face, FaceResult, LandmarkBackend, bbox_of, normalize_points
+from emola.landmarks.backend import Face, FaceResult, LandmarkBackend, bbox_of, normalize_points
 
 
 class AnnotationBackend(LandmarkBackend):
@@ -15,7 +15,7 @@ class AnnotationBackend(LandmarkBackend):
     Two layouts, told apart by the point count of the file:
 
     - 68 points: image pixels (FABA-Synth, AffectNet). Prior vector: 136 values,
-      :func:`~emola.faces.backend.normalize_points`, the same as ``dlib-68``.
+      :func:`~emola.landmarks.backend.normalize_points`, the same as ``dlib-68``.
     - 106 points: the published FABA-Instruct files, which hold InsightFace 2d106det's raw
       output (212 values in [-1, 1] of the 192 px network input). Prior vector: those 212
       values unchanged, exactly what published EmoLA checkpoints were trained on; the
