@@ -6,14 +6,12 @@ a machine-readable code, so the ingress answers a JSON 4xx and never a 500 for b
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 from dataclasses import dataclass
 
 import numpy as np
 
-from emola.imaging import ImageProblem, decode_image, sha256_bytes
+from emola.imaging import ImageProblem, decode_base64, decode_image, sha256_bytes
 
 #: ImageProblem codes -> HTTP status. A too-large image is 413 like a too-large body.
 _IMAGE_STATUS = {"empty": 400, "not_image": 415, "corrupt": 422, "too_large": 413, "missing": 400}
@@ -52,11 +50,9 @@ def decode_upload(data: bytes, max_pixels: int, what: str = "image") -> DecodedI
 
 def b64_bytes(text: str, what: str = "image") -> bytes:
     """Strict base64 (standard alphabet, padding optional; whitespace ignored)."""
-    cleaned = re.sub(r"\s+", "", text)
-    cleaned += "=" * (-len(cleaned) % 4)
     try:
-        return base64.b64decode(cleaned, validate=True)
-    except (binascii.Error, ValueError):
+        return decode_base64(text)
+    except ValueError:
         raise RequestError(400, "bad_base64", f"{what}: not valid base64") from None
 
 

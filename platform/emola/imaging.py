@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import io
+import re
 import warnings
 from pathlib import Path
 
@@ -24,6 +27,15 @@ class ImageProblem(ValueError):
     def status(self) -> str:
         """The result status every stage reports for it: ``too_large`` or ``unreadable``."""
         return "too_large" if self.code == "too_large" else "unreadable"
+
+
+def decode_base64(text: str) -> bytes:
+    """Strict base64 (standard alphabet, padding optional, whitespace ignored); ``ValueError`` otherwise."""
+    cleaned = re.sub(r"\s+", "", text)
+    try:
+        return base64.b64decode(cleaned + "=" * (-len(cleaned) % 4), validate=True)
+    except binascii.Error as err:
+        raise ValueError(f"not valid base64: {err}") from None
 
 
 def sha256_bytes(data: bytes) -> str:

@@ -12,13 +12,13 @@ generated in one continuous batch of the inference engine.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 from pathlib import Path
 
 import pandas as pd
+from mlflow.pyfunc import PythonModel
 
+from emola.imaging import decode_base64
 from emola.labels import EVAL_QUESTIONS
 from emola.mlflow_model import OUTPUT_COLUMNS
 from emola.model.reference import CHECKPOINT_ARTIFACT
@@ -50,9 +50,8 @@ def image_of(value) -> bytes | Path:
         except OSError:
             pass
     try:
-        cleaned = re.sub(r"\s+", "", text)
-        return base64.b64decode(cleaned + "=" * (-len(cleaned) % 4), validate=True)
-    except (binascii.Error, ValueError):
+        return decode_base64(text)
+    except ValueError:
         pass
     if len(text) < 4096 and ("/" in text or "." in text):
         raise RowProblem("missing", f"no such image file: {text}")
@@ -79,14 +78,13 @@ def predict_frame(analyzer, frame: pd.DataFrame, generation=None) -> pd.DataFram
         question = _cell(frame, "question", i)
         try:
             if task not in EVAL_QUESTIONS:
-                raise RowProblem("bad_input", f"row {i}: task {task!r} is not one of {sorted(EVAL_QUESTIONS)}")
+                raise RowProblem("bad_input", f"task {task!r} is not one of {sorted(EVAL_QUESTIONS)}")
             if question is not None and not isinstance(question, str):
-                raise RowProblem("bad_input", f"row {i}: question must be text")
+                raise RowProblem("bad_input", "question must be text")
             image = image_of(_cell(frame, "image", i))
         except RowProblem as err:
-            reason = str(err) if str(err).startswith("row ") else f"row {i}: {err}"
             rows[i] = {**dict.fromkeys(OUTPUT_COLUMNS), "task": task if isinstance(task, str) else str(task),
-                       "status": err.status, "reason": reason}
+                       "status": err.status, "reason": f"row {i}: {err}"}
             continue
         by_task.setdefault(task, []).append((i, image, question or EVAL_QUESTIONS[task]))
     for task, items in by_task.items():
@@ -101,12 +99,6 @@ def _with_generation(analyzer, generation):
     from emola.analyzer import Analyzer
 
     return Analyzer(analyzer.engine, analyzer.config, analyzer.backend, generation, analyzer.max_pixels)
-
-
-try:
-    from mlflow.pyfunc import PythonModel
-except ImportError:  # pragma: no cover - mlflow is a dependency; this keeps the module importable without it
-    PythonModel = object
 
 
 class EmolaPyfunc(PythonModel):

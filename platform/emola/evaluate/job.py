@@ -5,15 +5,7 @@ model, its prior-token ablation and the baselines generated in one pass,
 :mod:`emola.evaluate.replicas`, and scored each as a Ray task); ``training_history``;
 ``write_reports`` (:mod:`emola.evaluate.report`); ``track`` (MLflow); ``register_parts``.
 
-Outputs under ``evaluate.reports``:
-
-    metrics.json            DVC metrics: emotion.S_re/S_ge/S_rege and au.S_re/S_ge/S_rege
-    predictions.jsonl       one line per test sample (``emola rege`` reads it)
-    details.json            per-class accuracy, confusion matrix, per-AU P/R/F1, rouge-score
-    baselines.json          the same six numbers for prior_off, the untrained model and any --baseline
-    plots/confusion.csv     actual,predicted (DVC confusion plot)
-    plots/per_au_f1.csv     au,f1
-    plots/train_loss.csv    step,loss from the training run in MLflow (step,loss,model: one model per task)
+Its outputs under ``evaluate.reports`` are listed in :mod:`emola.evaluate.report`.
 """
 
 from __future__ import annotations

@@ -20,11 +20,12 @@ import pyarrow as pa
 
 from emola.config import LandmarksConfig
 from emola.data.manifest import ManifestRow, read_manifest
+from emola.fileio import atomic_write_lines
+from emola.imaging import ImageProblem, read_image_file
 from emola.landmarks.backend import FaceResult, LandmarkBackend
 from emola.landmarks.cache import LandmarkCache, cache_key, result_rows
 from emola.landmarks.registry import annotation_points, build_backend
-from emola.fileio import atomic_write_lines
-from emola.imaging import ImageProblem, read_image_file
+
 
 @dataclass(frozen=True)
 class ImageTask:
