@@ -37,6 +37,7 @@ import sys
 import threading
 import time
 import traceback
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -152,6 +153,7 @@ def closed_loop(engine, requests, concurrency: int) -> dict:
             done.release()
 
     pending = list(requests)
+    prefills, steps = engine.prefills, engine.steps
     sync()
     started = time.perf_counter()
     for _ in range(min(concurrency, len(pending))):
@@ -171,7 +173,8 @@ def closed_loop(engine, requests, concurrency: int) -> dict:
         raise errors[0]
     tokens = sum(len(f.token_ids) for f in finished)
     row = {"concurrency": concurrency, "requests": len(requests), "tokens": tokens, "seconds": round(elapsed, 3),
-           "overall_tokens_per_s": round(tokens / elapsed, 1)}
+           "overall_tokens_per_s": round(tokens / elapsed, 1), "prefills": engine.prefills - prefills,
+           "decode_steps": engine.steps - steps}
     if first_replacement and last_submission and last_submission > first_replacement:
         window = [t for t in stamps if first_replacement <= t <= last_submission]
         row["steady_seconds"] = round(last_submission - first_replacement, 3)
@@ -251,6 +254,79 @@ def engine_ms_per_token(engine, s: dict, tokens: int) -> float:
     return 1e3 * min(times[1] - times[0], times[3] - times[2]) / (tokens - 1)
 
 
+@contextmanager
+def eager_prefill(engine):
+    """The engine with prefill at each prompt's own length, eagerly (no prefill or vision graphs)."""
+    kept = engine.decoder.prefill_bucket, engine._image_graphs
+    engine.decoder.prefill_bucket, engine._image_graphs = None, None
+    try:
+        yield engine
+    finally:
+        engine.decoder.prefill_bucket, engine._image_graphs = kept
+
+
+@contextmanager
+def unfused_kernels(engine):
+    """The decoder as it was before its kernels were fused (RMSNorm as eight operations, RoPE once for q and
+    once for k, residual additions apart from their matrix products), with graphs of its own."""
+    import types
+
+    import emola.engine.decoder as module
+    from emola.engine.graphs import ShapeGraphs
+
+    decoder = engine.decoder
+
+    def rms(self, x, weight):
+        x32 = x.to(torch.float32)
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return weight * x32.to(x.dtype)
+
+    def qkv(self, fused, cos, sin):
+        d, h, kv = self.head_dim, self.heads, self.kv_heads
+        q, k, v = fused.split([h * d, kv * d, kv * d], dim=-1)
+        q, k, v = q.unflatten(-1, (h, d)), k.unflatten(-1, (kv, d)), v.unflatten(-1, (kv, d))
+        return self._rope(q, cos, sin), self._rope(k, cos, sin), v
+
+    fused_apply = module._apply
+
+    def apply(x, p, residual=None):
+        out = fused_apply(x, p)
+        return out if residual is None else residual + out
+
+    kept = decoder._graphs, decoder._pool, decoder._prefill_graphs
+    decoder._rms, decoder._qkv, module._apply = types.MethodType(rms, decoder), types.MethodType(qkv, decoder), apply
+    if decoder.use_graphs:
+        decoder._graphs, decoder._pool = {}, torch.cuda.graph_pool_handle()
+        if decoder._prefill_graphs is not None:
+            decoder._prefill_graphs = ShapeGraphs(decoder._prefill_body, decoder._pool)
+    try:
+        yield engine
+    finally:
+        del decoder._rms, decoder._qkv
+        module._apply = fused_apply
+        decoder._graphs, decoder._pool, decoder._prefill_graphs = kept
+
+
+def warm_up(engine, log) -> dict:
+    """Capture the engine's graphs; a capture that fails leaves that part eager (and says so)."""
+    errors = {}
+    for _ in range(3):
+        try:
+            return {**engine.warm_up(), **errors}
+        except Exception as err:  # noqa: BLE001 - measure what works rather than nothing
+            message = f"{type(err).__name__}: {err}"[:1000]
+            torch.cuda.synchronize()
+            if engine._image_graphs is not None:
+                errors["vision_graphs_error"], engine._image_graphs = message, None
+            elif engine.decoder._prefill_graphs is not None:
+                errors["prefill_graphs_error"], engine.decoder._prefill_graphs = message, None
+            else:
+                errors["decode_graphs_error"] = message
+                engine.decoder.use_graphs, engine.decoder._graphs = False, {}
+            log(f"graph capture FAILED ({message[:200]}): that part stays eager")
+    return errors
+
+
 def inference(dry_run: bool, log, baseline: bool = True) -> dict:
     from emola.config.schema import InferenceConfig
     from emola.engine import GenerationRequest, InferenceEngine
@@ -265,7 +341,7 @@ def inference(dry_run: bool, log, baseline: bool = True) -> dict:
             f"{result['hf_generate_unmerged_ms_per_token']:.1f} ms/token")
     cfg = InferenceConfig(device=s["device"], merge_lora=True, max_batch=max(s["concurrency"]),
                           max_context=s["context"], max_prefill_tokens=8192, length_bucket=128 if not dry_run else 32,
-                          cuda_graphs=True, decode_attention="matmul")
+                          cuda_graphs=True, decode_attention="sdpa", prefill_bucket=64 if not dry_run else 16)
     if dry_run:   # the merge alone: the same engine without merging
         unmerged = InferenceEngine(build(s, dry_run), cfg.model_copy(update={"merge_lora": False}), eos_token_id=EOS,
                                    pad_token_id=PAD)
@@ -276,48 +352,41 @@ def inference(dry_run: bool, log, baseline: bool = True) -> dict:
     engine = InferenceEngine(model, cfg, eos_token_id=EOS, pad_token_id=PAD)
     result["load_merge_s"] = round(time.perf_counter() - started, 2)
     started = time.perf_counter()
-    try:
-        result["graphs"] = engine.decoder.warm_up()
-    except Exception as err:  # noqa: BLE001 - measure the eager decoder rather than nothing
-        result["graphs_error"] = f"{type(err).__name__}: {err}"[:1000]
-        log(f"CUDA graph capture FAILED ({result['graphs_error'][:200]}); measuring the eager decoder")
-        engine.decoder.use_graphs, engine.decoder._graphs, result["graphs"] = False, {}, 0
+    result["graphs"] = warm_up(engine, log)
     result["warm_up_s"] = round(time.perf_counter() - started, 2)
-    log(f"engine: merge {result['load_merge_s']} s, {result['graphs']} decode graphs captured in "
-        f"{result['warm_up_s']} s")
-    # Where a step's time goes: decode steps by batch size for both attention kernels, and prefill.
+    log(f"engine: merge {result['load_merge_s']} s, graphs {result['graphs']} captured in {result['warm_up_s']} s")
+    # Where a step's time goes: decode steps by batch size, and prefill with and without graphs.
     span = min(s["context"], 768)
     sizes = [1, 8, 32, 64] if not dry_run else [1, 8]
-    profile = {"span": span, "matmul": decode_profile(engine, sizes, span)}
-    decoder = engine.decoder
-    kept = decoder._graphs, decoder._pool   # graphs are never destroyed: the other kernel's get a pool of their own
-    decoder.attention, decoder._graphs = "sdpa", {}
-    if decoder.use_graphs:
-        decoder._pool = torch.cuda.graph_pool_handle()
+    profile = {"span": span, "decode_ms": decode_profile(engine, sizes, span)}
+    with eager_prefill(engine):
+        profile["prefill_eager_ms"] = {n: prefill_ms(engine, s, n) for n in (1, 8)}
+    profile["prefill_ms"] = {n: prefill_ms(engine, s, n) for n in (1, 8)}
     try:
-        profile["sdpa"] = decode_profile(engine, sizes, span)
+        with unfused_kernels(engine):
+            profile["decode_ms_unfused"] = decode_profile(engine, sizes, span)
+            profile["prefill_ms_unfused"] = {n: prefill_ms(engine, s, n) for n in (1, 8)}
     except Exception as err:  # noqa: BLE001
-        profile["sdpa_error"] = f"{type(err).__name__}: {err}"[:500]
-    fastest = min(("matmul", "sdpa"), key=lambda a: profile.get(a, {}).get(sizes[-2], float("inf")))
-    if fastest == "matmul":
-        decoder.attention, (decoder._graphs, decoder._pool) = "matmul", kept
-    elif decoder.use_graphs:
-        decoder.warm_up()
-    profile["chosen"] = fastest
-    profile["prefill_ms"] = {1: prefill_ms(engine, s, 1), 8: prefill_ms(engine, s, 8)}
+        profile["unfused_error"] = f"{type(err).__name__}: {err}"[:500]
     result["profile"] = profile
-    log(f"decode step ms at span {span}: matmul {profile['matmul']}, sdpa {profile.get('sdpa', profile.get('sdpa_error'))}"
-        f"; prefill ms {profile['prefill_ms']}; using {fastest}")
+    log(f"decode step ms at span {span}: {profile['decode_ms']} ({profile.get('decode_ms_unfused')} unfused); "
+        f"prefill ms (1 and 8 prompts, vision included): {profile['prefill_ms']} with graphs "
+        f"({profile.get('prefill_ms_unfused')} unfused), {profile['prefill_eager_ms']} eager")
     result["ms_per_token_batch1"] = round(engine_ms_per_token(engine, s, 64 if not dry_run else tokens), 3)
     log(f"engine, batch 1: {result['ms_per_token_batch1']:.2f} ms/token")
     engine.start()
-    result["concurrent"] = []
-    for c in s["concurrency"]:
+
+    def loop(c: int, label: str) -> dict:
         row = closed_loop(engine, request_mix(s, 4 * c, seed=c, engine_cls=GenerationRequest), c)
-        result["concurrent"].append(row)
-        log(f"engine, {c:3d} requests in flight: {row['tokens_per_s']:8.0f} tokens/s steady "
+        log(f"engine{label}, {c:3d} requests in flight: {row['tokens_per_s']:8.0f} tokens/s steady "
             f"({row['overall_tokens_per_s']:.0f} with ramp and drain; {row['requests']} requests, {row['tokens']} "
             f"tokens, {row['seconds']} s)")
+        return row
+
+    middle = s["concurrency"][-2]
+    with eager_prefill(engine):   # the same loop with the prefill of the previous engine, side by side
+        result["concurrent_eager_prefill"] = [loop(middle, " (eager prefill)")]
+    result["concurrent"] = [loop(c, "") for c in s["concurrency"]]
     engine.stop()   # back to the offline path for the evaluate-stage run
     requests = request_mix(s, s["requests"], seed=7, engine_cls=GenerationRequest)
     sync()

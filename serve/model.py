@@ -59,7 +59,7 @@ class EmolaModel:
         self.config = EmolaModelConfig.load(self.resolved.path)
         self.engine = InferenceEngine.from_checkpoint(self.resolved.path, InferenceConfig.model_validate(inference))
         self.processor = self.engine.processor
-        self.graphs = self.engine.decoder.warm_up()   # CUDA: no request pays for graph capture
+        self.graphs = self.engine.warm_up()   # CUDA: no request pays for graph capture
         self.engine.start()
 
     def info(self) -> dict:

@@ -110,6 +110,34 @@ def test_batched_requests_equal_each_served_alone_through_few_slots(lora_model, 
     assert [g.token_ids for g in together] == alone
 
 
+def test_padded_prefill_equals_prefill_at_each_prompts_own_length(lora_model, tiny_params):
+    """prefill_bucket pads prompts to fixed widths and groups to row buckets (the shapes CUDA graphs replay):
+    the padding rows go to the scratch slot and every request's tokens stay the same."""
+    images, priors = _media(7, seed=2)
+    questions = [QUESTIONS[i % 4] for i in range(7)]
+    outputs = {}
+    for bucket in (None, 16):
+        engine = _engine(lora_model, tiny_params, max_batch=3, max_prefill_tokens=400, prefill_bucket=bucket)
+        assert engine.decoder.k_cache.shape[1] == (3 if bucket is None else 4)   # + the scratch slot
+        requests = engine.requests(questions, images, priors, _greedy(10))
+        for r, n in zip(requests, (4, 10, 6, 2, 9, 10, 7)):
+            r.max_new_tokens, r.stop_at_eos = n, False
+        outputs[bucket] = [g.token_ids for g in engine.generate(requests)]
+        # A group of three is padded to four rows, each prompt to a multiple of 16 tokens: the same logits.
+        ids = [r.prompt_ids for r in requests[:3]]
+        width = max(map(len, ids))
+        padded = torch.full((3, width), engine.pad_token_id)
+        for i, row in enumerate(ids):
+            padded[i, :len(row)] = torch.tensor(row)
+        with torch.no_grad():
+            embeds = engine.model.merge_inputs(padded, torch.stack([r.pixel_values for r in requests[:3]]),
+                                               torch.tensor(np.stack([r.prior for r in requests[:3]])))
+            outputs[(bucket, "logits")] = engine.decoder.prefill(embeds, torch.tensor(list(map(len, ids))),
+                                                                 torch.arange(3))
+    assert outputs[None] == outputs[16]
+    torch.testing.assert_close(outputs[(16, "logits")], outputs[(None, "logits")], atol=1e-5, rtol=1e-5)
+
+
 class _Recorder(Listener):
     def __init__(self, name: str, log: list):
         self.name, self.log, self.tokens = name, log, []

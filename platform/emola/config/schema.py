@@ -258,6 +258,10 @@ class InferenceConfig(Section):
     decode_attention: Literal["matmul", "sdpa"] = Field(
         description="decode-step attention over the KV cache: two matrix products (exact like transformers' "
                     "eager attention) or PyTorch's fused scaled_dot_product_attention kernel")
+    prefill_bucket: int | None = Field(
+        ge=1, description="pad prompts to a multiple of this many tokens (and a group of prompts to a row bucket) so "
+                          "that on CUDA each prefill shape, vision tower included, is captured once as a CUDA graph; "
+                          "null: prompts are prefilled at their own length, eagerly")
 
 
 # -------------------------------------------------------------------------- serve

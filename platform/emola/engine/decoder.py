@@ -16,6 +16,11 @@ is captured once as a CUDA graph and replayed: one decode step is then one launc
 ~30 kernel launches per layer from Python. The graphs share one memory pool and write
 their logits to one persistent buffer. On CPU the same code runs eagerly.
 
+With ``prefill_bucket`` set, prefill has fixed shapes too: prompts are right-padded to a
+multiple of ``prefill_bucket`` tokens and the group to a row bucket (:func:`prefill_rows`),
+the padding rows writing to a scratch slot of the cache that no request uses; on CUDA each
+(rows, width) shape is then captured once (:class:`~emola.engine.graphs.ShapeGraphs`).
+
 The weights stay those of the transformers modules: the q/k/v and gate/up projections are
 concatenated once into fused matrices, and the modules' own weights become views into
 them (no second copy). LoRA is normally merged into those weights before (the engine's
@@ -31,6 +36,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 from transformers.activations import ACT2FN
+
+from emola.engine.graphs import ShapeGraphs
 
 
 @dataclass
@@ -85,8 +92,16 @@ def _projection(modules: list[nn.Module]) -> _Projection:
     return _Projection(weight, bias, loras)
 
 
-def _apply(x: torch.Tensor, p: _Projection) -> torch.Tensor:
-    out = F.linear(x, p.weight, p.bias)
+def _apply(x: torch.Tensor, p: _Projection, residual: torch.Tensor | None = None) -> torch.Tensor:
+    """``x W^T (+ bias) (+ LoRA terms)``, plus ``residual`` when given: then one matrix product that
+    adds into the residual (``addmm``) instead of a product and a separate addition."""
+    if residual is not None and p.bias is None:
+        out = torch.addmm(residual.reshape(-1, residual.shape[-1]), x.reshape(-1, x.shape[-1]), p.weight.t())
+        out = out.view(residual.shape)
+    else:
+        out = F.linear(x, p.weight, p.bias)
+        if residual is not None:
+            out = out + residual
     for lora in p.lora:
         out[..., lora.start:lora.stop] += lora.scale * F.linear(F.linear(x.to(lora.a.dtype), lora.a), lora.b).to(out.dtype)
     return out
@@ -116,6 +131,16 @@ def round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
 
+def prefill_rows(n: int) -> int:
+    """Prompts prefilled together, rounded up to a row bucket: 1, 2, 4, 8, then multiples of 8."""
+    if n <= 8:
+        bucket = 1
+        while bucket < n:
+            bucket *= 2
+        return bucket
+    return round_up(n, 8)
+
+
 class SlotDecoder:
     """Prefill and decode for ``slots`` concurrent sequences of at most ``context`` tokens each.
 
@@ -128,10 +153,14 @@ class SlotDecoder:
         cuda_graphs: capture and replay decode steps (CUDA only).
         attention: ``matmul`` (scores and weighted sum as two matrix products, like
             transformers' eager attention) or ``sdpa`` (PyTorch's fused kernel, masked).
+        prefill_bucket: pad prompts to a multiple of this many tokens (and the group to a
+            row bucket) so prefill shapes repeat; with ``cuda_graphs`` on CUDA each shape is
+            captured once. ``None``: prompts run at their own length, eagerly.
     """
 
     def __init__(self, language_model: nn.Module, lm_head: nn.Linear, *, slots: int, context: int,
-                 length_bucket: int = 128, cuda_graphs: bool = True, attention: str = "matmul"):
+                 length_bucket: int = 128, cuda_graphs: bool = True, attention: str = "matmul",
+                 prefill_bucket: int | None = None):
         config = language_model.config
         rope_type = (getattr(config, "rope_parameters", None) or {}).get("rope_type", "default")
         if rope_type == "dynamic":
@@ -161,7 +190,10 @@ class SlotDecoder:
             positions = torch.arange(context, device=self.device)[None]
             cos, sin = language_model.rotary_emb(weight[:1], positions)   # transformers' own tables (scaling incl.)
         self.cos, self.sin = cos[0], sin[0]                                 # (context, head_dim), model dtype
-        shape = (len(self.layers), slots, self.kv_heads, context, self.head_dim)
+        self.prefill_bucket = prefill_bucket
+        self.scratch_slot = slots   # padding rows of a padded prefill write here (an extra cache row)
+        rows = slots + (1 if prefill_bucket else 0)
+        shape = (len(self.layers), rows, self.kv_heads, context, self.head_dim)
         self.k_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
         self.v_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
         # Static decode inputs and output: graphs read and write these buffers.
@@ -176,13 +208,14 @@ class SlotDecoder:
         self.use_graphs = cuda_graphs and self.device.type == "cuda"
         self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
         self._pool = torch.cuda.graph_pool_handle() if self.use_graphs else None
+        self._prefill_graphs = (ShapeGraphs(self._prefill_body, self._pool) if self.use_graphs and prefill_bucket
+                                else None)
 
     # ------------------------------------------------------------------ pieces
     def _rms(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """transformers' LlamaRMSNorm: normalize in float32, cast back, scale."""
-        x32 = x.to(torch.float32)
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return weight * x32.to(x.dtype)
+        """LlamaRMSNorm as one fused kernel (on CUDA): normalized in float32 and scaled before the one
+        rounding to the model's dtype (transformers rounds before scaling: the same in float32)."""
+        return F.rms_norm(x, (x.shape[-1],), weight, self.eps)
 
     @staticmethod
     def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -190,15 +223,17 @@ class SlotDecoder:
         rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
         return x * cos + rotated * sin
 
-    def _split_qkv(self, qkv: torch.Tensor):
-        """``(..., (heads + 2 kv_heads) * d)`` -> q ``(..., heads, d)``, k, v ``(..., kv_heads, d)``."""
+    def _qkv(self, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """``(..., (heads + 2 kv_heads) * d)`` -> q ``(..., heads, d)``, k, v ``(..., kv_heads, d)``,
+        RoPE applied to q and k together (one set of kernels for both)."""
         d, h, kv = self.head_dim, self.heads, self.kv_heads
-        q, k, v = qkv.split([h * d, kv * d, kv * d], dim=-1)
-        return q.unflatten(-1, (h, d)), k.unflatten(-1, (kv, d)), v.unflatten(-1, (kv, d))
+        qk, v = qkv.split([(h + kv) * d, kv * d], dim=-1)
+        q, k = self._rope(qk.unflatten(-1, (h + kv, d)), cos, sin).split([h, kv], dim=-2)
+        return q, k, v.unflatten(-1, (kv, d))
 
     def _mlp(self, x: torch.Tensor, layer: _Layer) -> torch.Tensor:
         gate, up = _apply(self._rms(x, layer.norm2), layer.gate_up).chunk(2, dim=-1)
-        return x + _apply(self.act(gate) * up, layer.down)
+        return _apply(self.act(gate) * up, layer.down, residual=x)
 
     def _head(self, x: torch.Tensor) -> torch.Tensor:
         return self.lm_head(self._rms(x, self.final_norm)).to(torch.float32)
@@ -212,23 +247,41 @@ class SlotDecoder:
         causal attention never lets a real token see them, and decoding overwrites their
         cache entries before reading them); ``lengths``, ``slots`` ``(n,)``.
         """
-        n, length, _ = embeds.shape
+        n, length, hidden = embeds.shape
         if length > self.context:
             raise ValueError(f"a prompt of {length} tokens exceeds the {self.context}-token context")
-        x = embeds.to(self.dtype)
+        lengths, slots = lengths.to(self.device), slots.to(self.device)
+        if self.prefill_bucket is None:
+            return self._prefill_body(embeds.to(self.dtype), lengths, slots)
+        rows, width = prefill_rows(n), min(self.context, round_up(length, self.prefill_bucket))
+        padded = torch.zeros(rows, width, hidden, dtype=self.dtype, device=self.device)
+        padded[:n, :length] = embeds
+        all_lengths = torch.ones(rows, dtype=torch.long, device=self.device)
+        all_lengths[:n] = lengths
+        all_slots = torch.full((rows,), self.scratch_slot, dtype=torch.long, device=self.device)
+        all_slots[:n] = slots
+        run = self._prefill_graphs if self._prefill_graphs is not None else self._prefill_body
+        return run(padded, all_lengths, all_slots)[:n]
+
+    def _prefill_body(self, x: torch.Tensor, lengths: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        n, length, _ = x.shape
         cos, sin = self.cos[:length][None, :, None], self.sin[:length][None, :, None]
         for index, layer in enumerate(self.layers):
-            q, k, v = self._split_qkv(_apply(self._rms(x, layer.norm1), layer.qkv))
-            q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)            # (n, L, heads, d)
+            q, k, v = self._qkv(_apply(self._rms(x, layer.norm1), layer.qkv), cos, sin)   # (n, L, heads, d)
             q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (n, heads, L, d)
             self.k_cache[index, slots, :, :length] = k
             self.v_cache[index, slots, :, :length] = v
             attn = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale,
                                                   enable_gqa=self.kv_heads != self.heads)
-            x = x + _apply(attn.transpose(1, 2).flatten(2), layer.o)
+            x = _apply(attn.transpose(1, 2).flatten(2), layer.o, residual=x)
             x = self._mlp(x, layer)
-        last = x[torch.arange(n, device=x.device), lengths.to(x.device) - 1]
+        last = x[torch.arange(n, device=x.device), lengths - 1]
         return self._head(last)
+
+    @property
+    def prefill_graphs(self) -> int:
+        """Prefill shapes captured so far."""
+        return len(self._prefill_graphs) if self._prefill_graphs is not None else 0
 
     # ------------------------------------------------------------------ decode
     def _decode_body(self, batch: int, span: int) -> None:
@@ -246,8 +299,7 @@ class SlotDecoder:
         sdpa_mask = bias.to(self.dtype) if self.attention == "sdpa" else None
         groups = self.heads // self.kv_heads
         for index, layer in enumerate(self.layers):
-            q, k, v = self._split_qkv(_apply(self._rms(x, layer.norm1), layer.qkv))
-            q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)            # (b, heads, d)
+            q, k, v = self._qkv(_apply(self._rms(x, layer.norm1), layer.qkv), cos, sin)   # (b, heads, d)
             self.k_cache[index, slots, :, positions] = k
             self.v_cache[index, slots, :, positions] = v
             keys = self.k_cache[index, :batch, :, :span]                       # (b, kv, span, d)
@@ -261,7 +313,7 @@ class SlotDecoder:
                 scores = torch.matmul(query, keys.transpose(-1, -2)).to(torch.float32) * self.scale + bias
                 weights = torch.softmax(scores, dim=-1).to(self.dtype)            # (b, kv, groups, span)
                 attn = torch.matmul(weights, values).reshape(batch, self.heads * self.head_dim)
-            x = x + _apply(attn, layer.o)
+            x = _apply(attn, layer.o, residual=x)
             x = self._mlp(x, layer)
         self.logits[:batch] = self._head(x)
 

@@ -17,6 +17,11 @@ answer does not depend on the company it generates in.
 The model is loaded with LoRA merged into the base weights (``inference.merge_lora``; the
 checkpoint on disk is unchanged): an unmerged LoRA layer costs two extra small matrix
 products per projection per token.
+
+On CUDA, decode steps replay CUDA graphs (``inference.cuda_graphs``); with
+``inference.prefill_bucket`` set, so do prefills: the vision tower for each row bucket
+and the decoder for each (rows, padded length). :meth:`InferenceEngine.warm_up` captures
+them before the first request.
 """
 
 from __future__ import annotations
@@ -30,14 +35,15 @@ import numpy as np
 import torch
 
 from emola.config.schema import PUBLISHED_GENERATION, GenerationConfig, InferenceConfig
-from emola.engine.decoder import SlotDecoder
+from emola.engine.decoder import SlotDecoder, prefill_rows, round_up
+from emola.engine.graphs import ShapeGraphs
 from emola.engine.sampling import next_tokens
 
 #: Engine settings for library use (``Analyzer``) when no params are given: 8 requests of 2,048 positions
 #: (8 GiB of KV cache at the emola-7b shape).
 DEFAULT_INFERENCE = InferenceConfig(device="auto", merge_lora=True, max_batch=8, max_context=2048,
                                     max_prefill_tokens=8192, length_bucket=128, cuda_graphs=True,
-                                    decode_attention="matmul")
+                                    decode_attention="matmul", prefill_bucket=None)
 
 
 class PromptTooLong(ValueError):
@@ -143,8 +149,11 @@ class InferenceEngine:
         self.context = min(cfg.max_context or limit, limit)
         self.decoder = SlotDecoder(llava.model.language_model, llava.lm_head, slots=cfg.max_batch,
                                    context=self.context, length_bucket=cfg.length_bucket,
-                                   cuda_graphs=cfg.cuda_graphs, attention=cfg.decode_attention)
+                                   cuda_graphs=cfg.cuda_graphs, attention=cfg.decode_attention,
+                                   prefill_bucket=cfg.prefill_bucket)
         self.num_image_tokens = llava.config.image_seq_length if model.image_token_id is not None else 0
+        self._image_graphs = (ShapeGraphs(model.image_features, self.decoder._pool)
+                              if self.decoder.use_graphs and cfg.prefill_bucket and self.num_image_tokens else None)
         self._waiting: deque[tuple[GenerationRequest, Listener]] = deque()
         self._active: list[_Running] = []
         self._lock = threading.Condition()
@@ -162,6 +171,42 @@ class InferenceEngine:
         tokenizer = processor.tokenizer
         return cls(model, cfg, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                    processor=processor)
+
+    @torch.no_grad()
+    def warm_up(self, prompt_length: int | None = None) -> dict:
+        """Capture the CUDA graphs before the first request: every decode shape, and with
+        ``prefill_bucket`` the prefill of each row bucket at ``prompt_length``'s padded width
+        (default: the image tokens, the prior token and 64 tokens of template and question).
+        Uses the idle cache slots: call before any request. Returns the graph counts (0 on CPU)."""
+        decode = self.decoder.warm_up()
+        if self.decoder._prefill_graphs is not None:
+            length = prompt_length or self.num_image_tokens + 65
+            width = min(self.context, round_up(length, self.cfg.prefill_bucket))
+            most = max(1, min(self.cfg.max_batch, self.cfg.max_prefill_tokens // width))
+            hidden = self.model.base_llava.config.text_config.hidden_size
+            for rows in sorted({prefill_rows(n) for n in range(1, most + 1)}, reverse=True):
+                n = min(rows, self.cfg.max_batch)
+                self.decoder.prefill(torch.zeros(n, width, hidden, device=self.device),
+                                     torch.full((n,), width), torch.arange(n))
+                if self._image_graphs is not None:
+                    self._image_features(torch.zeros(n, 3, *self._image_size(), device=self.device))
+            torch.cuda.synchronize(self.device)
+        return {"decode": decode, "prefill": self.decoder.prefill_graphs,
+                "vision": len(self._image_graphs) if self._image_graphs is not None else 0}
+
+    def _image_size(self) -> tuple[int, int]:
+        size = self.model.base_llava.config.vision_config.image_size
+        return size, size
+
+    def _image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The vision tower's features ``(n, image tokens, hidden)``, replayed per row bucket on CUDA."""
+        dtype = self.decoder.dtype
+        if self._image_graphs is None:
+            return self.model.image_features(pixels.to(dtype))
+        n = pixels.shape[0]
+        padded = torch.zeros(prefill_rows(n), *pixels.shape[1:], dtype=dtype, device=self.device)
+        padded[:n] = pixels
+        return self._image_graphs(padded)[:n]
 
     # ------------------------------------------------------------- requests
     def validate(self, request: GenerationRequest) -> None:
@@ -337,13 +382,14 @@ class InferenceEngine:
         ids = torch.full((len(new), width), self.pad_token_id, dtype=torch.long)
         for i, (request, _) in enumerate(new):
             ids[i, : lengths[i]] = torch.as_tensor(request.prompt_ids, dtype=torch.long)
-        pixels = priors = None
+        pixels = priors = features = None
         if new[0][0].pixel_values is not None:
             pixels = torch.stack([torch.as_tensor(r.pixel_values) for r, _ in new]).to(self.device)
+            features = self._image_features(pixels) if self._image_graphs is not None else None
         if new[0][0].prior is not None:
             priors = torch.stack([torch.as_tensor(np.asarray(r.prior), dtype=torch.float32) for r, _ in new])
             priors = priors.to(self.device)
-        embeds = self.model.merge_inputs(ids.to(self.device), pixels, priors)
+        embeds = self.model.merge_inputs(ids.to(self.device), pixels, priors, image_features=features)
         slots = torch.arange(start, start + len(new), device=self.device)
         logits = self.decoder.prefill(embeds, torch.tensor(lengths), slots)
         running = [_Running(request, listener, cached=length) for (request, listener), length in zip(new, lengths)]

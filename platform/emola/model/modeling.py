@@ -53,21 +53,24 @@ class EmolaForConditionalGeneration(nn.Module):
         return torch.stack(list(out.pooler_output))
 
     def merge_inputs(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
-                     prior: torch.Tensor | None = None) -> torch.Tensor:
+                     prior: torch.Tensor | None = None, image_features: torch.Tensor | None = None) -> torch.Tensor:
         """Token ids and media -> input embeddings ``(B, L, hidden)``.
 
         ``input_ids`` ``(B, L)`` hold, per sample, ``num_image_tokens`` ``<image>`` ids (when
         the model sees images) followed directly by one ``<prior>`` id (when it uses the
         prior); ``pixel_values`` ``(N, 3, S, S)``; ``prior`` ``(N, prior_dim)``. Usually a row
         is one sample (``N = B``); a packed row holds several, and the images and priors are
-        then given in the order their samples appear, row by row.
+        then given in the order their samples appear, row by row. ``image_features``
+        ``(N, num_image_tokens, hidden)``, when given, are used instead of running the vision
+        tower on ``pixel_values`` (the inference engine replays the tower from a CUDA graph).
         """
         embeds = self.base_llava.get_input_embeddings()(input_ids)
         image_mask = input_ids == self.image_token_id
         if image_mask.any():
-            if pixel_values is None:
+            if pixel_values is None and image_features is None:
                 raise ValueError("input_ids hold <image> tokens but no pixel_values were given")
-            features = self.image_features(pixel_values.to(embeds.dtype)).to(embeds.dtype)
+            features = (self.image_features(pixel_values.to(embeds.dtype)) if image_features is None
+                        else image_features).to(embeds.dtype)
             if image_mask.sum() != features.shape[0] * features.shape[1]:
                 raise ValueError(f"{int(image_mask.sum())} <image> tokens for {features.shape[0]}x{features.shape[1]} "
                                  "image features")
