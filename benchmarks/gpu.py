@@ -474,8 +474,11 @@ def run_variant(s: dict, dry_run: bool, name: str, overrides: dict, engine: str,
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
+    peaks = []   # after each step: checkpointing auto resets the peak at every micro batch
     for i in range(timed):
         metrics = step(batches[i % 3])
+        if torch.cuda.is_available():
+            peaks.append(torch.cuda.max_memory_allocated())
     sync()
     per_step = (time.perf_counter() - started) / timed
     tokens = float(np.mean([int(b["num_tokens"]) for b in batches]))
@@ -485,8 +488,14 @@ def run_variant(s: dict, dry_run: bool, name: str, overrides: dict, engine: str,
            "first_steps_s": round(first, 1), "loss": round(metrics.loss, 4),
            "rows_x_width": list(batches[0]["input_ids"].shape)}
     if torch.cuda.is_available():
-        row["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 1)
+        row["peak_memory_gib"] = round(max(peaks) / 2**30, 1)
         row["held_at_start_gib"] = round(held, 1)   # left by earlier variants: counted in the peak
+    if step.memory is not None:
+        m = step.memory
+        row["auto"] = {"intervals": {str(k): v for k, v in step.intervals.items()},
+                       "per_layer_kib_per_token": round(m.per_layer / 1024, 1),
+                       "other_kib_per_token": round(m.other / 1024, 1), "correction": round(m.correction, 3),
+                       "budget_gib": round(m.budget / 2**30, 1) if m.budget != float("inf") else None}
     log(f"{name:58s} {row['s_per_step']:7.3f} s/step {row['tokens_per_s']:8d} tokens/s  MFU {100 * row['mfu']:5.1f}%"
         + (f"  peak {row['peak_memory_gib']:6.1f} GiB" if "peak_memory_gib" in row else "")
         + f"  (first {warm} steps {row['first_steps_s']} s)")
@@ -538,6 +547,15 @@ def training(dry_run: bool, log, budget_s: float, only: set[str] | None = None) 
     for policy in ("none", "every_other", "every_fourth", "selective"):   # the blocks compile once for all
         plan.append((f"compiled_{policy}", f"compiled, checkpointing {policy}", {**fast, "checkpointing": policy},
                      "plain", "emotion"))
+    # Checkpointing sized to the memory: this GPU's own budget, and an H100's (its memory less 4 GiB).
+    h100 = {**fast, "checkpointing": "auto", "memory_budget_gib": 75.0 if not dry_run else 0.01}
+    plan += [("compiled_auto", "compiled, checkpointing auto (this GPU)", {**fast, "checkpointing": "auto"},
+              "plain", "emotion"),
+             ("compiled_auto_h100", "compiled, checkpointing auto (H100 budget)", h100, "plain", "emotion"),
+             ("au_auto_h100", "AU-length, checkpointing auto (H100 budget)", h100, "plain", "au"),
+             ("au_every_other", "AU-length, compiled, every other layer", {**fast, "checkpointing": "every_other"},
+              "plain", "au"),
+             ("mixed_auto_h100", "mixed lengths, checkpointing auto (H100 budget)", h100, "plain", "mixed")]
     started = time.perf_counter()
     rows, failures = [], []
 
@@ -572,6 +590,8 @@ def training(dry_run: bool, log, budget_s: float, only: set[str] | None = None) 
     # DeepSpeed last: its engine keeps memory after it is dropped, which later variants' peaks would count.
     attempt("ds_zero2", "best, DeepSpeed ZeRO-2 (fused AdamW)", {**best_overrides, "zero_stage": 2, "fused_adam": True},
             "deepspeed", "emotion")
+    attempt("ds_auto_h100", "DeepSpeed ZeRO-2, checkpointing auto (H100 budget)", {**h100, "zero_stage": 2},
+            "deepspeed", "au")
     attempt("ds_zero3", "published engine: DeepSpeed ZeRO-3, eager, all layers", {**published, "zero_stage": 3},
             "deepspeed", "emotion")
     return {"variants": rows, "failures": failures, "best": best_overrides}

@@ -113,6 +113,8 @@ def test_checkpointing_policies_keep_loss_and_gradients(tiny, tiny_params, polic
             assert flags == [True, False]   # the tiny decoder has two layers: the first recomputes
         elif name != "none":
             assert all(flags)
+        vision = trained.base_llava.model.vision_tower(batch["pixel_values"][:1]).last_hidden_state
+        assert not vision.requires_grad   # the frozen tower records nothing for the backward pass
     torch.testing.assert_close(results[policy][0], results["none"][0])
     for a, b in zip(results[policy][1], results["none"][1]):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
@@ -134,3 +136,67 @@ def test_the_plain_step_trains_and_accumulates(tiny_params, tiny_corpus):
     assert len(losses) == 8                  # one optimizer step every two micro batches
     assert losses[-1] < 0.7 * losses[0]      # it fits the batch
     assert step.emola_model is model
+
+
+def test_auto_checkpointing_recomputes_more_layers_as_micro_batches_grow():
+    from emola.train.memory import ActivationMemory, recomputed_layers
+
+    # The emola-7b shape's numbers: 32 layers, ~160 KiB per token per kept layer, 8 KiB per recomputed layer.
+    memory = ActivationMemory(layers=32, per_layer=160 * 1024, layer_input=8192, other=20 * 1024, budget=76 * 2**30,
+                              correction=1.0)
+    held = 27 * 2**30
+    chosen = [memory.choose(tokens, held) for tokens in (2_000, 11_152, 14_672, 40_000, 400_000)]
+    assert chosen == [0, 4, 2, 1, 1], chosen
+    assert [recomputed_layers(32, i) for i in (0, 4, 2, 1)] == [0, 8, 16, 32]
+    for tokens, interval in zip((2_000, 11_152, 14_672), chosen):
+        assert held + memory.estimate(tokens, interval) <= memory.budget
+    # A measured peak above the estimate raises the correction: the next choice is more frugal.
+    memory.observe(11_152, 4, held, peak=held + 1.3 * memory.estimate(11_152, 4))
+    assert memory.correction == pytest.approx(1.3) and memory.choose(11_152, held) == 2
+    memory.observe(11_152, 2, held, peak=held + 0.5 * memory.estimate(11_152, 2))   # a smaller ratio: kept
+    assert memory.correction == pytest.approx(1.3)
+    # Before any measurement the correction is 1.15; a first peak below that lowers it to what was seen.
+    fresh = ActivationMemory(layers=32, per_layer=160 * 1024, layer_input=8192, other=20 * 1024, budget=76 * 2**30)
+    fresh.observe(11_152, 4, held, peak=held + 1.02 * fresh.estimate(11_152, 4) / 1.15)
+    assert fresh.correction == pytest.approx(1.02)
+
+
+def test_the_probe_counts_what_each_layer_keeps_per_token(tiny, tiny_params):
+    from emola.train.memory import probe
+
+    model, processor = tiny
+    trained = copy.deepcopy(model).train()
+    prepare_model(trained, tiny_params.train.model_copy(update={"checkpointing": "auto", "compile": False}))
+    objective = TrainingObjective(trained)
+    measured = {}
+    for rows in (2, 4):
+        batch = _inputs(collate(_numpy_batch(processor, n=rows), pad_id=0))
+        tokens = int(batch["input_ids"].numel())
+        measured[rows] = probe(lambda: objective(**batch).loss, decoder_layers(trained), tokens, 64, 4,
+                               objective.parameters(), budget=1e9)
+    hidden = trained.base_llava.config.text_config.hidden_size
+    two, four = measured[2], measured[4]
+    assert two.per_layer >= 4 * hidden and two.other > 0   # a layer keeps several hidden-sized tensors per token
+    assert four.per_layer == pytest.approx(two.per_layer, rel=0.25)   # per token: the batch size does not matter
+    assert all(layer.gradient_checkpointing for layer in decoder_layers(trained))   # left recomputing every layer
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_auto_checkpointing_chooses_per_micro_batch_and_keeps_the_loss(tiny_params, tiny_corpus, packing):
+    from emola.train.step import TrainStep
+
+    losses = {}
+    for policy, budget in (("none", None), ("auto", None), ("auto", 1e-4)):
+        torch.manual_seed(0)
+        model, processor, _ = build_tiny(tiny_params, tiny_corpus)
+        cfg = tiny_params.train.model_copy(update={"checkpointing": policy, "memory_budget_gib": budget,
+                                                   "packing": packing, "grad_accum": 1, "compile": False})
+        step = TrainStep(model, cfg, total_steps=10, engine="plain")
+        batch = collate(_numpy_batch(processor), pad_id=0, pack_length=256 if packing else None)
+        torch.manual_seed(1)
+        losses[(policy, budget)] = step(batch).loss
+        if policy == "auto":   # no budget on the CPU: nothing recomputes; a tiny one: every layer does
+            assert step.intervals == ({0: 1} if budget is None else {1: 1}), step.intervals
+            assert step.memory.per_layer > 0
+    assert losses[("auto", None)] == pytest.approx(losses[("none", None)], abs=1e-6)
+    assert losses[("auto", 1e-4)] == pytest.approx(losses[("none", None)], abs=1e-5)

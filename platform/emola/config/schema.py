@@ -182,10 +182,15 @@ class TrainConfig(Section):
     warmup_ratio: float = Field(ge=0, lt=1)
     schedule: Literal["cosine", "linear", "constant"]
     max_length: int = Field(ge=16)
-    checkpointing: Literal["none", "all", "every_other", "every_fourth", "selective"] = Field(
+    checkpointing: Literal["none", "all", "every_other", "every_fourth", "selective", "auto"] = Field(
         description="activation checkpointing of the decoder layers: none; all (recompute every layer, published); "
                     "every_other or every_fourth layer; selective (every layer keeps its matrix-product and attention "
-                    "outputs and recomputes only the elementwise operations)")
+                    "outputs and recomputes only the elementwise operations); auto (per micro batch, the fewest "
+                    "recomputed layers whose estimated peak fits memory_budget_gib)")
+    memory_budget_gib: float | None = Field(
+        default=None, gt=0,
+        description="checkpointing auto: memory a worker's step may use; null: the GPU's memory less 4 GiB (CPU: no "
+                    "limit)")
     compile: bool = Field(description="torch.compile each decoder layer (fuses norms, RoPE, SwiGLU, LoRA scaling)")
     sparse_logits: bool = Field(
         description="apply the LM head only where a loss is taken (answer tokens); the loss is unchanged")

@@ -11,6 +11,8 @@ Preparation (:func:`prepare_model`), each a ``train`` param, measured on and off
   pass (``none``, ``all``, ``every_other``, ``every_fourth``), or ``selective``: every layer keeps its
   matrix-product and attention outputs and recomputes only the elementwise operations
   between them (norms, RoPE, SwiGLU), which are cheap to recompute and costly to keep;
+  or ``auto``: per micro batch, the fewest recomputed layers whose estimated peak fits
+  ``train.memory_budget_gib`` (:mod:`emola.train.memory`);
 - ``compile``: ``torch.compile`` of the blocks of each decoder layer (norms, attention,
   MLP), which fuses those elementwise operations (and LoRA's dropout and scaling) into few
   kernels;
@@ -31,6 +33,7 @@ import torch
 from torch import nn
 
 from emola.config.schema import TrainConfig
+from emola.train.memory import GIB, HEADROOM, ActivationMemory, probe, set_interval
 
 #: Operations whose outputs ``checkpointing: selective`` keeps (everything else is recomputed).
 _KEPT_OPS = {"mm", "addmm", "bmm", "_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
@@ -73,10 +76,14 @@ def prepare_model(model, cfg: TrainConfig) -> None:
         for layer in llava.model.vision_tower.modules():   # frozen: it builds no graph to recompute
             if hasattr(layer, "gradient_checkpointing"):
                 layer.gradient_checkpointing = False
+        # transformers also hooks every sub-model's input embeddings to require grad (for reentrant checkpointing),
+        # the vision tower's patch embedding included: the frozen tower would then record its activations and run
+        # its backward pass for nothing (about 10 GiB at the emola-7b shape, micro batch 16). Non-reentrant
+        # checkpointing needs no such hook.
+        llava.disable_input_require_grads()
         interval = {"every_other": 2, "every_fourth": 4}.get(cfg.checkpointing)
-        if interval:
-            for index, layer in enumerate(decoder_layers(model)):
-                layer.gradient_checkpointing = index % interval == 0
+        if interval:   # ("auto" switches the same flags per micro batch; it starts with every layer)
+            set_interval(decoder_layers(model), interval)
     if cfg.compile:
         # The blocks inside each layer are compiled, not the layer: the layer's checkpoint wrapper then stays
         # outside the compiled graphs (compiling through it failed in inductor's partitioner on torch 2.11).
@@ -141,6 +148,8 @@ class TrainStep:
                                       sparse_logits=cfg.sparse_logits)
         objective.train()
         self.micro = 0
+        self.memory: ActivationMemory | None = None   # checkpointing: auto, after the first micro batch's probe
+        self.intervals: dict[int, int] = {}            # micro batches per recompute interval chosen (auto)
         if engine == "deepspeed":
             if not cfg.use_gpu:
                 os.environ.setdefault("DS_ACCELERATOR", "cpu")   # before deepspeed is imported
@@ -180,10 +189,13 @@ class TrainStep:
         if self.cfg.precision == "bf16" and "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(torch.bfloat16)
         self.micro += 1
+        sized = self._size_checkpointing(inputs) if self.cfg.checkpointing == "auto" else None
         if self.engine is not None:
             loss = self.engine(**inputs).loss
             self.engine.backward(loss)
             self.engine.step()
+            if sized is not None and self.device.type == "cuda":
+                self.memory.observe(*sized, peak=torch.cuda.max_memory_allocated(self.device))
             if self.micro % self.cfg.grad_accum:
                 return None
             grad_norm = float(self.engine.get_global_grad_norm() or 0.0)
@@ -191,13 +203,64 @@ class TrainStep:
             loss = self.objective(**inputs).loss
             (loss / self.cfg.grad_accum).backward()
             if self.micro % self.cfg.grad_accum:
+                if sized is not None and self.device.type == "cuda":
+                    self.memory.observe(*sized, peak=torch.cuda.max_memory_allocated(self.device))
                 return None
             grad_norm = float(torch.nn.utils.clip_grad_norm_(
                 [p for p in self.objective.parameters() if p.requires_grad], 1.0))
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
+        if sized is not None and self.device.type == "cuda":
+            self.memory.observe(*sized, peak=torch.cuda.max_memory_allocated(self.device))
         objective = self.objective
         aux = float(objective.last_aux_loss) if objective.head is not None else None
         return StepMetrics(loss=float(loss.detach()), lm_loss=float(objective.last_lm_loss), aux_loss=aux,
                            lr=self.scheduler.get_last_lr()[0], grad_norm=grad_norm)
+
+    # ----------------------------------------------------------- checkpointing: auto
+    def _size_checkpointing(self, inputs: dict[str, torch.Tensor]) -> tuple[int, int, float]:
+        """Choose this micro batch's recompute interval (:mod:`emola.train.memory`); returns what
+        :meth:`ActivationMemory.observe` needs after the step: tokens, interval, held bytes."""
+        layers = decoder_layers(self.emola_model)
+        cuda = self.device.type == "cuda"
+        if self.memory is None:
+            self.memory = self._probe(inputs, layers)
+        held = float(torch.cuda.memory_allocated(self.device)) if cuda else 0.0
+        tokens = int(inputs["input_ids"].numel())
+        interval = self.memory.choose(tokens, held)
+        set_interval(layers, interval)
+        self.intervals[interval] = self.intervals.get(interval, 0) + 1
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+        return tokens, interval, held
+
+    def _probe(self, inputs: dict[str, torch.Tensor], layers) -> ActivationMemory:
+        model = self.emola_model
+        text = model.base_llava.config.text_config
+        budget = (self.cfg.memory_budget_gib * GIB if self.cfg.memory_budget_gib is not None
+                  else torch.cuda.get_device_properties(self.device).total_memory - HEADROOM
+                  if self.device.type == "cuda" else float("inf"))
+        small = _first_rows(inputs, 2, model)
+        return probe(lambda: self.objective(**small).loss, layers, int(small["input_ids"].numel()), text.hidden_size,
+                     model.base_llava.get_input_embeddings().weight.element_size(), self.objective.parameters(), budget)
+
+
+_ROW_KEYS = ("input_ids", "labels", "attention_mask", "position_ids", "loss_weights")
+_SAMPLE_KEYS = ("pixel_values", "prior", "au_targets", "au_mask")
+
+
+def _first_rows(inputs: dict[str, torch.Tensor], rows: int, model) -> dict[str, torch.Tensor]:
+    """The first ``rows`` rows of a collated micro batch with their samples' images, priors and AU
+    targets (a packed row holds several samples: counted by their <prior> or <image> tokens)."""
+    ids = inputs["input_ids"][:rows]
+    samples = ids.shape[0]
+    if "attention_mask" not in inputs:   # packed
+        if model.prior_token_id is not None and "prior" in inputs:
+            samples = int((ids == model.prior_token_id).sum())
+        elif model.image_token_id is not None and "pixel_values" in inputs:
+            samples = int((ids == model.image_token_id).sum()) // model.base_llava.config.image_seq_length
+    out = {k: v[:rows] for k, v in inputs.items() if k in _ROW_KEYS}
+    out.update({k: v[:samples] for k, v in inputs.items() if k in _SAMPLE_KEYS})
+    out.update({k: v for k, v in inputs.items() if k not in _ROW_KEYS and k not in _SAMPLE_KEYS})
+    return out
