@@ -285,3 +285,28 @@ def test_vision_or_prior_switched_off_runs_too(tiny_params, tiny_corpus):
     out = engine.complete(QUESTIONS[:2], None, priors, _greedy(4))
     assert len(out) == 2 and all(c.completion_tokens <= 4 for c in out)
     assert GenerationRequest(prompt_ids=[1]).max_new_tokens == 512
+
+
+def test_readout_gives_the_heads_probabilities_in_one_pass_whatever_the_question(lora_model, tiny_params):
+    from emola.model.readout import ReadoutHead
+
+    model, processor = lora_model
+    with_head = copy.deepcopy(model)
+    torch.manual_seed(4)
+    with_head.readout = ReadoutHead(with_head.base_llava.config.text_config.hidden_size)
+    reference_model = copy.deepcopy(with_head)   # LoRA unmerged: the engine's merged weights must agree
+    tok = processor.tokenizer
+    engine = InferenceEngine(with_head, tiny_params.inference.model_copy(update={"device": "cpu", "max_batch": 3}),
+                             eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, processor=processor)
+    images, priors = _media(5, seed=3)
+    requests = engine.requests(QUESTIONS + ["Q?"], images, priors, _greedy(4))
+    readouts = engine.readout(requests)   # two groups: 3 + 2
+    assert len(readouts) == 5
+    for i, (request, readout) in enumerate(zip(requests, readouts)):
+        batch = processor.generation_batch([QUESTIONS[0]], images[i:i + 1], priors[i:i + 1])
+        aus, emotions = reference_model.eval().readout_probabilities(**batch)
+        np.testing.assert_allclose(list(readout.aus.values()), aus[0].numpy(), atol=1e-5)
+        np.testing.assert_allclose(list(readout.emotions.values()), emotions[0].numpy(), atol=1e-5)
+        assert abs(sum(readout.emotions.values()) - 1) < 1e-5 and readout.emotion in readout.emotions
+    with pytest.raises(ValueError, match="no readout head"):
+        _engine(lora_model, tiny_params).readout(requests[:1])

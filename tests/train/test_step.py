@@ -36,7 +36,8 @@ def _numpy_batch(processor, n: int = 5, seed: int = 0) -> dict:
             "pixel_values": processor.pixel_values(images).numpy(),
             "prior": rng.normal(size=(n, 136)).astype(np.float32),
             "au_targets": (rng.random((n, len(AUX_AUS))) > 0.7).astype(np.float32),
-            "au_mask": np.array([1, 0, 1, 1, 0][:n])}
+            "au_mask": np.array([1, 0, 1, 1, 0][:n]),
+            "emotion_targets": np.array([-1, 2, -1, -1, 0][:n])}
 
 
 def _inputs(batch: dict) -> dict:
@@ -200,3 +201,52 @@ def test_auto_checkpointing_chooses_per_micro_batch_and_keeps_the_loss(tiny_para
             assert step.memory.per_layer > 0
     assert losses[("auto", None)] == pytest.approx(losses[("none", None)], abs=1e-6)
     assert losses[("auto", 1e-4)] == pytest.approx(losses[("none", None)], abs=1e-5)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_the_readout_loss_is_the_same_on_packed_and_padded_rows_and_the_step_trains_the_head(
+        tiny, tiny_params, tiny_corpus, sparse):
+    from emola.model.readout import ReadoutHead
+
+    model, processor = tiny
+    with_head = copy.deepcopy(model)
+    torch.manual_seed(2)
+    with_head.readout = ReadoutHead(with_head.base_llava.config.text_config.hidden_size)
+    objective = TrainingObjective(with_head, sparse_logits=sparse, readout_weight=1.0).eval()
+    batch = _numpy_batch(processor)
+    with torch.no_grad():
+        padded = objective(**_inputs(collate(batch, pad_id=0))).loss
+        readout_padded = objective.last_readout_loss
+        packed = objective(**_inputs(collate(batch, pad_id=0, pack_length=512))).loss
+        readout_packed = objective.last_readout_loss
+        objective.readout_weight = 0.0
+        plain = objective(**_inputs(collate(batch, pad_id=0))).loss
+    torch.testing.assert_close(readout_packed, readout_padded, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(packed, padded, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(padded, plain + readout_padded, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="readout head"):
+        TrainingObjective(model, readout_weight=1.0)
+    if sparse:
+        return
+    # The plain step trains the head with the model: its loss falls on a batch it sees again and again.
+    cfg = tiny_params.train.model_copy(update={"readout_weight": 1.0, "lr": 3e-3, "grad_accum": 1, "packing": True})
+    step = TrainStep(copy.deepcopy(with_head).train(), cfg, total_steps=30, engine="plain")
+    collated = collate(batch, pad_id=processor.tokenizer.pad_token_id, pack_length=512)
+    losses = []
+    for _ in range(12):
+        step(collated)
+        losses.append(float(step.objective.last_readout_loss))
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_emotion_targets_come_from_the_label_or_the_answer():
+    from emola.data.manifest import ManifestRow
+    from emola.labels import EMOTIONS
+    from emola.train.objective import emotion_target
+
+    base = dict(uid="emotion/train/1", id="1", task="emotion", split="train", root=".", image="a.png",
+                image_sha256="0" * 64, question="What emotions?")
+    assert emotion_target(ManifestRow(**base, answer="The face looks sad.", emotion="fear")) == EMOTIONS.index("fear")
+    assert emotion_target(ManifestRow(**base, answer="The face shows sadness, with lowered brows.")) == \
+        EMOTIONS.index("sadness")
+    assert emotion_target(ManifestRow(**{**base, "task": "au", "uid": "au/train/1"}, answer="AU1 is present.")) == -1

@@ -39,7 +39,8 @@ def _mlflow_run(tmp_path: Path, run_id: str):
 
 
 def test_training_run_exports_a_checkpoint_and_tracks_it_in_mlflow(small_pipeline, tmp_path):
-    overrides = small_training_overrides(small_pipeline, tmp_path, **{"train.task_weights": "{au: 2}"})
+    overrides = small_training_overrides(small_pipeline, tmp_path, **{"train.task_weights": "{au: 2}",
+                                                                        "train.readout_weight": 0.5})
     run = subprocess.run([sys.executable, "-m", "jobs.train", *overrides],
                          cwd=REPO, env=_env(tmp_path), capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
@@ -52,19 +53,23 @@ def test_training_run_exports_a_checkpoint_and_tracks_it_in_mlflow(small_pipelin
     # The AU head is a training device: the export is the EmoLA model alone.
     saved = {k for f in (tmp_path / "model").rglob("*.safetensors") for k in safe_open(f, "pt").keys()}
     assert saved and not any(k.startswith("head.") or ".head." in k for k in saved)
+    # The readout head is part of the model: trained with it and exported beside it.
+    assert config.readout is not None and model.readout is not None and (tmp_path / "model/readout.safetensors").is_file()
     info = json.loads((tmp_path / "model/training.json").read_text())
     assert info["steps"] == 12
 
     client, mlrun = _mlflow_run(tmp_path, info["mlflow_run_id"])
     losses = [m.value for m in client.get_metric_history(mlrun.info.run_id, "loss")]
     assert len(losses) == 12 and sum(losses[-3:]) / 3 < sum(losses[:3]) / 3  # the loss falls
-    for metric in ("lr", "grad_norm", "samples_per_s", "tokens_per_s", "lm_loss", "aux_loss"):  # tiny has the AU head
+    for metric in ("lr", "grad_norm", "samples_per_s", "tokens_per_s", "lm_loss", "aux_loss", "readout_loss"):
         assert len(client.get_metric_history(mlrun.info.run_id, metric)) == 12
     # tiny weighs AU-code tokens 5x: the weights reach the workers, so the loss exceeds its unweighted terms
     # whenever rank 0's batch holds an AU answer (aux_loss is NaN when it holds none).
     history = {m: [x.value for x in client.get_metric_history(mlrun.info.run_id, m)] for m in ("lm_loss", "aux_loss")}
     with_au = [(loss, lm, aux) for loss, lm, aux in zip(losses, history["lm_loss"], history["aux_loss"]) if aux == aux]
     assert with_au and all(loss > lm + aux + 1e-4 for loss, lm, aux in with_au)
+    readout = [m.value for m in client.get_metric_history(mlrun.info.run_id, "readout_loss")]
+    assert all(r == r and r > 0 for r in readout)
     params = mlrun.data.params
     tasks = [json.loads(line)["task"] for line in (small_pipeline["manifests"] / "train.jsonl").read_text().splitlines()]
     assert params["examples"] == str(tasks.count("emotion") + 2 * tasks.count("au"))  # train.task_weights {au: 2}

@@ -170,6 +170,10 @@ class TrainConfig(Section):
     lr: float = Field(gt=0)
     projector_lr: float = Field(gt=0)
     prior_aux_weight: float = Field(ge=0, description="weight of the AU loss on the prior token; 0: published recipe")
+    readout_weight: float = Field(
+        default=0.0, ge=0,
+        description="weight of the readout head's AU and emotion losses (the head is trained and exported with the "
+                    "model: per-frame probabilities without generation); 0: no head, the published recipe")
     prior_warmup_steps: int = Field(
         default=0, ge=0,
         description="full-batch steps fitting the prior projector and the AU head to the AU labels before training; "

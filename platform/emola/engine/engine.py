@@ -282,6 +282,44 @@ class InferenceEngine:
                                   top_p=generation.top_p, seed=seed)
                 for i, q in enumerate(questions)]
 
+    @torch.no_grad()
+    def readout(self, requests: Sequence[GenerationRequest]) -> list["Readout"]:
+        """The readout head's AU and emotion probabilities for each request's face (one forward pass of
+        the prompt up to its readout token, no generation; the question does not matter).
+
+        Prompts are cut at their ``<prior>`` token (or last ``<image>`` token) and run in groups
+        of up to ``max_batch``, right-padded.
+        """
+        from emola.model.readout import readout_positions
+
+        head = self.model.readout
+        if head is None:
+            raise ValueError("this model has no readout head (train it with train.readout_weight > 0)")
+        prior_id = self.model.prior_token_id if self.model.prior_projector is not None else None
+        out: list[Readout] = []
+        for start in range(0, len(requests), self.cfg.max_batch):
+            group = requests[start:start + self.cfg.max_batch]
+            for request in group:
+                self.validate(request)
+            cuts = [int(readout_positions(torch.tensor([r.prompt_ids]), prior_id, self.model.image_token_id)[-1, 1]) + 1
+                    for r in group]
+            ids = torch.full((len(group), max(cuts)), self.pad_token_id, dtype=torch.long)
+            for i, (r, cut) in enumerate(zip(group, cuts)):
+                ids[i, :cut] = torch.as_tensor(r.prompt_ids[:cut])
+            mask = (torch.arange(ids.shape[1])[None] < torch.tensor(cuts)[:, None]).long()
+            pixels = priors = None
+            if group[0].pixel_values is not None:
+                pixels = torch.stack([torch.as_tensor(r.pixel_values) for r in group]).to(self.device, self.decoder.dtype)
+            if group[0].prior is not None:
+                priors = torch.stack([torch.as_tensor(np.asarray(r.prior), dtype=torch.float32) for r in group])
+                priors = priors.to(self.device)
+            ids, mask = ids.to(self.device), mask.to(self.device)
+            states = self.model.decoder_states(ids, mask, pixels, priors)
+            aus, emotions = head.probabilities(states[torch.arange(len(group)), torch.tensor(cuts) - 1])
+            out += [Readout(dict(zip(head.aus, a)), dict(zip(head.emotions, e)))
+                    for a, e in zip(aus.cpu().tolist(), emotions.cpu().tolist())]
+        return out
+
     def completion(self, request: GenerationRequest, generated: Generated) -> "Completion":
         return Completion(self.processor.decode(generated.token_ids), generated.prompt_tokens,
                           len(generated.token_ids), generated.finish_reason)
@@ -464,3 +502,15 @@ class Completion:
     completion_tokens: int  # generated ids, the end token included when one was generated
     finish_reason: str      # "stop": the end token; "length": max_new_tokens ran out first
 
+
+
+@dataclass(frozen=True)
+class Readout:
+    """The readout head's output for one face: each AU's probability, and the emotion distribution."""
+
+    aus: dict[int, float]        # FABA AU number -> probability that it is active
+    emotions: dict[str, float]   # emotion class -> probability (they sum to 1)
+
+    @property
+    def emotion(self) -> str:
+        return max(self.emotions, key=self.emotions.get)

@@ -6,6 +6,7 @@ Layout::
     adapter/                   peft LoRA adapter (adapter_model.safetensors, adapter_config.json);
                                absent in a merged export
     projectors.safetensors     vision projector (vision_projector.*) and prior projector (prior_projector.*)
+    readout.safetensors        the readout head (AU and emotion probabilities), when it was trained
     base/                      the HF LLaVA base (config.json, model.safetensors) when it cannot be
                                referenced: a random-init ``tiny`` base, or a merged export
     tokenizer/, processor/     tokenizer, image processor and prompt settings
@@ -35,8 +36,10 @@ from emola.model.lora import trainable_projectors
 from emola.model.modeling import EmolaForConditionalGeneration
 from emola.model.prior_projector import PriorProjector
 from emola.model.processing import EmolaProcessor
+from emola.model.readout import ReadoutHead
 
 PROJECTORS_FILE = "projectors.safetensors"
+READOUT_FILE = "readout.safetensors"
 
 
 def _projector_state(model: EmolaForConditionalGeneration) -> dict[str, torch.Tensor]:
@@ -78,10 +81,14 @@ def save_checkpoint(model: EmolaForConditionalGeneration, processor: EmolaProces
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.partial-"))
     try:
-        config = config.model_copy(update={"merged": merge})
+        readout = model.readout
+        config = config.model_copy(update={"merged": merge, "readout": None if readout is None else readout.spec()})
         config.save(staging)
         processor.save(staging)
         save_file(_projector_state(model), staging / PROJECTORS_FILE)
+        if readout is not None:
+            save_file({k: v.detach().contiguous().cpu() for k, v in readout.state_dict().items()},
+                      staging / READOUT_FILE)
         if not merge and isinstance(model.llava, PeftModel):
             model.llava.save_pretrained(staging / "adapter", safe_serialization=True)
         if merge or config.base is None:
@@ -118,6 +125,10 @@ def load_checkpoint(directory: Path | str, *, dtype: torch.dtype | None = None, 
     if projector is not None:
         projector.load_state_dict({k.removeprefix("prior_projector."): v for k, v in state.items()
                                    if k.startswith("prior_projector.")}, strict=True)
+    if config.readout is not None:
+        spec = config.readout
+        model.readout = ReadoutHead(spec["hidden"], spec["aus"], spec["emotions"]).to(llava.dtype)
+        model.readout.load_state_dict(load_file(directory / READOUT_FILE), strict=True)
     if (directory / "adapter").is_dir():
         with warnings.catch_warnings():   # peft probes transformers' deprecated `is_gradient_checkpointing`
             warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated",

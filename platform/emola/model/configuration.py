@@ -34,6 +34,7 @@ class EmolaModelConfig(BaseModel):
     lora: dict                         # r, alpha, dropout, targets, modules_to_save
     merged: bool = False               # LoRA merged into base/ (``emola export --merge``)
     tasks: list[str] = ["emotion", "au"]
+    readout: dict | None = None        # the readout head's aus, emotions, hidden (readout.safetensors)
 
     def save(self, directory: Path | str) -> None:
         Path(directory, CONFIG_FILE).write_text(json.dumps(self.model_dump(), indent=2) + "\n", encoding="utf-8")

@@ -15,6 +15,7 @@ from torch import nn
 from transformers import LlavaForConditionalGeneration
 
 from emola.model.prior_projector import PriorProjector
+from emola.model.readout import ReadoutHead, readout_positions
 
 
 class EmolaForConditionalGeneration(nn.Module):
@@ -24,6 +25,7 @@ class EmolaForConditionalGeneration(nn.Module):
         llava: the HF LLaVA model (vision tower, vision projector, language model, LM head).
         prior_projector: maps ``(B, prior_dim)`` to ``(B, hidden)``; None for ``model.prior: none``.
         image_token_id / prior_token_id: ids of ``<image>`` and ``<prior>`` in the tokenizer.
+        readout: the optional AU and emotion head (:mod:`emola.model.readout`).
     """
 
     def __init__(self, llava: LlavaForConditionalGeneration, prior_projector: PriorProjector | None,
@@ -33,6 +35,7 @@ class EmolaForConditionalGeneration(nn.Module):
         self.prior_projector = prior_projector
         self.image_token_id = image_token_id
         self.prior_token_id = prior_token_id
+        self.readout: ReadoutHead | None = None
 
     @property
     def base_llava(self) -> LlavaForConditionalGeneration:
@@ -99,6 +102,22 @@ class EmolaForConditionalGeneration(nn.Module):
         """The language model's last hidden states ``(B, L, hidden)``, before the LM head (:attr:`lm_head`)."""
         embeds = self.merge_inputs(input_ids, pixel_values, prior)
         return self.base_llava.model(inputs_embeds=embeds, attention_mask=attention_mask, **kwargs).last_hidden_state
+
+    def readout_states(self, states: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+        """Decoder states ``(B, L, hidden)`` -> each sample's readout-token state ``(N, hidden)``."""
+        positions = readout_positions(input_ids, self.prior_token_id if self.prior_projector is not None else None,
+                                      self.image_token_id)
+        return states[positions[:, 0], positions[:, 1]]
+
+    @torch.no_grad()
+    def readout_probabilities(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                              pixel_values: torch.Tensor | None = None,
+                              prior: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """AU probabilities ``(N, len(aus))`` and emotion distributions ``(N, len(emotions))``, one forward pass."""
+        if self.readout is None:
+            raise ValueError("this model has no readout head (train with train.readout_weight > 0)")
+        states = self.decoder_states(input_ids, attention_mask, pixel_values, prior)
+        return self.readout.probabilities(self.readout_states(states, input_ids))
 
     @property
     def lm_head(self) -> nn.Module:

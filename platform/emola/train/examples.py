@@ -20,12 +20,12 @@ import torch
 from emola.data.manifest import ManifestRow
 from emola.metrics.rege_parsers import AU_CODE
 from emola.model.processing import IGNORE_INDEX, EmolaProcessor
-from emola.train.objective import AUX_AUS, au_targets
+from emola.train.objective import AUX_AUS, au_targets, emotion_target
 
 
 @dataclass
 class ExampleSet:
-    rows: list[dict]          # image, question, answer, task, prior (list) or None, au_targets
+    rows: list[dict]          # image, question, answer, task, prior (list) or None, au_targets, emotion_target
     skipped: list[str]        # uids without a usable prior vector
 
 
@@ -46,7 +46,7 @@ def build_examples(rows: Sequence[ManifestRow], tasks: Sequence[str], priors: di
         examples.append({"uid": row.uid, "image": str(row.image_path().absolute()), "question": row.question,
                          "answer": row.answer, "task": row.task,
                          "prior": None if prior is None else np.asarray(prior, np.float32).tolist(),
-                         "au_targets": targets or [0.0] * len(AUX_AUS)})
+                         "au_targets": targets or [0.0] * len(AUX_AUS), "emotion_target": emotion_target(row)})
     return ExampleSet(examples, skipped)
 
 
@@ -147,7 +147,8 @@ class Preprocess:
     """A batch of examples -> numpy model inputs: tokenize with label masking, load and
     preprocess images, attach priors.
 
-    ``aux_targets``: also pass on the AU head's targets (``train.prior_aux_weight > 0``).
+    ``aux_targets``: also pass on the AU and emotion targets of the AU head and the readout head
+    (``train.prior_aux_weight`` or ``train.readout_weight`` above 0).
     ``au_code_weight``: other than 1, also pass per-token loss weights (``train.au_code_weight``).
     """
 
@@ -180,6 +181,8 @@ class Preprocess:
         if self.aux_targets:
             result["au_targets"] = np.stack([np.asarray(t, np.float32) for t in batch["au_targets"]])
             result["au_mask"] = np.asarray([str(task) == "au" for task in batch["task"]], np.int64)
+            if "emotion_target" in batch:   # (streams planned before the readout head have none)
+                result["emotion_targets"] = np.asarray(batch["emotion_target"], np.int64)
         return result
 
 
@@ -268,6 +271,8 @@ def collate(batch: dict[str, np.ndarray], pad_id: int, pack_length: int | None =
     if "au_targets" in batch:
         out["au_targets"] = torch.as_tensor(np.asarray(batch["au_targets"], np.float32)[order])
         out["au_mask"] = torch.as_tensor(np.asarray(batch["au_mask"], np.int64)[order])
+    if "emotion_targets" in batch:
+        out["emotion_targets"] = torch.as_tensor(np.asarray(batch["emotion_targets"], np.int64)[order])
     out["num_tokens"] = torch.tensor(sum(lengths))
     out["num_samples"] = torch.tensor(len(lengths))
     return out

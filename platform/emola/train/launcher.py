@@ -157,8 +157,9 @@ def load_examples(cfg: EmolaConfig, tasks: list[str], log=print) -> _Examples:
 
 
 def initial_model(cfg: EmolaConfig, tasks: list[str], data: _Examples, init_dir: Path, log=print) -> None:
-    """Step 2: build the initial model, fit the prior normalization, warm up the AU head, and save
-    them to ``init_dir`` (a resumed run keeps the one it started from)."""
+    """Step 2: build the initial model (with a readout head when ``train.readout_weight > 0``), fit the
+    prior normalization, warm up the AU head, and save them to ``init_dir`` (a resumed run keeps the one
+    it started from)."""
     from emola.model.builder import build_emola
     from emola.model.checkpoint import save_checkpoint
     from emola.train.objective import AUX_HEAD_FILE
@@ -174,6 +175,11 @@ def initial_model(cfg: EmolaConfig, tasks: list[str], data: _Examples, init_dir:
 
         model.prior_projector.fit_normalization(torch.tensor(np.array([e["prior"] for e in data.examples])),
                                                 standardize=cfg.model.prior_standardize)
+    if cfg.train.readout_weight > 0:
+        from emola.model.readout import ReadoutHead
+
+        torch_dtype = model.base_llava.dtype
+        model.readout = ReadoutHead(model.base_llava.config.text_config.hidden_size).to(torch_dtype)
     head = warm_up(model, data.examples, cfg.train, log)
     save_checkpoint(model, processor, model_cfg, init_dir)
     if head is not None:

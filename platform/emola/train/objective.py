@@ -17,6 +17,11 @@ training devices:
 Both are training devices only: the exported checkpoint is the wrapped model, and
 inference never sees the weights or the head.
 
+The readout head (``train.readout_weight``, :mod:`emola.model.readout`) is not: it is part
+of the model and exported with it. Its loss, ``BCE(AU logits, AU targets)`` over AU-task
+samples plus ``CE(emotion logits, class)`` over emotion-task samples with a known class,
+reads the decoder states the language-model loss computes anyway.
+
 With ``sparse_logits`` the LM head runs only at the positions that take a loss (the
 answer tokens, a ninth of an ``emola-7b`` sequence), instead of producing the logits of
 every position and discarding most: the same loss, without the ``(B, L, vocabulary)``
@@ -30,9 +35,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from emola.labels import AU_LISTS
+from emola.labels import AU_LISTS, EMOTIONS
 from emola.data.manifest import ManifestRow
-from emola.metrics.rege_parsers import aus_of
+from emola.metrics.rege_parsers import aus_of, emotion_of
 from emola.model.modeling import EmolaForConditionalGeneration
 from emola.model.processing import IGNORE_INDEX
 
@@ -53,6 +58,17 @@ def au_targets(row: ManifestRow) -> list[float] | None:
         return None
     active = set(row.aus) if row.aus is not None else set(aus_of(row.answer, AUX_AUS))
     return [float(au in active) for au in AUX_AUS]
+
+
+def emotion_target(row: ManifestRow) -> int:
+    """The class index (:data:`emola.labels.EMOTIONS`) of an emotion-task row, -1 for other rows or no class.
+
+    The row's label when it has one; otherwise the emotion its answer names, read with
+    REGE's own parser (official FABA-Instruct train files carry no label)."""
+    if row.task != "emotion":
+        return -1
+    name = row.emotion if row.emotion is not None else emotion_of(row.answer)
+    return EMOTIONS.index(name) if name in EMOTIONS else -1
 
 
 def au_head(model: EmolaForConditionalGeneration) -> nn.Linear:
@@ -125,11 +141,16 @@ class TrainingObjective(nn.Module):
     """
 
     def __init__(self, model: EmolaForConditionalGeneration, aux_weight: float = 0.0,
-                 head_state: dict[str, torch.Tensor] | None = None, sparse_logits: bool = False):
+                 head_state: dict[str, torch.Tensor] | None = None, sparse_logits: bool = False,
+                 readout_weight: float = 0.0):
         super().__init__()
         self.model = model
         self.aux_weight = aux_weight
         self.sparse_logits = sparse_logits
+        if readout_weight > 0 and model.readout is None:
+            raise ValueError("train.readout_weight > 0 needs a model with a readout head (emola.model.readout)")
+        self.readout_weight = readout_weight
+        self.last_readout_loss = torch.tensor(float("nan"))
         self.head = None
         if aux_weight > 0:
             self.head = au_head(model)
@@ -138,14 +159,20 @@ class TrainingObjective(nn.Module):
         self.last_lm_loss = self.last_aux_loss = torch.tensor(float("nan"))
 
     def forward(self, au_targets: torch.Tensor | None = None, au_mask: torch.Tensor | None = None,
-                loss_weights: torch.Tensor | None = None, **inputs) -> TrainingOutput:
+                loss_weights: torch.Tensor | None = None, emotion_targets: torch.Tensor | None = None,
+                **inputs) -> TrainingOutput:
         labels = inputs.pop("labels")
         inputs.setdefault("use_cache", False)   # a cache would also hide packed rows from the attention mask
         targets = labels[:, 1:]
         taken = targets != IGNORE_INDEX                        # (B, L - 1), aligned with labels[:, 1:]
+        states = None
+        if self.sparse_logits or self.readout_weight > 0:
+            states = self.model.decoder_states(**inputs)                    # (B, L, hidden)
         if self.sparse_logits:
-            hidden = self.model.decoder_states(**inputs)[:, :-1][taken]     # (N, hidden)
+            hidden = states[:, :-1][taken]                                  # (N, hidden)
             losses = nn.functional.cross_entropy(self.model.lm_head(hidden).float(), targets[taken], reduction="none")
+        elif states is not None:
+            losses = next_token_losses(self.model.lm_head(states), labels)[0][taken]
         else:
             losses = next_token_losses(self.model(**inputs).logits, labels)[0][taken]
         count = taken.sum().clamp_min(1)
@@ -154,7 +181,27 @@ class TrainingObjective(nn.Module):
         loss = lm_loss if loss_weights is None else (losses * loss_weights[:, 1:][taken].to(losses.dtype)).sum() / count
         if self.head is not None:
             loss = loss + self.aux_weight * self._aux_loss(inputs["prior"], au_targets, au_mask)
+        if self.readout_weight > 0:
+            loss = loss + self.readout_weight * self._readout_loss(states, inputs["input_ids"], au_targets, au_mask,
+                                                                   emotion_targets)
         return TrainingOutput(loss)
+
+    def _readout_loss(self, states: torch.Tensor, input_ids: torch.Tensor, au_targets: torch.Tensor | None,
+                      au_mask: torch.Tensor | None, emotion_targets: torch.Tensor | None) -> torch.Tensor:
+        if au_targets is None or au_mask is None or emotion_targets is None:
+            raise ValueError("the readout head needs au_targets, au_mask and emotion_targets in every batch")
+        # As for the AU head: every sample goes through, masks zero the others (equal gradient buffers on all ranks).
+        au_logits, emotion_logits = self.model.readout(self.model.readout_states(states, input_ids))
+        au_mask = au_mask.float()
+        per_sample = nn.functional.binary_cross_entropy_with_logits(
+            au_logits.float(), au_targets.float(), reduction="none").mean(-1)
+        au_loss = (per_sample * au_mask).sum() / au_mask.sum().clamp_min(1.0)
+        known = emotion_targets >= 0
+        ce = nn.functional.cross_entropy(emotion_logits.float(), emotion_targets.clamp_min(0), reduction="none")
+        emotion_loss = (ce * known.float()).sum() / known.sum().clamp_min(1)
+        loss = au_loss + emotion_loss
+        self.last_readout_loss = loss.detach()
+        return loss
 
     def _aux_loss(self, prior: torch.Tensor, au_targets: torch.Tensor | None, au_mask: torch.Tensor | None):
         if au_targets is None or au_mask is None:

@@ -134,7 +134,8 @@ class TrainingRecipe:
         from emola.train.examples import Preprocess, collate
 
         t = self.train_cfg
-        preprocess = Preprocess(self.raw["init_dir"], t.max_length, aux_targets=t.prior_aux_weight > 0,
+        preprocess = Preprocess(self.raw["init_dir"], t.max_length,
+                                aux_targets=t.prior_aux_weight > 0 or t.readout_weight > 0,
                                 au_code_weight=t.au_code_weight)
         pad_id = self.processor.tokenizer.pad_token_id
 
@@ -166,6 +167,8 @@ class TrainingRecipe:
                            "tokens_per_s": window_tokens / elapsed, "epoch": self.step / self.raw["steps_per_epoch"]}
                 if stepped.aux_loss is not None:
                     metrics["aux_loss"] = stepped.aux_loss
+                if stepped.readout_loss is not None:
+                    metrics["readout_loss"] = stepped.readout_loss
                 if self.step > 2:
                     self.timed_samples += window_samples
                     self.timed_seconds += elapsed

@@ -119,6 +119,7 @@ class StepMetrics:
     aux_loss: float | None
     lr: float
     grad_norm: float
+    readout_loss: float | None = None
 
 
 class TrainStep:
@@ -145,7 +146,7 @@ class TrainStep:
         self.device = torch.device(f"cuda:{torch.cuda.current_device()}" if cfg.use_gpu else "cpu")
         prepare_model(model, cfg)
         objective = TrainingObjective(model, cfg.prior_aux_weight, head_state=head_state,
-                                      sparse_logits=cfg.sparse_logits)
+                                      sparse_logits=cfg.sparse_logits, readout_weight=cfg.readout_weight)
         objective.train()
         self.micro = 0
         self.memory: ActivationMemory | None = None   # checkpointing: auto, after the first micro batch's probe
@@ -215,8 +216,9 @@ class TrainStep:
             self.memory.observe(*sized, peak=torch.cuda.max_memory_allocated(self.device))
         objective = self.objective
         aux = float(objective.last_aux_loss) if objective.head is not None else None
+        readout = float(objective.last_readout_loss) if objective.readout_weight > 0 else None
         return StepMetrics(loss=float(loss.detach()), lm_loss=float(objective.last_lm_loss), aux_loss=aux,
-                           lr=self.scheduler.get_last_lr()[0], grad_norm=grad_norm)
+                           lr=self.scheduler.get_last_lr()[0], grad_norm=grad_norm, readout_loss=readout)
 
     # ----------------------------------------------------------- checkpointing: auto
     def _size_checkpointing(self, inputs: dict[str, torch.Tensor]) -> tuple[int, int, float]:
@@ -247,7 +249,7 @@ class TrainStep:
 
 
 _ROW_KEYS = ("input_ids", "labels", "attention_mask", "position_ids", "loss_weights")
-_SAMPLE_KEYS = ("pixel_values", "prior", "au_targets", "au_mask")
+_SAMPLE_KEYS = ("pixel_values", "prior", "au_targets", "au_mask", "emotion_targets")
 
 
 def _first_rows(inputs: dict[str, torch.Tensor], rows: int, model) -> dict[str, torch.Tensor]:
