@@ -22,7 +22,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("emola.landmarks", "emola.preflight"),
     ("emola.model",),
     ("emola.engine", "emola.mlflow_model"),
-    ("emola.train", "emola.evaluate", "emola.analyzer", "emola.pyfunc", "emola.mlflow_model_entry"),
+    ("emola.train", "emola.evaluate", "emola.analyzer", "emola.video_analysis", "emola.pyfunc",
+     "emola.mlflow_model_entry"),
     ("emola.cli",),
     ("jobs", "serve"),
 ]

@@ -11,14 +11,23 @@ from pathlib import Path
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    analyze = commands.add_parser("analyze", help="describe faces with an EmoLA checkpoint (JSON per image or CSV)")
-    analyze.add_argument("images", nargs="+", metavar="IMAGE")
+    analyze = commands.add_parser(
+        "analyze", help="describe faces in images, or follow them through videos (JSON lines or CSV)",
+        description="Images: one result per image. Videos (.mp4, .mov, .mkv, .webm, .avi, .m4v): one row per "
+                    "sampled frame and face with AU and emotion probabilities from the model's readout head, "
+                    "and descriptions at key moments.")
+    analyze.add_argument("images", nargs="+", metavar="IMAGE_OR_VIDEO")
     analyze.add_argument("--checkpoint", required=True)
     analyze.add_argument("--task", choices=["emotion", "au"], default="emotion")
     analyze.add_argument("--question", help="a free-form question instead of the task's prompt")
     analyze.add_argument("--csv", metavar="OUT", help="write one row per image to OUT instead of JSON lines")
     analyze.add_argument("--max-new-tokens", type=int, help="default: the published decoding's 512")
     analyze.add_argument("--batch-size", type=int, default=8)
+    analyze.add_argument("--fps", type=float, default=5.0, help="videos: frames sampled per second (default: 5)")
+    analyze.add_argument("--smoothing", type=int, default=3,
+                         help="videos: probabilities averaged over this many sampled frames (1: none; default: 3)")
+    analyze.add_argument("--no-describe", action="store_true", help="videos: no descriptions at key moments")
+    analyze.add_argument("--plot", metavar="PNG", help="videos: the emotion and AU timelines of the first video")
     analyze.set_defaults(handler=_analyze)
 
     export = commands.add_parser("export", help="write a checkpoint as a merged full model")
@@ -56,6 +65,8 @@ def _analyze(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if any(Path(x).suffix.lower() in VIDEO_SUFFIXES for x in args.images):
+        return _analyze_videos(args, analyzer)
     results = []
     for start in range(0, len(args.images), args.batch_size):
         chunk = args.images[start:start + args.batch_size]
@@ -72,6 +83,38 @@ def _analyze(args: argparse.Namespace) -> int:
         for r in results:
             print(r.model_dump_json())
     return 1 if any(r.status != "ok" for r in results) else 0
+
+
+VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v"}
+
+
+def _analyze_videos(args: argparse.Namespace, analyzer) -> int:
+    from emola.video import VideoProblem
+    from emola.video_analysis import VideoOptions, analyze_video, plot_timeline
+
+    options = VideoOptions(fps=args.fps, smoothing=args.smoothing, describe=not args.no_describe, task=args.task)
+    table, failed = [], 0
+    for index, video in enumerate(args.images):
+        try:
+            rows = analyze_video(analyzer, video, options)
+        except (VideoProblem, ValueError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            failed += 1
+            continue
+        if args.plot and index == 0:
+            print(f"timeline -> {plot_timeline(rows, args.plot)}", file=sys.stderr)
+        table += [{"video": video, **row.to_row()} for row in rows]
+    if args.csv and table:
+        columns = list(dict.fromkeys(key for row in table for key in row))
+        with open(args.csv, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(table)
+        print(f"{len(table)} rows -> {args.csv}", file=sys.stderr)
+    elif not args.csv:
+        for row in table:
+            print(json.dumps(row))
+    return 1 if failed else 0
 
 
 def _export(args: argparse.Namespace) -> int:

@@ -1,7 +1,8 @@
-"""Video input: decoding and sampling frames (PyAV), and following faces across them."""
+"""Video input: decoding and sampling frames (PyAV), following faces across them, writing clips."""
 
 from emola.video.decode import Frame, VideoInfo, VideoLimits, VideoProblem, probe, sample_frames, upright
+from emola.video.encode import write_video
 from emola.video.tracking import FaceTracker, iou
 
 __all__ = ["FaceTracker", "Frame", "VideoInfo", "VideoLimits", "VideoProblem", "iou", "probe", "sample_frames",
-           "upright"]
+           "upright", "write_video"]
