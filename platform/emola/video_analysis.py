@@ -6,7 +6,8 @@ sampled frame:
 1. finds every face with the analyzer's landmark backend and gives each a ``face_id`` that
    stays with it from frame to frame (:class:`~emola.video.tracking.FaceTracker`);
 2. crops each face (its box grown by ``margin`` on each side; EmoLA was trained on face
-   crops) and takes the crop's landmarks and prior vector;
+   crops) and takes its prior vector: from the face's points when the backend's prior
+   does not depend on where the face is (dlib-68), else from the backend run on the crop;
 3. reads AU probabilities and the emotion distribution off the model's readout head
    (:meth:`~emola.engine.InferenceEngine.readout`): one forward pass per face, no
    generation.
@@ -80,6 +81,29 @@ class FrameRow:
         return row
 
 
+@dataclass(frozen=True)
+class _Located:
+    """A face as a row recorded it (for the second pass)."""
+
+    row: FrameRow
+
+    @property
+    def points(self) -> np.ndarray:
+        return np.asarray(self.row.landmarks, np.float32)
+
+
+def _prior(backend, face, crop: np.ndarray) -> tuple[np.ndarray | None, str]:
+    """The face's prior vector: from its points when the backend's prior is position- and size-invariant
+    (no second pass), else from its crop; ``(None, reason)`` when the crop shows no face to the backend."""
+    prior = backend.face_prior(face)
+    if prior is not None:
+        return prior, ""
+    inside = backend.extract([crop])[0]
+    if inside.status != "ok":
+        return None, f"the face found in the frame is not found in its crop ({inside.reason})"
+    return inside.prior, ""
+
+
 def crop_box(box, width: int, height: int, margin: float) -> tuple[int, int, int, int]:
     """``box`` grown by ``margin`` x its longer side on every side, squared, clipped to the image."""
     x0, y0, x1, y1 = box
@@ -114,15 +138,15 @@ def analyze_video(analyzer, source: Path | str | bytes, options: VideoOptions = 
         ids = tracker.update([face.box for face in found.faces])
         crops = [crop_box(face.box, frame.image.shape[1], frame.image.shape[0], options.margin) for face in found.faces]
         images = [frame.image[t:b, left:right] for left, t, right, b in crops]
-        located = analyzer.backend.extract(images)
-        for face, face_id, (left, top, _, _), image, inside in zip(found.faces, ids, crops, images, located):
+        for face, face_id, image in zip(found.faces, ids, images):
             row = FrameRow(frame.index, frame.time_ms, face_id, "ok", box=tuple(round(float(v), 2) for v in face.box),
                            landmarks=np.round(face.points, 2).tolist())
             rows.append(row)
-            if inside.status != "ok":
-                row.status, row.reason = "no_face", f"the face found in the frame is not found in its crop ({inside.reason})"
+            prior, reason = _prior(analyzer.backend, face, image)
+            if prior is None and analyzer.processor.use_prior:
+                row.status, row.reason = "no_face", reason
                 continue
-            pending.append((row, Image.fromarray(image), inside.prior))
+            pending.append((row, Image.fromarray(image), prior))
         if len(pending) >= engine.cfg.max_batch * 4:
             _read_out(analyzer, pending)
             pending = []
@@ -173,11 +197,11 @@ def _describe(analyzer, source, rows: list[FrameRow], options: VideoOptions) -> 
                 continue
             left, top, right, bottom = crop_box(row.box, frame.image.shape[1], frame.image.shape[0], options.margin)
             image = frame.image[top:bottom, left:right]
-            inside = analyzer.backend.extract([image])[0]
-            if inside.status != "ok":   # (the same crop as in the first pass: not expected)
+            prior, _ = _prior(analyzer.backend, _Located(row), image)
+            if prior is None and analyzer.processor.use_prior:   # (the same crop as in the first pass: not expected)
                 continue
             crops.append(Image.fromarray(image))
-            priors.append(inside.prior)
+            priors.append(prior)
             targets.append(row)
     if not targets:
         return

@@ -48,6 +48,20 @@ def test_largest_face_is_selected_by_default(dlib_backend, real_photos):
     assert [f.area for f in every.faces] == sorted((f.area for f in every.faces), reverse=True)
 
 
+def test_every_face_of_a_group_photo_has_its_prior_without_another_pass(dlib_backend, real_photos):
+    """dlib-68's prior is a function of the points alone: the selected face's equals face_prior, and so does
+    each other face's the prior of its own crop."""
+    image = np.asarray(Image.open(real_photos["t1"]).convert("RGB"))
+    found = dlib_backend.extract([image], all_faces=True)[0]
+    assert len(found.faces) >= 4
+    np.testing.assert_allclose(dlib_backend.face_prior(found.faces[0]), found.prior)
+    face = found.faces[2]
+    x0, y0, x1, y1 = (int(v) for v in face.box)
+    crop = dlib_backend.extract([image[max(0, y0 - 60):y1 + 60, max(0, x0 - 60):x1 + 60]])[0]
+    assert crop.status == "ok"
+    np.testing.assert_allclose(dlib_backend.face_prior(face), crop.prior, atol=0.05)
+
+
 def test_an_image_without_a_face_is_reported(dlib_backend):
     rng = np.random.default_rng(0)
     noise = rng.integers(0, 255, (240, 320, 3), dtype=np.uint8)

@@ -94,6 +94,12 @@ class LandmarkBackend(ABC):
         """Cache key part: backend name and version."""
         return f"{self.name}@{self.version}"
 
+    def face_prior(self, face: Face) -> np.ndarray | None:
+        """The prior vector of any one detected face (not only the selected one), when the backend's
+        prior is a function of the face's points alone; None when it is not (then take the face's
+        crop through :meth:`extract`)."""
+        return None
+
     @abstractmethod
     def extract(
         self,

@@ -57,6 +57,9 @@ class Dlib68Backend(LandmarkBackend):
         shape = self._predictor(np.ascontiguousarray(image), self._rectangle(*(int(round(v)) for v in box)))
         return np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float32)
 
+    def face_prior(self, face):
+        return normalize_points(face.points)   # position- and size-invariant: the same for the face in any crop
+
     def extract(self, images, *, all_faces=False, annotations=None):
         results = []
         for image in images:
