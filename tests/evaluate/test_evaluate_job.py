@@ -75,6 +75,8 @@ def test_one_model_per_task_is_scored_together_and_registered_per_part(small_pip
     runs = {}
     for task, losses in (("emotion", [2.0, 1.0]), ("au", [4.0, 3.0, 2.5])):
         copy_as_task_part(tiny_checkpoint, model / task, task)
+        if task == "au":   # this part has a readout head: its probabilities are scored beside REGE
+            _add_readout_head(model / task)
         with mlflow.start_run() as run:
             for step, loss in enumerate(losses, 1):
                 mlflow.log_metric("loss", loss, step=step)
@@ -86,10 +88,14 @@ def test_one_model_per_task_is_scored_together_and_registered_per_part(small_pip
     summary = run_evaluation(cfg, checkpoint=model, repo_root=tmp_path, log=print)
 
     metrics = json.loads((tmp_path / "reports/metrics.json").read_text())
-    assert set(metrics) == {"emotion", "au"}
+    assert set(metrics) == {"emotion", "au", "readout"}
+    assert set(metrics["readout"]) == {"au_macro_f1"} and 0 <= metrics["readout"]["au_macro_f1"] <= 100
     records = [json.loads(line) for line in (tmp_path / "reports/predictions.jsonl").read_text().splitlines()]
     assert len(records) == metrics["emotion"]["n"] + metrics["au"]["n"]
     assert {r["task"] for r in records} == {"emotion", "au"}
+    assert all(("readout" in r) == (r["task"] == "au") for r in records)
+    details = json.loads((tmp_path / "reports/details.json").read_text())
+    assert details["readout"]["au"]["n"] == metrics["au"]["n"] and details["readout"]["au"]["per_au"]
     baselines = json.loads((tmp_path / "reports/baselines.json").read_text())
     assert set(baselines["prior_off"]) == {"emotion", "au"}
     loss_lines = (tmp_path / "reports/plots/train_loss.csv").read_text().splitlines()
@@ -104,3 +110,15 @@ def test_one_model_per_task_is_scored_together_and_registered_per_part(small_pip
         version = client.get_model_version_by_alias(f"emola-split-{task}", "champion")
         assert version.run_id == runs[task]
         assert float(version.tags["S_rege_total"]) == pytest.approx(metrics[task]["S_rege"], abs=1e-3)
+
+
+def _add_readout_head(part):
+    import torch
+
+    from emola.model.checkpoint import load_checkpoint, save_checkpoint
+    from emola.model.readout import ReadoutHead
+
+    model, processor, config = load_checkpoint(part)
+    torch.manual_seed(0)
+    model.readout = ReadoutHead(model.base_llava.config.text_config.hidden_size)
+    save_checkpoint(model, processor, config, part)

@@ -19,6 +19,7 @@ from emola.config import EmolaConfig
 from emola.data.manifest import ManifestRow, read_manifest
 from emola.evaluate.replicas import Variant, predict_variants
 from emola.evaluate.report import figures, write_reports
+from emola.metrics.readout import readout_scores
 from emola.metrics.rege import rege
 from emola.model.configuration import EmolaModelConfig
 from emola.model.reference import model_parts, training_info
@@ -208,13 +209,17 @@ def run_evaluation(cfg: EmolaConfig, *, checkpoint: Path | str | None = None,
     metrics = six_numbers(results)
     log(f"evaluate: {checkpoint}: " + "; ".join(f"{t} S_re {m['S_re']:.1f} S_ge {m['S_ge']:.1f} S_rege {m['S_rege']:.1f}"
                                                  for t, m in metrics.items()))
+    if head := readout_scores(records):   # the readout head, when the model has one (metrics.json: readout.*)
+        metrics["readout"] = {**({"au_macro_f1": head["au"]["macro_f1"]} if "au" in head else {}),
+                              **({"emotion_accuracy": head["emotion"]["accuracy"]} if "emotion" in head else {})}
+        log(f"evaluate: readout head: {metrics['readout']}")
     baseline_metrics = {name: six_numbers(baseline_results) for name, (_, baseline_results) in evaluated.items()}
     for name, m in baseline_metrics.items():
         log(f"evaluate: {name}{' (prior-token ablation: one mean prior for every image)' if name == PRIOR_OFF else ''}: {m}")
 
     uri = tracking.configure(repo_root)
     train_runs, train_loss = training_history(uri, trainings)
-    write_reports(Path(cfg.evaluate.reports), records, metrics, results, baseline_metrics, train_loss)
+    write_reports(Path(cfg.evaluate.reports), records, metrics, results, baseline_metrics, train_loss, head or None)
     eval_run = track(cfg, checkpoint, parts, test_set, train_runs, records, metrics, results, baseline_metrics,
                      train_loss)
     registry = register_parts(uri, cfg, parts, metrics, test_set, train_runs, eval_run, log) if register else None

@@ -1,8 +1,9 @@
 """The evaluation's reports: the files DVC tracks and the figures MLflow keeps.
 
-    metrics.json            DVC metrics: emotion.S_re/S_ge/S_rege and au.S_re/S_ge/S_rege
-    predictions.jsonl       one line per test sample (``emola rege`` reads it)
-    details.json            per-class accuracy, confusion matrix, per-AU P/R/F1, rouge-score
+    metrics.json            DVC metrics: emotion.S_re/S_ge/S_rege and au.S_re/S_ge/S_rege (and, for a model
+                            with a readout head, readout.au_macro_f1 and readout.emotion_accuracy)
+    predictions.jsonl       one line per test sample (``emola rege`` reads it; with the head's probabilities)
+    details.json            per-class accuracy, confusion matrix, per-AU P/R/F1, rouge-score; the head's per-AU F1
     baselines.json          the same six numbers for prior_off, the untrained model and any --baseline
     plots/confusion.csv     actual,predicted (DVC confusion plot)
     plots/per_au_f1.csv     au,f1
@@ -20,11 +21,14 @@ from emola.fileio import atomic_write_lines
 
 
 def write_reports(reports: Path, records: list[dict], metrics: dict, results: dict, baseline_metrics: dict,
-                  train_loss: dict[str, list[tuple[int, float]]]) -> None:
-    """Every file above, each written atomically."""
+                  train_loss: dict[str, list[tuple[int, float]]], readout: dict | None = None) -> None:
+    """Every file above, each written atomically (``readout``: :func:`emola.metrics.readout.readout_scores`)."""
     atomic_write_lines(reports / "predictions.jsonl", (json.dumps(r) for r in records))
     atomic_write_lines(reports / "metrics.json", [json.dumps(metrics, indent=2)])
-    atomic_write_lines(reports / "details.json", [json.dumps({t: r.to_dict() for t, r in results.items()}, indent=2)])
+    details = {t: r.to_dict() for t, r in results.items()}
+    if readout:
+        details["readout"] = readout
+    atomic_write_lines(reports / "details.json", [json.dumps(details, indent=2)])
     atomic_write_lines(reports / "baselines.json", [json.dumps(baseline_metrics, indent=2)])
     write_plots(reports, results, train_loss)
 
