@@ -1,13 +1,18 @@
-"""Per-frame video analysis throughput on CPU: frames per second, and where the time goes.
+"""Per-frame video analysis on FABA-Synth expression clips, on CPU: throughput and accuracy.
 
-    python benchmarks/video.py [--clips 4] [--checkpoint models/emola] [--out FILE]
+    python benchmarks/video.py [--clips 20] [--checkpoint models/emola] [--out FILE]
 
-FABA-Synth expression clips (224 px, 3 s at 10 fps, head motion) are analysed with
-:func:`emola.video_analysis.analyze_video` at every frame: decoding, face detection and
-landmarks (the checkpoint's backend), the readout head per face, smoothing and key
-moments, with and without the descriptions at key moments. The checkpoint (default: the
-pipeline's ``models/emola``; run ``dvc repro`` first) gets a readout head when it has none:
-a random one, which costs the same time as a trained one.
+Clips of 224 px, 3 s at 10 fps (neutral, onset, apex, offset, head motion) are analysed
+with :func:`emola.video_analysis.analyze_video` at every frame: decoding, face detection
+and landmarks (the checkpoint's backend), the readout head per face, smoothing and key
+moments.
+
+- Throughput: frames/s of the first four clips, with and without the descriptions at key
+  moments.
+- Accuracy of the readout head (the pipeline's trained model; run ``dvc repro`` first),
+  with and without smoothing: emotion accuracy and AU macro F1 at each clip's true apex
+  frame, and how far the key moment of the clip's face is from the true apex (frames).
+  A checkpoint without a head gets a random one: then only the throughput means anything.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from harness import ROOT, write_results
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--clips", type=int, default=4)
+    parser.add_argument("--clips", type=int, default=20)
     parser.add_argument("--checkpoint", default=str(ROOT / "models/emola"))
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--out")
@@ -44,12 +49,14 @@ def main() -> None:
     analyzer = Analyzer.from_checkpoint(args.checkpoint, generation=GenerationConfig(
         temperature=0.01, top_p=0.5, max_new_tokens=args.max_new_tokens))
     model = analyzer.engine.model
-    if model.readout is None:
+    trained = model.readout is not None
+    if not trained:
         torch.manual_seed(0)
         model.readout = ReadoutHead(model.base_llava.config.text_config.hidden_size)
     folder = Path(tempfile.mkdtemp(prefix="emola-video-bench-"))
     try:
-        clips = generate_clips(folder, args.clips, seed=11, size=224, fps=10.0, seconds=3.0)
+        all_clips = generate_clips(folder, args.clips, seed=11, size=224, fps=10.0, seconds=3.0)
+        clips = all_clips[:4]
         frames = sum(1 for clip in clips for _ in sample_frames(clip))
         started = time.perf_counter()
         for clip in clips:
@@ -69,9 +76,49 @@ def main() -> None:
             print(f"{key:18s} {frames} frames in {seconds:6.1f} s: {frames / seconds:6.2f} frames/s "
                   f"({results[key]['faces_found']} faces, {results[key]['key_moments']} key moments)")
         print(f"decoding alone: {results['decode_frames_per_s']:.0f} frames/s")
+        results["head_trained"] = trained
+        results["accuracy"] = {f"smoothing_{w}": accuracy(analyzer, all_clips, w) for w in (1, 3)}
+        for name, a in results["accuracy"].items():
+            print(f"{name:12s} at the apex ({a['apex_faces']} of {a['clips']} clips with the face found): "
+                  f"emotion accuracy {a['emotion_accuracy']:.1f}, AU macro F1 {a['au_macro_f1']:.1f}; "
+                  f"key moment to apex: median {a['key_to_apex_median']} frames, within 3 frames {a['key_within_3']}")
         write_results("video", results, args.out)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def accuracy(analyzer, clips, smoothing: int) -> dict:
+    """The head's emotion accuracy and AU macro F1 at each clip's true apex, and key moments against it."""
+    import json
+
+    from emola.metrics.readout import readout_scores
+    from emola.video_analysis import VideoOptions, analyze_video
+
+    records, distances = [], []
+    for clip in clips:
+        labels = json.loads(clip.with_suffix(".json").read_text())
+        apex = labels["apex_frame"]
+        rows = [r for r in analyze_video(analyzer, clip, VideoOptions(fps=None, smoothing=smoothing, describe=False))
+                if r.status == "ok"]
+        if not rows:
+            continue
+        main = max({r.face_id for r in rows}, key=lambda f: sum(r.face_id == f for r in rows))
+        keys = [r.frame for r in rows if r.face_id == main and r.key_moment]
+        if keys:
+            distances.append(min(abs(k - apex) for k in keys))
+        at_apex = [r for r in rows if r.face_id == main and r.frame == apex]
+        if at_apex:
+            truth = labels["frames"][apex]
+            readout = {"aus": {str(a): p for a, p in at_apex[0].aus.items()}, "emotions": at_apex[0].emotions}
+            records += [{"task": "emotion", "label": truth["emotion"], "readout": readout},
+                        {"task": "au", "label": ", ".join(map(str, truth["aus"])), "readout": readout}]
+    scores = readout_scores(records)
+    distances.sort()
+    return {"clips": len(clips), "apex_faces": len(records) // 2,
+            "emotion_accuracy": scores.get("emotion", {}).get("accuracy", float("nan")),
+            "au_macro_f1": scores.get("au", {}).get("macro_f1", float("nan")),
+            "key_to_apex_median": distances[len(distances) // 2] if distances else None,
+            "key_within_3": f"{sum(d <= 3 for d in distances)}/{len(distances)}"}
 
 
 if __name__ == "__main__":
