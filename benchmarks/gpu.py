@@ -452,7 +452,8 @@ def train_config(s: dict, dry_run: bool, overrides: dict):
 
     cfg = load_config(ROOT / "params.yaml", {"profile": "tiny" if dry_run else "emola-7b"}).train
     base = {"micro_batch": s["micro_batch"], "grad_accum": 1, "use_gpu": not dry_run, "au_code_weight": 1.0,
-            "prior_aux_weight": 0.0, "precision": "fp32" if dry_run else "bf16", "zero_stage": 2}
+            "prior_aux_weight": 0.0, "readout_weight": 0.0, "precision": "fp32" if dry_run else "bf16",
+            "zero_stage": 2}
     return cfg.model_copy(update={**base, **overrides})
 
 

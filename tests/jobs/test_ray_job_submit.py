@@ -55,7 +55,7 @@ def test_the_readme_ray_job_submit_sequence(small_pipeline, tmp_path):
         assert (tmp_path / "home/.ray/auth_token").is_file()
         assert run.stdout.count("succeeded") >= 2 and "step 6/6" in run.stdout
         assert json.loads((tmp_path / "model/training.json").read_text())["steps"] == 6
-        assert set(json.loads((tmp_path / "reports/metrics.json").read_text())) == {"emotion", "au"}
+        assert set(json.loads((tmp_path / "reports/metrics.json").read_text())) == {"emotion", "au", "readout"}
         client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
         for experiment in ("emola-train", "emola-eval"):
             found = client.get_experiment_by_name(experiment)

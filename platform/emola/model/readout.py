@@ -47,6 +47,14 @@ class ReadoutHead(nn.Module):
         return {"aus": list(self.aus), "emotions": list(self.emotions), "hidden": self.au.in_features}
 
 
+def ensure_readout(model) -> ReadoutHead:
+    """The model's readout head, a fresh one (in the model's dtype) attached when it has none."""
+    if model.readout is None:
+        llava = model.base_llava
+        model.readout = ReadoutHead(llava.config.text_config.hidden_size).to(llava.dtype)
+    return model.readout
+
+
 def readout_positions(input_ids: torch.Tensor, prior_token_id: int | None, image_token_id: int | None) -> torch.Tensor:
     """``(N, 2)`` (row, column) of each sample's readout token, in sample order (row by row).
 

@@ -176,10 +176,9 @@ def initial_model(cfg: EmolaConfig, tasks: list[str], data: _Examples, init_dir:
         model.prior_projector.fit_normalization(torch.tensor(np.array([e["prior"] for e in data.examples])),
                                                 standardize=cfg.model.prior_standardize)
     if cfg.train.readout_weight > 0:
-        from emola.model.readout import ReadoutHead
+        from emola.model.readout import ensure_readout
 
-        torch_dtype = model.base_llava.dtype
-        model.readout = ReadoutHead(model.base_llava.config.text_config.hidden_size).to(torch_dtype)
+        ensure_readout(model)
     head = warm_up(model, data.examples, cfg.train, log)
     save_checkpoint(model, processor, model_cfg, init_dir)
     if head is not None:

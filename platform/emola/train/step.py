@@ -145,6 +145,10 @@ class TrainStep:
         self.cfg, self.total_steps, self.kind = cfg, total_steps, engine
         self.device = torch.device(f"cuda:{torch.cuda.current_device()}" if cfg.use_gpu else "cpu")
         prepare_model(model, cfg)
+        if cfg.readout_weight > 0:   # (the launcher's initial model has one already; a bare model gets a fresh one)
+            from emola.model.readout import ensure_readout
+
+            ensure_readout(model)
         objective = TrainingObjective(model, cfg.prior_aux_weight, head_state=head_state,
                                       sparse_logits=cfg.sparse_logits, readout_weight=cfg.readout_weight)
         objective.train()
