@@ -307,12 +307,7 @@ class InferenceEngine:
             for i, (r, cut) in enumerate(zip(group, cuts)):
                 ids[i, :cut] = torch.as_tensor(r.prompt_ids[:cut])
             mask = (torch.arange(ids.shape[1])[None] < torch.tensor(cuts)[:, None]).long()
-            pixels = priors = None
-            if group[0].pixel_values is not None:
-                pixels = torch.stack([torch.as_tensor(r.pixel_values) for r in group]).to(self.device, self.decoder.dtype)
-            if group[0].prior is not None:
-                priors = torch.stack([torch.as_tensor(np.asarray(r.prior), dtype=torch.float32) for r in group])
-                priors = priors.to(self.device)
+            pixels, priors = self._media(group)
             ids, mask = ids.to(self.device), mask.to(self.device)
             states = self.model.decoder_states(ids, mask, pixels, priors)
             aus, emotions = head.probabilities(states[torch.arange(len(group)), torch.tensor(cuts) - 1])
@@ -412,6 +407,17 @@ class InferenceEngine:
             self._decode()
             self._retire()
 
+    def _media(self, requests: Sequence[GenerationRequest]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The requests' images ``(n, 3, S, S)`` in the model's dtype and priors ``(n, prior_dim)`` float32, on the
+        device (None for a model that uses neither)."""
+        pixels = priors = None
+        if requests[0].pixel_values is not None:
+            pixels = torch.stack([torch.as_tensor(r.pixel_values) for r in requests]).to(self.device, self.decoder.dtype)
+        if requests[0].prior is not None:
+            priors = torch.stack([torch.as_tensor(np.asarray(r.prior), dtype=torch.float32) for r in requests])
+            priors = priors.to(self.device)
+        return pixels, priors
+
     @torch.no_grad()
     def _prefill(self, new: list[tuple[GenerationRequest, Listener]]) -> None:
         start = len(self._active)
@@ -420,13 +426,8 @@ class InferenceEngine:
         ids = torch.full((len(new), width), self.pad_token_id, dtype=torch.long)
         for i, (request, _) in enumerate(new):
             ids[i, : lengths[i]] = torch.as_tensor(request.prompt_ids, dtype=torch.long)
-        pixels = priors = features = None
-        if new[0][0].pixel_values is not None:
-            pixels = torch.stack([torch.as_tensor(r.pixel_values) for r, _ in new]).to(self.device)
-            features = self._image_features(pixels) if self._image_graphs is not None else None
-        if new[0][0].prior is not None:
-            priors = torch.stack([torch.as_tensor(np.asarray(r.prior), dtype=torch.float32) for r, _ in new])
-            priors = priors.to(self.device)
+        pixels, priors = self._media([r for r, _ in new])
+        features = self._image_features(pixels) if pixels is not None and self._image_graphs is not None else None
         embeds = self.model.merge_inputs(ids.to(self.device), pixels, priors, image_features=features)
         slots = torch.arange(start, start + len(new), device=self.device)
         logits = self.decoder.prefill(embeds, torch.tensor(lengths), slots)
