@@ -55,7 +55,7 @@ def main() -> None:
         model.readout = ReadoutHead(model.base_llava.config.text_config.hidden_size)
     folder = Path(tempfile.mkdtemp(prefix="emola-video-bench-"))
     try:
-        all_clips = generate_clips(folder, args.clips, seed=11, size=224, fps=10.0, seconds=3.0)
+        all_clips = generate_clips(folder / "clips", args.clips, seed=11, size=224, fps=10.0, seconds=3.0)
         clips = all_clips[:4]
         frames = sum(1 for clip in clips for _ in sample_frames(clip))
         started = time.perf_counter()

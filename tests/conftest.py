@@ -115,6 +115,22 @@ def tiny_checkpoint(tiny_params, tiny_corpus, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def readout_checkpoint(tiny_params, tiny_corpus, tmp_path_factory) -> Path:
+    """The tiny model with a (random) readout head, saved."""
+    import torch
+
+    from emola.model.checkpoint import save_checkpoint
+    from emola.model.readout import ReadoutHead
+
+    model, processor, config = build_tiny(tiny_params, tiny_corpus)
+    torch.manual_seed(5)
+    model.readout = ReadoutHead(model.base_llava.config.text_config.hidden_size)
+    with torch.no_grad():
+        model.readout.emotion.weight.mul_(20)   # spread the random head's outputs so expressions come and go
+    return save_checkpoint(model, processor, config, tmp_path_factory.mktemp("readout") / "checkpoint")
+
+
+@pytest.fixture(scope="session")
 def small_pipeline(synth_release, tmp_path_factory) -> dict[str, Path]:
     """Manifests and a landmark cache for the small release: what the train stage reads."""
     from emola.config import load_config

@@ -22,7 +22,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("emola.landmarks", "emola.preflight"),
     ("emola.model",),
     ("emola.engine", "emola.mlflow_model"),
-    ("emola.train", "emola.evaluate", "emola.analyzer", "emola.video_analysis", "emola.pyfunc",
+    ("emola.train", "emola.evaluate", "emola.analyzer", "emola.video_analysis", "emola.video_batch", "emola.pyfunc",
      "emola.mlflow_model_entry"),
     ("emola.cli",),
     ("jobs", "serve"),

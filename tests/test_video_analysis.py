@@ -18,21 +18,6 @@ from emola.video_analysis import VideoOptions, analyze_video, crop_box
 
 
 @pytest.fixture(scope="module")
-def readout_checkpoint(tiny_params, tiny_corpus, tmp_path_factory) -> Path:
-    """The tiny model with a (random) readout head, saved."""
-    from emola.model.checkpoint import save_checkpoint
-    from emola.model.readout import ReadoutHead
-    from tests.conftest import build_tiny
-
-    model, processor, config = build_tiny(tiny_params, tiny_corpus)
-    torch.manual_seed(5)
-    model.readout = ReadoutHead(model.base_llava.config.text_config.hidden_size)
-    with torch.no_grad():
-        model.readout.emotion.weight.mul_(20)   # spread the random head's outputs so expressions come and go
-    return save_checkpoint(model, processor, config, tmp_path_factory.mktemp("readout") / "checkpoint")
-
-
-@pytest.fixture(scope="module")
 def recording(real_photos, tmp_path_factory) -> Path:
     """12 frames at 10 fps panning over a photo of six people, then 4 frames of an empty wall."""
     photo = np.asarray(Image.open(real_photos["t1"]).convert("RGB"))

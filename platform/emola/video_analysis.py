@@ -12,6 +12,10 @@ sampled frame:
    (:meth:`~emola.engine.InferenceEngine.readout`): one forward pass per face, no
    generation.
 
+A video that ships its landmarks (``annotations``: frame index -> points, as FABA-Synth
+clips do) skips detection: each frame's face is the annotated one and its prior is the
+annotation's, exactly as for the still images the model was trained on.
+
 Then, per face, the probabilities are smoothed over ``smoothing`` frames
 (:func:`~emola.video.timeline.smooth`; 1: none), the key moments are found
 (:func:`~emola.video.timeline.key_moments`: the apex of each expression), and only those
@@ -23,13 +27,16 @@ frame is held in memory meanwhile). A frame without a face gives one row with ``
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from emola.config.schema import VideoConfig, VideoLimitsConfig
 from emola.labels import EVAL_QUESTIONS
+from emola.landmarks.annotation import AnnotationBackend
 from emola.video import FaceTracker, VideoLimits, sample_frames
 from emola.video.timeline import key_moments, smooth
 
@@ -47,6 +54,15 @@ class VideoOptions:
     margin: float = 0.25             # crop margin, a fraction of the box's longer side
     limits: VideoLimits = field(default_factory=VideoLimits)
 
+    @classmethod
+    def from_config(cls, cfg: VideoConfig, limits: VideoLimitsConfig | None = None, **changes) -> "VideoOptions":
+        """The ``video`` params (with ``limits`` instead of ``cfg.limits``, e.g. ``cfg.upload_limits``)."""
+        caps = limits or cfg.limits
+        values = dict(fps=cfg.fps, smoothing=cfg.smoothing, describe=cfg.describe, task=cfg.task, min_iou=cfg.min_iou,
+                      max_gap=cfg.max_gap, margin=cfg.margin,
+                      limits=VideoLimits(caps.max_bytes, caps.max_duration_s, caps.max_frames, caps.max_pixels))
+        return cls(**{**values, **changes})
+
 
 @dataclass
 class FrameRow:
@@ -63,6 +79,9 @@ class FrameRow:
     emotions: dict[str, float] | None = None
     key_moment: bool = False
     description: str | None = None
+    raw_aus: dict[int, float] | None = field(default=None, repr=False)        # before smoothing
+    raw_emotions: dict[str, float] | None = field(default=None, repr=False)
+    prior: np.ndarray | None = field(default=None, repr=False)                # the face's prior vector
 
     @property
     def emotion(self) -> str | None:
@@ -79,17 +98,6 @@ class FrameRow:
         row.update({e: round(p, 4) for e, p in (self.emotions or {}).items()})
         row.update({"key_moment": self.key_moment, "description": self.description, "reason": self.reason})
         return row
-
-
-@dataclass(frozen=True)
-class _Located:
-    """A face as a row recorded it (for the second pass)."""
-
-    row: FrameRow
-
-    @property
-    def points(self) -> np.ndarray:
-        return np.asarray(self.row.landmarks, np.float32)
 
 
 def _prior(backend, face, crop: np.ndarray) -> tuple[np.ndarray | None, str]:
@@ -114,8 +122,10 @@ def crop_box(box, width: int, height: int, margin: float) -> tuple[int, int, int
     return left, top, max(right, left + 1), max(bottom, top + 1)
 
 
-def analyze_video(analyzer, source: Path | str | bytes, options: VideoOptions = VideoOptions()) -> list[FrameRow]:
-    """The rows of ``source`` (a path or the file's bytes), by frame then face (module docstring).
+def analyze_video(analyzer, source: Path | str | bytes, options: VideoOptions = VideoOptions(),
+                  annotations: Mapping[int, np.ndarray] | None = None) -> list[FrameRow]:
+    """The rows of ``source`` (a path or the file's bytes), by frame then face (module docstring);
+    ``annotations``: the landmarks ``(N, 2)`` of the one face of each decoded frame, by frame index.
 
     Raises :class:`~emola.video.VideoProblem` for a video that cannot be used and
     ``ValueError`` when the model has no readout head.
@@ -124,14 +134,23 @@ def analyze_video(analyzer, source: Path | str | bytes, options: VideoOptions = 
     if engine.model.readout is None:
         raise ValueError("per-frame analysis reads the model's readout head, which this checkpoint does not have "
                          "(train with train.readout_weight > 0)")
-    if analyzer.backend is None:
+    if analyzer.backend is None and annotations is None:
         raise ValueError("per-frame analysis needs a landmark backend to find the faces")
     source = source if isinstance(source, bytes) else Path(source)
     tracker = FaceTracker(options.min_iou, options.max_gap)
     rows: list[FrameRow] = []
     pending: list[tuple[FrameRow, Image.Image, np.ndarray | None]] = []
     for frame in sample_frames(source, options.fps, options.limits):
-        found = analyzer.backend.extract([frame.image], all_faces=True)[0]
+        if annotations is not None:
+            points = annotations.get(frame.index)
+            found = AnnotationBackend(len(points)).extract([frame.image], annotations=[points])[0] \
+                if points is not None else None
+            if found is None or found.status != "ok":
+                reason = found.reason if found is not None else "the video's annotations have no face for this frame"
+                rows.append(FrameRow(frame.index, frame.time_ms, None, "no_face", reason))
+                continue
+        else:
+            found = analyzer.backend.extract([frame.image], all_faces=True)[0]
         if found.status != "ok":
             rows.append(FrameRow(frame.index, frame.time_ms, None, found.status, found.reason))
             continue
@@ -140,12 +159,13 @@ def analyze_video(analyzer, source: Path | str | bytes, options: VideoOptions = 
         images = [frame.image[t:b, left:right] for left, t, right, b in crops]
         for face, face_id, image in zip(found.faces, ids, images):
             row = FrameRow(frame.index, frame.time_ms, face_id, "ok", box=tuple(round(float(v), 2) for v in face.box),
-                           landmarks=np.round(face.points, 2).tolist())
+                           landmarks=np.round(np.asarray(face.points, np.float64), 2).tolist())
             rows.append(row)
-            prior, reason = _prior(analyzer.backend, face, image)
+            prior, reason = (found.prior, "") if annotations is not None else _prior(analyzer.backend, face, image)
             if prior is None and analyzer.processor.use_prior:
                 row.status, row.reason = "no_face", reason
                 continue
+            row.prior = prior
             pending.append((row, Image.fromarray(image), prior))
         if len(pending) >= engine.cfg.max_batch * 4:
             _read_out(analyzer, pending)
@@ -177,6 +197,7 @@ def _smooth_and_mark(rows: list[FrameRow], options: VideoOptions) -> None:
         au_values = smooth(np.array([[r.aus[a] for a in aus] for r in timeline]), options.smoothing)
         emotion_values = smooth(np.array([[r.emotions[e] for e in emotions] for r in timeline]), options.smoothing)
         for row, a, e in zip(timeline, au_values, emotion_values):
+            row.raw_aus, row.raw_emotions = row.aus, row.emotions
             row.aus = {au: float(v) for au, v in zip(aus, a)}
             row.emotions = {name: float(v) for name, v in zip(emotions, e)}
         for index in key_moments(emotion_values, emotions):
@@ -196,12 +217,8 @@ def _describe(analyzer, source, rows: list[FrameRow], options: VideoOptions) -> 
             if index != frame.index:
                 continue
             left, top, right, bottom = crop_box(row.box, frame.image.shape[1], frame.image.shape[0], options.margin)
-            image = frame.image[top:bottom, left:right]
-            prior, _ = _prior(analyzer.backend, _Located(row), image)
-            if prior is None and analyzer.processor.use_prior:   # (the same crop as in the first pass: not expected)
-                continue
-            crops.append(Image.fromarray(image))
-            priors.append(prior)
+            crops.append(Image.fromarray(frame.image[top:bottom, left:right]))
+            priors.append(row.prior)
             targets.append(row)
     if not targets:
         return

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
-from emola.synth.clips import expression_profile, generate_clips, render_clip
+from emola.synth.clips import (ClipLabelError, clip_landmarks, expression_profile, generate_clips,
+                               read_clip_labels, render_clip)
 from emola.video import sample_frames
 
 
@@ -34,5 +36,25 @@ def test_clips_are_deterministic_and_labelled_per_frame(tmp_path):
     decoded = list(sample_frames(paths[0]))
     assert len(decoded) == 20 and decoded[0].image.shape == (96, 96, 3)
     assert np.abs(decoded[apex].image.astype(int) - images[apex].astype(int)).mean() < 8   # lossy, but the same frames
-    saved = json.loads((tmp_path / "clips/0000.json").read_text())
+    saved = json.loads((tmp_path / "0000.json").read_text())
     assert saved["apex_frame"] == apex and len(saved["frames"]) == 20
+    assert read_clip_labels(paths[0]) == saved
+    points = clip_landmarks(saved)
+    assert sorted(points) == list(range(20)) and points[apex].shape == (68, 2)
+
+
+def test_clip_labels_missing_or_bad(tmp_path):
+    video = tmp_path / "clip.mp4"
+    assert read_clip_labels(video) is None   # no label file: an unlabelled video
+    (tmp_path / "clip.json").write_text("{not json")
+    with pytest.raises(ClipLabelError, match="clip.json: unreadable"):
+        read_clip_labels(video)
+    (tmp_path / "clip.json").write_text(json.dumps({"apex_frame": 5, "frames": [{"emotion": "happy", "aus": []}]}))
+    with pytest.raises(ClipLabelError, match="apex_frame 5 is outside its 1 frames"):
+        read_clip_labels(video)
+    (tmp_path / "clip.json").write_text(json.dumps({"apex_frame": 0, "frames": [{"emotion": "happy"}]}))
+    with pytest.raises(ClipLabelError, match=r"frames\[0\] needs"):
+        read_clip_labels(video)
+    labels = {"apex_frame": 0, "frames": [{"emotion": "happy", "aus": [12]}]}
+    (tmp_path / "clip.json").write_text(json.dumps(labels))
+    assert read_clip_labels(video) == labels and clip_landmarks(labels) is None   # labels without landmarks

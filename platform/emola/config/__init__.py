@@ -9,6 +9,7 @@ from emola.config.schema import (
     ModelConfig,
     ServeConfig,
     TrainConfig,
+    VideoConfig,
 )
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "ParamsError",
     "ServeConfig",
     "TrainConfig",
+    "VideoConfig",
     "load_config",
     "parse_overrides",
 ]

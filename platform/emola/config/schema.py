@@ -307,6 +307,50 @@ class ServeConfig(Section):
         return self
 
 
+# -------------------------------------------------------------------------- video
+class VideoLimitsConfig(Section):
+    """Caps on one video, checked before decoding (bytes, duration, resolution) and while decoding (frames)."""
+
+    max_bytes: int = Field(ge=1)
+    max_duration_s: float = Field(gt=0)
+    max_frames: int = Field(ge=1, description="sampled frames")
+    max_pixels: int = Field(ge=1, description="width x height of a frame")
+
+
+class ClipsConfig(Section):
+    """FABA-Synth expression clips (stage ``clips``): neutral, onset, apex, offset, with head motion."""
+
+    count: int = Field(ge=1)
+    seed: int
+    size: int = Field(ge=64, description="square side in pixels")
+    fps: float = Field(gt=0)
+    seconds: float = Field(gt=0)
+
+
+class VideoConfig(Section):
+    """Per-frame video analysis (``emola analyze clip.mp4``, stage ``video``, Serve's video uploads)."""
+
+    input: str = Field(description="folder of videos the video stage analyses")
+    reports: str = Field(description="the stage's per-video tables and file report")
+    metrics: str = Field(description="the stage's scores of the readout head on labelled clips")
+    fps: float | None = Field(gt=0, description="frames sampled per second; null: every frame")
+    smoothing: int = Field(ge=1, description="centered window over sampled frames (1: none)")
+    describe: bool = Field(description="generate a description at each key moment")
+    task: Task = Field(description="the question asked at key moments")
+    landmarks: Literal["auto", "detect"] = Field(
+        description="auto: the landmarks a clip's label file ships (FABA-Synth clips), else the detector; "
+                    "detect: always the checkpoint's landmark backend")
+    min_iou: float = Field(gt=0, le=1, description="box overlap that continues a face from one frame to the next")
+    max_gap: int = Field(ge=0, description="sampled frames a face may be missing and keep its id")
+    margin: float = Field(ge=0, description="crop margin, a fraction of the face box's longer side")
+    limits: VideoLimitsConfig
+    upload_limits: VideoLimitsConfig = Field(description="caps on a video uploaded to Serve's /v1/analyze")
+    actors: int = Field(ge=1, description="Ray Data actors of the video stage, each with its own model")
+    cpus_per_actor: float = Field(gt=0)
+    gpus_per_actor: float = Field(ge=0)
+    clips: ClipsConfig
+
+
 # ------------------------------------------------------------------------- root
 class EmolaConfig(Section):
     """The resolved configuration: the profile's values, the sections on top, then overrides."""
@@ -319,6 +363,8 @@ class EmolaConfig(Section):
     evaluate: EvaluateConfig
     inference: InferenceConfig
     serve: ServeConfig
+    video: VideoConfig
 
 
-SECTIONS: tuple[str, ...] = ("data", "landmarks", "model", "train", "evaluate", "inference", "serve")
+SECTIONS: tuple[str, ...] = ("data", "landmarks", "model", "train", "evaluate", "inference", "serve",
+                              "video")

@@ -8,8 +8,10 @@ a little. Every frame's labels are written beside the video: time, profile, AU
 intensities, the active AUs (at or above FABA-Synth's threshold) and the emotion shown
 (the prototype's while its intensity is at least ``EMOTION_VISIBLE``, neutral otherwise).
 
-    clips/{index:04d}.mp4      the clip (H.264)
-    clips/{index:04d}.json     {"emotion", "apex_frame", "fps", "frames": [per-frame labels]}
+    {index:04d}.mp4      the clip (H.264)
+    {index:04d}.json     {"emotion", "apex_frame", "fps", "frames": [per-frame labels]}: its label file
+
+:func:`read_clip_labels` finds and checks a video's label file (the same name, ``.json``).
 """
 
 from __future__ import annotations
@@ -80,8 +82,8 @@ def render_clip(seed: int, index: int, size: int = 160, fps: float = 10.0, secon
 
 def generate_clips(out_dir: Path | str, count: int, seed: int, size: int = 160, fps: float = 10.0,
                    seconds: float = 3.0) -> list[Path]:
-    """Write ``count`` clips and their labels under ``out_dir/clips``; returns the video paths."""
-    folder = Path(out_dir) / "clips"
+    """Write ``count`` clips and their label files into ``out_dir``; returns the video paths."""
+    folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for index in range(count):
@@ -89,3 +91,42 @@ def generate_clips(out_dir: Path | str, count: int, seed: int, size: int = 160, 
         paths.append(write_video(folder / f"{index:04d}.mp4", images, fps))
         (folder / f"{index:04d}.json").write_text(json.dumps(labels) + "\n")
     return paths
+
+
+class ClipLabelError(ValueError):
+    """A clip's label file that exists but cannot be used (names the file and the problem)."""
+
+
+def read_clip_labels(video: Path | str) -> dict | None:
+    """The labels beside ``video`` (``<name>.json`` as :func:`generate_clips` writes them), or None when there is
+    no such file; :class:`ClipLabelError` when it is not valid JSON or lacks ``apex_frame`` and ``frames``."""
+    path = Path(video).with_suffix(".json")
+    if not path.is_file():
+        return None
+    try:
+        labels = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ClipLabelError(f"{path}: unreadable label file ({err})") from None
+    frames = labels.get("frames") if isinstance(labels, dict) else None
+    if not isinstance(frames, list) or not isinstance(labels.get("apex_frame"), int):
+        raise ClipLabelError(f"{path}: a clip label file needs 'apex_frame' (an integer) and 'frames' (a list)")
+    if not 0 <= labels["apex_frame"] < len(frames):
+        raise ClipLabelError(f"{path}: apex_frame {labels['apex_frame']} is outside its {len(frames)} frames")
+    for i, frame in enumerate(frames):
+        if not isinstance(frame, dict) or "emotion" not in frame or not isinstance(frame.get("aus"), list):
+            raise ClipLabelError(f"{path}: frames[{i}] needs 'emotion' and 'aus'")
+    return labels
+
+
+def clip_landmarks(labels: dict) -> dict[int, np.ndarray] | None:
+    """Frame index -> the face's landmarks ``(N, 2)``, when every frame of the labels has them; else None."""
+    points = {}
+    for i, frame in enumerate(labels["frames"]):
+        raw = frame.get("landmarks")
+        if raw is None:
+            return None
+        array = np.asarray(raw, np.float32)
+        if array.ndim != 2 or array.shape[1] != 2 or not np.isfinite(array).all():
+            return None
+        points[int(frame.get("frame", i))] = array
+    return points
