@@ -29,7 +29,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from emola.labels import EVAL_QUESTIONS
 from emola.engine import PromptTooLong
 from emola.metrics.rege_parsers import aus_of, emotion_of
-from serve.inputs import RequestError, b64_bytes, decode_upload, image_url_bytes, last_user_turn
+from emola.video import VideoLimits, VideoProblem, looks_like_video, probe
+from serve.inputs import (RequestError, b64_bytes, decode_upload, image_url_bytes, last_user_turn, video_error,
+                          video_options)
 
 API_KEY_ENV = "EMOLA_API_KEY"
 OPEN_PATHS = ("/", "/healthz", "/readyz", "/static/")   # probes and the page; the page sends the key itself
@@ -232,9 +234,13 @@ class EmolaAPI:
         """Multipart (``file``, optional ``task``) or JSON (``image`` as base64 or data URL, ``task``).
 
         Named steps: read the request, decode the image, find the face and its prior, describe
-        it per task (each task on its model, concurrently), answer."""
+        it per task (each task on its model, concurrently), answer. A video (a ``video`` part or
+        JSON key, a ``video/*`` upload, or bytes that start like a video container) goes to
+        :meth:`_analyze_video`."""
         started = time.perf_counter()
-        data, task = await self._analysis_request(request)
+        data, task, video_fields = await self._analysis_request(request)
+        if video_fields is not None:
+            return await self._analyze_video(data, video_fields, started)
         t0 = time.perf_counter()
         image = decode_upload(data, self.settings["max_image_pixels"])
         t1 = time.perf_counter()
@@ -253,26 +259,76 @@ class EmolaAPI:
                            "total": round(1e3 * (time.perf_counter() - started), 2)},
         }
 
-    async def _analysis_request(self, request: Request) -> tuple[bytes, str]:
-        """The image bytes and the task of a multipart or JSON analysis request (4xx when malformed)."""
+    async def _analysis_request(self, request: Request) -> tuple[bytes, str, dict | None]:
+        """The bytes and the task of a multipart or JSON analysis request (4xx when malformed), and for a
+        video the request's fields (its options), else None."""
         kind = request.headers.get("content-type", "")
         if kind.startswith("multipart/form-data"):
             form = await request.form(max_part_size=self.settings["max_body_bytes"])
-            upload = form.get("file") or form.get("image")
+            upload = form.get("video") or form.get("file") or form.get("image")
             if upload is None or isinstance(upload, str):
-                raise RequestError(400, "missing_file", "multipart body without a 'file' part")
+                raise RequestError(400, "missing_file", "multipart body without a 'file' (or 'video') part")
             data, task = await upload.read(), str(form.get("task") or "both")
+            fields = {k: v for k, v in form.items() if isinstance(v, str)}
+            is_video = (form.get("video") is not None or (upload.content_type or "").startswith("video/")
+                        or looks_like_video(data))
         else:
             payload = _json(await _body(request, self.settings["max_body_bytes"]))
-            image = payload.get("image")
-            if not isinstance(image, str) or not image:
-                raise RequestError(400, "missing_image", "JSON body needs 'image': base64 bytes or a data URL")
-            data = (image_url_bytes(image, allow_remote=False, max_bytes=self.settings["max_body_bytes"], timeout_s=1)
-                    if image.startswith("data:") else b64_bytes(image))
-            task = payload.get("task", "both")
+            media = payload.get("video", payload.get("image"))
+            if not isinstance(media, str) or not media:
+                raise RequestError(400, "missing_image", "JSON body needs 'image' (or 'video'): base64 bytes or a "
+                                                         "data URL")
+            if media.startswith("data:video/"):
+                data = b64_bytes(media.partition(",")[2], "video")
+            else:
+                data = (image_url_bytes(media, allow_remote=False, max_bytes=self.settings["max_body_bytes"],
+                                        timeout_s=1) if media.startswith("data:") else b64_bytes(media))
+            task, fields = payload.get("task", "both"), payload
+            is_video = "video" in payload or looks_like_video(data)
         if task not in TASKS:
             raise RequestError(400, "invalid_task", f"task: {task!r} is not one of {', '.join(TASKS)}")
-        return data, task
+        return data, task, (fields if is_video else None)
+
+    async def _analyze_video(self, data: bytes, fields: dict, started: float) -> dict:
+        """Named steps: the options, the upload's limits (probed here, 4xx before any model work), the part
+        with a readout head, per-frame analysis on its replica, answer."""
+        video = self.settings["video"]
+        options = video_options(fields, video["options"])
+        if fields.get("task") in ("emotion", "au"):   # the question asked at key moments ("both": the params')
+            options["task"] = fields["task"]
+        limits = VideoLimits(**video["limits"])
+        t0 = time.perf_counter()
+        try:
+            info = await asyncio.to_thread(probe, data, limits)
+        except VideoProblem as err:
+            raise video_error(err.code, str(err)) from None
+        probe_ms = round(1e3 * (time.perf_counter() - t0), 2)
+        parts = [part for part, info_ in (await self._parts()).items() if info_.get("readout")]
+        if not parts:
+            raise RequestError(400, "video_not_supported", "video: the served model has no readout head for "
+                               "per-frame probabilities (train it with train.readout_weight > 0); send an image")
+        part = parts[0]
+        generation = self._generation()
+        out = await self._call(lambda: self.models[part].analyze_video.remote(
+            data, {**options, "limits": video["limits"], "generation": generation}), "video analysis")
+        if "error" in out:
+            raise video_error(out["error"]["code"], out["error"]["message"])
+        rows = out["rows"]
+        infos = await self._parts()
+        return {
+            "id": f"analyze-{uuid.uuid4().hex[:16]}", "object": "video.analysis", "model": self._model_id(part),
+            "model_version": _version(infos[part]),
+            "video": {"width": info.width, "height": info.height, "rotation": info.rotation,
+                      "duration_s": info.duration_s, "fps": info.average_fps, "codec": info.codec},
+            "options": options,
+            "frames": len({r["frame"] for r in rows}),
+            "faces": len({r["face_id"] for r in rows if r["face_id"] is not None}),
+            "key_moments": [{k: r[k] for k in ("frame", "time_ms", "face_id", "emotion", "description")}
+                            for r in rows if r["key_moment"]],
+            "rows": rows,
+            "timings_ms": {"probe": probe_ms, "analysis": out["ms"],
+                           "total": round(1e3 * (time.perf_counter() - started), 2)},
+        }
 
     async def _describe(self, tasks: list[str], image, face: dict) -> tuple[dict, float]:
         """Each task's description from its model (concurrently), with the emotion or AUs parsed from it."""

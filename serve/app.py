@@ -60,6 +60,14 @@ def deployment_options(cfg: EmolaConfig, parts: dict[str, str]) -> dict[str, dic
     }
 
 
+def video_settings(cfg: EmolaConfig) -> dict:
+    """What the ingress needs for video uploads: the analysis defaults of ``video`` and the upload limits."""
+    v = cfg.video
+    return {"options": {"fps": v.fps, "smoothing": v.smoothing, "describe": v.describe, "task": v.task,
+                        "min_iou": v.min_iou, "max_gap": v.max_gap, "margin": v.margin},
+            "limits": v.upload_limits.model_dump()}
+
+
 def build_app(args: dict | None = None):
     """The application for ``serve run``: ``args`` = ``{params: FILE, overrides: [KEY=VALUE, ...]}``."""
     from serve.api import EmolaAPI
@@ -77,10 +85,11 @@ def build_app(args: dict | None = None):
     faces = LandmarkDetector.options(**options["LandmarkDetector"]).bind(
         list(parts.values()), cfg.landmarks.model_dump(), s.landmark_cache)
     models = {part: EmolaModel.options(name=model_deployment_name(part), **options[model_deployment_name(part)]).bind(
-        reference, cfg.inference.model_dump(), max(1, int(s.num_cpus))) for part, reference in parts.items()}
+        reference, cfg.inference.model_dump(), max(1, int(s.num_cpus)), cfg.landmarks.model_dump())
+        for part, reference in parts.items()}
     settings = {"model_name": s.model_name, "max_body_bytes": s.max_body_bytes, "max_image_pixels": s.max_image_pixels,
                 "request_timeout_s": s.request_timeout_s, "allow_remote_images": s.allow_remote_images,
-                "generation": cfg.evaluate.generation.model_dump()}
+                "generation": cfg.evaluate.generation.model_dump(), "video": video_settings(cfg)}
     return EmolaAPI.options(**options["EmolaAPI"]).bind(faces, models, settings)
 
 

@@ -92,6 +92,50 @@ def _fetch(url: str, max_bytes: int, timeout_s: float) -> bytes:
         raise RequestError(400, "remote_image_failed", f"image_url: could not fetch {url}: {err}") from None
 
 
+#: VideoProblem codes -> HTTP status, as for images.
+VIDEO_STATUS = {"empty": 400, "missing": 400, "not_video": 415, "corrupt": 422, "too_large": 413}
+
+
+def video_error(code: str, message: str) -> RequestError:
+    """The 4xx of a :class:`~emola.video.VideoProblem` (its ``code`` and message)."""
+    return RequestError(VIDEO_STATUS.get(code, 422), f"video_{code}", f"video: {message}")
+
+
+def video_options(fields, defaults: dict) -> dict:
+    """``fps``, ``smoothing`` and ``describe`` of a video request (form fields or JSON), over ``defaults``.
+
+    Strings from a form are parsed; each value is checked: ``fps`` a number in (0, 60]
+    (or null/"all": every frame), ``smoothing`` an integer from 1 to 31, ``describe`` a boolean.
+    """
+    options = dict(defaults)
+    if (fps := fields.get("fps")) is not None and fps != "":
+        if fps in ("all", "null"):
+            options["fps"] = None
+        else:
+            try:
+                value = float(fps)
+            except (TypeError, ValueError):
+                value = float("nan")
+            if isinstance(fps, bool) or not 0 < value <= 60:
+                raise RequestError(400, "invalid_fps", f"fps: a number in (0, 60], or 'all'; got {fps!r}")
+            options["fps"] = value
+    if (smoothing := fields.get("smoothing")) is not None and smoothing != "":
+        try:
+            value = int(smoothing) if not isinstance(smoothing, (bool, float)) else -1
+        except (TypeError, ValueError):
+            value = -1
+        if not 1 <= value <= 31:
+            raise RequestError(400, "invalid_smoothing", f"smoothing: an integer from 1 to 31; got {smoothing!r}")
+        options["smoothing"] = value
+    if (describe := fields.get("describe")) is not None and describe != "":
+        flags = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+        value = describe if isinstance(describe, bool) else flags.get(str(describe).lower())
+        if value is None:
+            raise RequestError(400, "invalid_describe", f"describe: true or false; got {describe!r}")
+        options["describe"] = value
+    return options
+
+
 @dataclass(frozen=True)
 class ChatTurn:
     question: str

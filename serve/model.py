@@ -10,6 +10,12 @@ plain requests share one batch. ``inference.max_batch: 1`` turns batching off
 A prompt too long for the model's context is refused before it is queued
 (:class:`~emola.engine.PromptTooLong`; the ingress answers 400). A call whose caller
 gives up (client gone, timeout) is cancelled in the engine too.
+
+``analyze_video`` runs :func:`emola.video_analysis.analyze_video` on an uploaded video in a
+worker thread (the replica keeps serving meanwhile): the readout head on every sampled
+frame, and the descriptions at key moments through the same engine, batched with the
+other requests. It needs the checkpoint's readout head and a landmark backend, built
+on the first video.
 """
 
 from __future__ import annotations
@@ -46,7 +52,7 @@ class _AsyncListener(Listener):
 
 @serve.deployment(name="EmolaModel")
 class EmolaModel:
-    def __init__(self, checkpoint: str, inference: dict, threads: int = 1):
+    def __init__(self, checkpoint: str, inference: dict, threads: int = 1, landmarks: dict | None = None):
         import torch
 
         from emola.config.schema import InferenceConfig
@@ -59,13 +65,15 @@ class EmolaModel:
         self.config = EmolaModelConfig.load(self.resolved.path)
         self.engine = InferenceEngine.from_checkpoint(self.resolved.path, InferenceConfig.model_validate(inference))
         self.processor = self.engine.processor
+        self.landmarks, self.backend = landmarks, None
         self.graphs = self.engine.warm_up()   # CUDA: no request pays for graph capture
         self.engine.start()
 
     def info(self) -> dict:
         return {**self.resolved.describe(), "profile": self.config.profile, "base": self.config.base,
                 "vision": self.config.vision, "prior": self.config.prior, "landmark_backend": self.config.landmark_backend,
-                "template": self.config.template, "tasks": self.config.tasks, "engine": self.engine.load}
+                "template": self.config.template, "tasks": self.config.tasks, "engine": self.engine.load,
+                "readout": self.config.readout is not None}
 
     def _request(self, item: dict) -> GenerationRequest:
         """An engine request from ``question``, ``pixels`` ``(H, W, 3)``, ``prior`` and ``generation``."""
@@ -128,3 +136,42 @@ class EmolaModel:
             if len(text) > len(sent) and text.startswith(sent) and not text.endswith("\ufffd"):
                 yield text[len(sent):]
                 sent = text
+
+    async def analyze_video(self, data: bytes, options: dict) -> dict:
+        """``{"rows": [FrameRow.to_row(), ...], "ms": ...}`` for the video ``data``, or ``{"error": {"code",
+        "message"}}`` for a video that cannot be used (:class:`~emola.video.VideoProblem`'s code).
+
+        ``options``: :class:`~emola.video_analysis.VideoOptions` fields, ``limits`` as a dict, and
+        ``generation`` (the descriptions' decoding)."""
+        return await asyncio.to_thread(self._analyze_video, data, options)
+
+    def _analyze_video(self, data: bytes, options: dict) -> dict:
+        from emola.analyzer import Analyzer
+        from emola.config.schema import GenerationConfig
+        from emola.video import VideoLimits, VideoProblem
+        from emola.video_analysis import VideoOptions, analyze_video
+
+        started = time.perf_counter()
+        if self.config.readout is None:
+            return {"error": {"code": "no_readout", "message": "this model has no readout head"}}
+        options = dict(options)
+        generation = GenerationConfig.model_validate(options.pop("generation"))
+        limits = VideoLimits(**options.pop("limits"))
+        analyzer = Analyzer(self.engine, self.config, self._backend(), generation)
+        try:
+            rows = analyze_video(analyzer, data, VideoOptions(**options, limits=limits))
+        except VideoProblem as err:
+            return {"error": {"code": err.code, "message": str(err)}}
+        return {"rows": [row.to_row() for row in rows], "ms": round(1e3 * (time.perf_counter() - started), 2)}
+
+    def _backend(self):
+        """The landmark backend matching the checkpoint's priors (None for a model without the prior token)."""
+        if self.backend is None:
+            from emola.config.schema import LandmarksConfig
+            from emola.landmarks.registry import build_backend, inference_backend_name
+
+            name = inference_backend_name(self.config.prior, self.config.landmark_backend, self.config.prior_dim)
+            if name:
+                cfg = LandmarksConfig.model_validate(self.landmarks) if self.landmarks else None
+                self.backend = build_backend(cfg, name=name)
+        return self.backend

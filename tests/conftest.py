@@ -131,6 +131,29 @@ def readout_checkpoint(tiny_params, tiny_corpus, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def recording(real_photos, tmp_path_factory) -> Path:
+    """12 frames at 10 fps panning over a photo of six people, then 4 frames of an empty wall."""
+    import av
+    import numpy as np
+    from PIL import Image
+
+    photo = np.asarray(Image.open(real_photos["t1"]).convert("RGB"))
+    path = tmp_path_factory.mktemp("video") / "group.mp4"
+    container = av.open(str(path), "w")
+    stream = container.add_stream("libx264", rate=10)
+    stream.width, stream.height, stream.pix_fmt = 1000, 700, "yuv420p"
+    frames = [photo[10 + 6 * i: 710 + 6 * i, 20 + 12 * i: 1020 + 12 * i] for i in range(12)]
+    frames += [np.full((700, 1000, 3), 180, np.uint8)] * 4
+    for image in frames:
+        for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+    container.close()
+    return path
+
+
+@pytest.fixture(scope="session")
 def small_pipeline(synth_release, tmp_path_factory) -> dict[str, Path]:
     """Manifests and a landmark cache for the small release: what the train stage reads."""
     from emola.config import load_config

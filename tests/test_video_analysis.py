@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import av
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from emola import Analyzer
@@ -15,25 +11,6 @@ from emola.config.schema import GenerationConfig
 from emola.labels import AU_LISTS, EMOTIONS
 from emola.video import VideoProblem
 from emola.video_analysis import VideoOptions, analyze_video, crop_box
-
-
-@pytest.fixture(scope="module")
-def recording(real_photos, tmp_path_factory) -> Path:
-    """12 frames at 10 fps panning over a photo of six people, then 4 frames of an empty wall."""
-    photo = np.asarray(Image.open(real_photos["t1"]).convert("RGB"))
-    path = tmp_path_factory.mktemp("video") / "group.mp4"
-    container = av.open(str(path), "w")
-    stream = container.add_stream("libx264", rate=10)
-    stream.width, stream.height, stream.pix_fmt = 1000, 700, "yuv420p"
-    frames = [photo[10 + 6 * i: 710 + 6 * i, 20 + 12 * i: 1020 + 12 * i] for i in range(12)]
-    frames += [np.full((700, 1000, 3), 180, np.uint8)] * 4
-    for image in frames:
-        for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")):
-            container.mux(packet)
-    for packet in stream.encode():
-        container.mux(packet)
-    container.close()
-    return path
 
 
 def test_every_sampled_frame_gets_rows_with_stable_face_ids_and_descriptions_at_key_moments(

@@ -97,3 +97,21 @@ def test_per_task_models_get_one_deployment_each(tiny_checkpoint, tmp_path):
         ["EmolaModel-au", "EmolaModel-emotion"]
     assert names(serve_config("params.yaml", ["profile=emola-7b"]))[:2] == ["EmolaModel-emotion", "EmolaModel-au"]
     assert names(serve_config("params.yaml"))[0] == "EmolaModel"
+
+
+def test_video_options_parse_form_strings_and_json_values():
+    from serve.inputs import video_options
+
+    defaults = {"fps": None, "smoothing": 3, "describe": True, "task": "emotion"}
+    assert video_options({}, defaults) == defaults
+    assert video_options({"fps": "5", "smoothing": "1", "describe": "false"}, defaults) == {
+        **defaults, "fps": 5.0, "smoothing": 1, "describe": False}
+    assert video_options({"fps": 2.5, "smoothing": 5, "describe": False}, defaults)["fps"] == 2.5
+    assert video_options({"fps": "all"}, {**defaults, "fps": 5.0})["fps"] is None
+    for fields, code in (({"fps": "0"}, "invalid_fps"), ({"fps": "fast"}, "invalid_fps"), ({"fps": 61}, "invalid_fps"),
+                         ({"fps": True}, "invalid_fps"), ({"smoothing": "0"}, "invalid_smoothing"),
+                         ({"smoothing": 2.5}, "invalid_smoothing"), ({"smoothing": "40"}, "invalid_smoothing"),
+                         ({"describe": "maybe"}, "invalid_describe")):
+        with pytest.raises(RequestError) as caught:
+            video_options(fields, defaults)
+        assert caught.value.status == 400 and caught.value.code == code, fields

@@ -30,8 +30,11 @@ def split_server(tiny_checkpoint, small_pipeline, tmp_path_factory):
     srv.stop()
 
 
-def test_each_task_goes_to_its_own_model(split_server, small_pipeline):
+def test_each_task_goes_to_its_own_model(split_server, small_pipeline, tmp_path):
     from emola.data.manifest import read_manifest
+    from emola.synth.clips import generate_clips
+
+    clip = generate_clips(tmp_path, count=1, seed=1, size=64, fps=10, seconds=2.0)[0]
 
     server, models = split_server
     row = next(r for r in read_manifest(small_pipeline["manifests"] / "test.jsonl") if r.task == "emotion")
@@ -58,4 +61,7 @@ def test_each_task_goes_to_its_own_model(split_server, small_pipeline):
         unknown = client.post("/v1/chat/completions", json={"model": "emola-tiny", "messages": messages})
         assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "model_not_found"
         assert "emola-tiny-au" in unknown.json()["error"]["message"]
+        # These published-style parts have no readout head: a video is refused with a reason, not a 500.
+        video = client.post("/v1/analyze", files={"file": ("clip.mp4", clip.read_bytes(), "video/mp4")})
+        assert video.status_code == 400 and video.json()["error"]["code"] == "video_not_supported", video.text
         assert client.get("/healthz").status_code == 200   # still serving

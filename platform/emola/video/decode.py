@@ -96,6 +96,11 @@ def _open(source: Path | bytes, limits: VideoLimits):
     return container, name
 
 
+def looks_like_video(source: Path | bytes) -> bool:
+    """Whether the first bytes are those of a video container (MP4/MOV, Matroska/WebM, AVI, FLV, Ogg)."""
+    return _container_signature(source)
+
+
 def _container_signature(source: Path | bytes) -> bool:
     """Whether the first bytes are those of a video container (MP4/MOV, Matroska/WebM, AVI, FLV, Ogg)."""
     if isinstance(source, bytes | bytearray):

@@ -13,13 +13,14 @@ ARTIFACTS = REPO / "test-output"   # screenshots kept with the test output (giti
 
 
 @pytest.fixture(scope="package")
-def server(tiny_checkpoint, small_pipeline, tmp_path_factory):
+def server(readout_checkpoint, small_pipeline, tmp_path_factory):
+    """The tiny model with a readout head, so that videos are answered too."""
     from serve import local
 
     srv = local.start(tmp_path_factory.mktemp("serve"), [
-        f"serve.checkpoint={tiny_checkpoint}", f"serve.landmark_cache={small_pipeline['landmarks']}",
+        f"serve.checkpoint={readout_checkpoint}", f"serve.landmark_cache={small_pipeline['landmarks']}",
         "serve.max_body_bytes=2000000", "serve.max_image_pixels=4000000", "serve.min_replicas=1",
-        "serve.max_replicas=1", "evaluate.generation.max_new_tokens=48"], api_key=API_KEY)
+        "serve.max_replicas=1", "evaluate.generation.max_new_tokens=48", "video.upload_limits.max_pixels=800000"], api_key=API_KEY)
     yield srv
     srv.stop()
 

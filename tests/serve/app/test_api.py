@@ -139,3 +139,61 @@ def test_bad_inputs_get_the_right_4xx_and_the_server_keeps_serving(server, synth
                 response = client.request(method, path, json={})
                 assert response.status_code == 401, (key, path, response.text)
                 assert response.json()["error"]["code"] == "invalid_api_key"
+
+
+def _video(path, frames: int, size: tuple[int, int], fps: float = 10.0) -> bytes:
+    from emola.video import write_video
+
+    width, height = size
+    images = [np.full((height, width, 3), 40 + 5 * i, np.uint8) for i in range(frames)]
+    return write_video(path, images, fps).read_bytes()
+
+
+def test_analyze_a_video_upload_multipart_and_json(server, recording):
+    data = recording.read_bytes()
+    with server.client() as client:
+        response = client.post("/v1/analyze", files={"file": ("group.mp4", data, "video/mp4")},
+                               data={"fps": "5", "smoothing": "3"})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        plain = client.post("/v1/analyze", json={"video": base64.b64encode(data).decode(), "fps": 5,
+                                                 "describe": False})
+    assert plain.status_code == 200, plain.text
+    assert body["object"] == "video.analysis" and body["video"]["width"] == 1000 and body["video"]["height"] == 700
+    assert body["options"]["fps"] == 5.0 and body["frames"] == 8          # 16 frames at 10 fps, sampled at 5
+    assert sorted({r["frame"] for r in body["rows"]}) == list(range(0, 16, 2))
+    assert {r["status"] for r in body["rows"] if r["frame"] >= 12} == {"no_face"}   # the empty wall
+    assert body["faces"] >= 4
+    faces = [r for r in body["rows"] if r["face_id"] is not None]
+    assert all(abs(sum(r[e] for e in EMOTIONS) - 1) < 1e-3 and "AU12" in r for r in faces)
+    assert body["key_moments"] and all(isinstance(k["description"], str) for k in body["key_moments"])
+    assert {"probe", "analysis", "total"} <= set(body["timings_ms"])
+    # The same video as JSON base64, without descriptions: the same probabilities, no text.
+    other = plain.json()
+    assert [r.get("happiness") for r in other["rows"]] == [r.get("happiness") for r in body["rows"]]
+    assert all(r["description"] is None for r in other["rows"])
+
+
+def test_bad_videos_get_their_4xx_and_the_server_keeps_serving(server, recording, tmp_path):
+    good = recording.read_bytes()
+    wide = _video(tmp_path / "wide.mp4", 2, (1280, 720))                 # 921,600 pixels: over the test cap
+    long = _video(tmp_path / "long.mp4", 40, (64, 64), fps=1.0)          # 40 s: over the 30 s cap
+    cases = {
+        "text as a video": (415, "video_not_video", {"files": {"file": ("x.mp4", b"not a video", "video/mp4")}}),
+        "truncated MP4": (422, "video_corrupt", {"files": {"file": ("t.mp4", good[: len(good) // 3], "video/mp4")}}),
+        "empty video part": (400, "video_empty", {"files": {"video": ("e.mp4", b"", "video/mp4")}}),
+        "resolution over the cap": (413, "video_too_large", {"files": {"file": ("w.mp4", wide, "video/mp4")}}),
+        "duration over the cap": (413, "video_too_large", {"files": {"file": ("l.mp4", long, "video/mp4")}}),
+        "bad fps": (400, "invalid_fps", {"files": {"file": ("g.mp4", good, "video/mp4")}, "data": {"fps": "fast"}}),
+        "bad smoothing": (400, "invalid_smoothing", {"json": {"video": base64.b64encode(good).decode(),
+                                                             "smoothing": 0}}),
+    }
+    with server.client() as client:
+        for name, (status, code, request) in cases.items():
+            response = client.post("/v1/analyze", **request)
+            assert response.status_code == status, (name, response.text)
+            assert response.json()["error"]["code"] == code, name
+        assert client.get("/healthz").status_code == 200
+        ok = client.post("/v1/analyze", files={"video": ("g.mp4", good, "application/octet-stream")},
+                         data={"fps": "2", "describe": "false"})
+        assert ok.status_code == 200 and ok.json()["frames"] == 4, ok.text
