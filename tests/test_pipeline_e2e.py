@@ -92,6 +92,16 @@ def test_dvc_repro_on_a_fresh_clone(fresh_clone):
 
     _check_the_registered_champion(fresh_clone)
 
+    # The video stage: the readout head on every frame of the 20 FABA-Synth clips, on Ray Data.
+    video = json.loads((fresh_clone / "reports/video_metrics.json").read_text())
+    head = video["head"]
+    print(f"video: {video['frames']} frames; head at the apex: emotion {head['apex']['smoothed']['emotion_accuracy']}, "
+          f"AU F1 {head['apex']['smoothed']['au_macro_f1']}")
+    assert video["status"] == {"ok": 20} and video["face_frames"] == video["frames"] == 600 and head["clips"] == 20
+    assert head["apex"]["smoothed"]["emotion_accuracy"] >= 90 and head["apex"]["smoothed"]["au_macro_f1"] >= 60
+    assert head["key_moments"]["smoothed"]["within_3_frames"] >= 16   # of 20 faces (20 on this machine)
+    assert len(list((fresh_clone / "reports/video").glob("*.csv"))) == 20
+
     stages = yaml.safe_load((fresh_clone / "dvc.yaml").read_text())["stages"]
     again = _dvc(fresh_clone, "repro")
     assert again.count("didn't change, skipping") == len(stages) and "Data and pipelines are up to date" in again
