@@ -80,7 +80,7 @@ def batching(args, images: list[bytes], work: Path) -> dict:
                                            "serve.max_replicas=1", "serve.max_ongoing_requests=64"])
         try:
             asyncio.run(_load(server.url, images, 2, 4))  # warm-up
-            results[name] = [asyncio.run(_load(server.url, images, c, args.requests)) for c in (1, 8, 32)]
+            results[name] = [asyncio.run(_load(server.url, images, c, args.requests)) for c in args.clients]
         finally:
             server.stop()
         for row in results[name]:
@@ -127,6 +127,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=48)
     parser.add_argument("--autoscale-requests", type=int, default=160)
     parser.add_argument("--cooldown", type=int, default=45)
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--no-autoscaling", action="store_true", help="measure batching only")
     parser.add_argument("--out", default="benchmarks/results/serve.json")
     args = parser.parse_args()
     args.checkpoint, args.landmarks = str(Path(args.checkpoint).resolve()), str(Path(args.landmarks).resolve())
@@ -136,7 +138,9 @@ def main() -> None:
     rows = [r for r in read_manifest(Path(args.manifest)) if r.task == "emotion"][:32]
     images = [r.image_path().read_bytes() for r in rows]
     with tempfile.TemporaryDirectory() as work:
-        result = {"batching": batching(args, images, Path(work)), "autoscaling": autoscaling(args, images, Path(work))}
+        result = {"batching": batching(args, images, Path(work))}
+        if not args.no_autoscaling:
+            result["autoscaling"] = autoscaling(args, images, Path(work))
     write_results("serve", result, args.out)
 
 

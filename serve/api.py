@@ -182,7 +182,7 @@ class EmolaAPI:
         raise RequestError(404, "model_not_found", f"model: {model_id!r} is not one of {', '.join(ids)}")
 
     async def _face(self, image) -> dict:
-        face = await self._call(lambda: self.faces.detect.remote(image.pixels, image.sha256), "face detection")
+        face = await self._call(lambda: self.faces.detect.remote(image.wire, image.sha256), "face detection")
         if face["status"] == "no_face":
             raise RequestError(422, "no_face", f"no face found in the image ({face['reason']})")
         if face["status"] != "ok":
@@ -336,7 +336,7 @@ class EmolaAPI:
         generation = self._generation()
         outputs = await asyncio.gather(*[
             self._call(lambda part=part, t=t: self.models[part].generate.remote(
-                {"question": EVAL_QUESTIONS[t], "pixels": image.pixels, "prior": face["prior"], "generation": generation}),
+                {"question": EVAL_QUESTIONS[t], "image": image.wire, "prior": face["prior"], "generation": generation}),
                 "generation")
             for t, part in zip(tasks, parts)])
         infos = await self._parts()
@@ -366,7 +366,7 @@ class EmolaAPI:
                                max_bytes=self.settings["max_body_bytes"], timeout_s=self.settings["request_timeout_s"])
         image = decode_upload(data, self.settings["max_image_pixels"], "image_url")
         face = await self._face(image)
-        item = {"question": turn.question, "pixels": image.pixels, "prior": face["prior"], "generation": generation}
+        item = {"question": turn.question, "image": image.wire, "prior": face["prior"], "generation": generation}
         completion_id, created, model = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time()), self._model_id(part)
         if payload.get("stream"):
             async def open_stream():

@@ -37,6 +37,22 @@ class RequestError(Exception):
 class DecodedImage:
     pixels: np.ndarray     # (H, W, 3) uint8 RGB
     sha256: str            # of the bytes received: the landmark cache key
+    data: bytes = b""      # the encoded bytes received
+
+    @property
+    def wire(self) -> bytes | np.ndarray:
+        """What the ingress sends the face and model replicas: the encoded bytes when they are smaller than
+        the pixels (a FABA-Synth JPEG: 10 kB against 110 kB, which Ray would put in its object store rather
+        than in the call), else the pixels. :func:`pixels_of` turns either into pixels."""
+        return self.data if self.data and len(self.data) < self.pixels.nbytes else self.pixels
+
+
+def pixels_of(image: bytes | np.ndarray) -> np.ndarray:
+    """``(H, W, 3)`` uint8 pixels of :attr:`DecodedImage.wire` (bytes the ingress already decoded once and
+    checked, so no size cap here)."""
+    if isinstance(image, np.ndarray):
+        return image
+    return np.asarray(decode_image(image, max_pixels=2**62))
 
 
 def decode_upload(data: bytes, max_pixels: int, what: str = "image") -> DecodedImage:
@@ -45,7 +61,7 @@ def decode_upload(data: bytes, max_pixels: int, what: str = "image") -> DecodedI
         image = decode_image(data, max_pixels)
     except ImageProblem as err:
         raise RequestError(_IMAGE_STATUS.get(err.code, 422), f"image_{err.code}", f"{what}: {err}") from None
-    return DecodedImage(np.asarray(image), sha256_bytes(data))
+    return DecodedImage(np.asarray(image), sha256_bytes(data), data)
 
 
 def b64_bytes(text: str, what: str = "image") -> bytes:

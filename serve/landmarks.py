@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 from ray import serve
 
+from serve.inputs import pixels_of
+
 
 def _cached_results(cache_root: str | None, backend_key: str) -> dict[str, dict]:
     """``sha256 -> face`` for every ok row of the cache under ``backend_key``."""
@@ -56,8 +58,9 @@ class LandmarkDetector:
     def info(self) -> dict:
         return self.source
 
-    def detect(self, pixels: np.ndarray, sha256: str) -> dict:
-        """``pixels`` ``(H, W, 3)`` uint8 -> ``{status, reason, face: {box, score, landmarks}, prior, source}``."""
+    def detect(self, image: bytes | np.ndarray, sha256: str) -> dict:
+        """``image`` (:attr:`serve.inputs.DecodedImage.wire`: encoded bytes or ``(H, W, 3)`` uint8 pixels) ->
+        ``{status, reason, face: {box, score, landmarks}, prior, source}``; a cached image is not decoded."""
         started = time.perf_counter()
         if self.backend is None:  # a model without the prior token needs no face
             return {"status": "ok", "reason": "", "face": None, "prior": None, "source": None, "ms": 0.0}
@@ -65,7 +68,7 @@ class LandmarkDetector:
             face = {k: hit[k] for k in ("box", "score", "landmarks")}
             return {"status": "ok", "reason": "", "face": face, "prior": hit["prior"], "source": self.source["cache"],
                     "ms": round(1e3 * (time.perf_counter() - started), 2)}
-        result = self.backend.extract([pixels])[0]
+        result = self.backend.extract([pixels_of(image)])[0]
         ms = round(1e3 * (time.perf_counter() - started), 2)
         if result.status != "ok":
             return {"status": result.status, "reason": result.reason, "face": None, "prior": None,

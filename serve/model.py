@@ -29,6 +29,7 @@ import numpy as np
 from ray import serve
 
 from emola.engine import Generated, GenerationRequest, Listener
+from serve.inputs import pixels_of
 
 
 class _End:
@@ -76,12 +77,13 @@ class EmolaModel:
                 "readout": self.config.readout is not None}
 
     def _request(self, item: dict) -> GenerationRequest:
-        """An engine request from ``question``, ``pixels`` ``(H, W, 3)``, ``prior`` and ``generation``."""
+        """An engine request from ``question``, ``image`` (:attr:`serve.inputs.DecodedImage.wire`), ``prior`` and
+        ``generation``."""
         g = item["generation"]
         p = self.processor
         return GenerationRequest(
             prompt_ids=p.prompt_ids(item["question"]),
-            pixel_values=p.pixel_values([item["pixels"]])[0] if p.use_image else None,
+            pixel_values=p.pixel_values([pixels_of(item["image"])])[0] if p.use_image else None,
             prior=np.asarray(item["prior"], np.float32) if p.use_prior else None,
             max_new_tokens=g["max_new_tokens"], temperature=g["temperature"], top_p=g["top_p"],
             seed=g.get("seed", 0))

@@ -36,6 +36,17 @@ def test_decode_upload_maps_image_problems_to_statuses():
     assert too_large.status == 413 and "exceeds the cap" in too_large.message
 
 
+def test_the_replicas_get_the_smaller_of_bytes_and_pixels_and_decode_the_same_image():
+    from serve.inputs import pixels_of
+
+    image = decode_upload(_jpeg(), max_pixels=10_000)
+    assert isinstance(image.wire, bytes) and np.array_equal(pixels_of(image.wire), image.pixels)
+    noise = io.BytesIO()   # random pixels: the PNG is larger than the pixels themselves
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(noise, format="PNG")
+    image = decode_upload(noise.getvalue(), max_pixels=10_000)
+    assert isinstance(image.wire, np.ndarray) and pixels_of(image.wire) is image.pixels
+
+
 def test_data_urls_and_remote_urls():
     data = _jpeg()
     url = "data:image/jpeg;base64," + base64.b64encode(data).decode()
