@@ -231,6 +231,19 @@ def _describe(analyzer, source, rows: list[FrameRow], options: VideoOptions) -> 
         row.description = completion.text
 
 
+def write_rows_csv(rows: list[dict], path: Path | str) -> Path:
+    """Table rows (:meth:`FrameRow.to_row`, with any extra columns) as CSV: the columns in the order first seen."""
+    import csv
+
+    path = Path(path)
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
 def plot_timeline(rows: list[FrameRow], path: Path | str, max_faces: int = 4, top_aus: int = 6) -> Path:
     """A picture of the timelines: per face (up to ``max_faces``), the emotion probabilities and its
     ``top_aus`` most active AUs over time, key moments marked by vertical lines."""
@@ -268,4 +281,4 @@ def plot_timeline(rows: list[FrameRow], path: Path | str, max_faces: int = 4, to
     return path
 
 
-__all__ = ["FrameRow", "VideoOptions", "analyze_video", "crop_box", "plot_timeline"]
+__all__ = ["FrameRow", "VideoOptions", "analyze_video", "crop_box", "plot_timeline", "write_rows_csv"]

@@ -37,12 +37,9 @@ from emola.fileio import atomic_write_lines, replace_dir
 from emola.labels import EMOTIONS
 from emola.metrics.readout import readout_scores
 from emola.synth.clips import ClipLabelError, clip_landmarks, read_clip_labels
-from emola.video import VideoProblem
+from emola.video import VIDEO_SUFFIXES, VideoProblem
 from emola.video.timeline import key_moments
-from emola.video_analysis import FrameRow, VideoOptions, analyze_video, plot_timeline
-
-VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
-
+from emola.video_analysis import FrameRow, VideoOptions, analyze_video, plot_timeline, write_rows_csv
 
 def find_videos(folder: Path | str) -> list[Path]:
     """The videos of ``folder`` and its subfolders (by suffix, any case), sorted."""
@@ -243,8 +240,6 @@ def table_name(video: Path | str, folder: Path | str) -> str:
 def _write_reports(folder: Path, reports: Path, metrics_file: Path, results: list[VideoResult], metrics: dict,
                    smoothing: int) -> None:
     """Everything into a fresh folder first; the old reports are replaced only once it is complete."""
-    import csv
-
     reports.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{reports.name}-", dir=reports.parent))
     try:
@@ -252,11 +247,7 @@ def _write_reports(folder: Path, reports: Path, metrics_file: Path, results: lis
         for r in results:
             if not r.rows:
                 continue
-            columns = list(dict.fromkeys(k for row in r.rows for k in row))
-            with open(staging / table_name(r.video, folder), "w", newline="", encoding="utf-8") as fh:
-                writer = csv.DictWriter(fh, fieldnames=columns)
-                writer.writeheader()
-                writer.writerows(r.rows)
+            write_rows_csv(r.rows, staging / table_name(r.video, folder))
             first = first or r
         atomic_write_lines(staging / "files.jsonl", (json.dumps(r.report()) for r in results))
         if first is not None:
@@ -305,5 +296,5 @@ def _run_on_ray(videos: list[Path], cfg: EmolaConfig, checkpoint: Path) -> list[
     return results
 
 
-__all__ = ["VIDEO_SUFFIXES", "VideoActor", "VideoResult", "analyze_file", "clip_records", "find_videos",
+__all__ = ["VideoActor", "VideoResult", "analyze_file", "clip_records", "find_videos",
            "readout_part", "run_video_job", "score_clips", "table_name"]

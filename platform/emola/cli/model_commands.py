@@ -65,6 +65,8 @@ def _analyze(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    from emola.video import VIDEO_SUFFIXES
+
     if any(Path(x).suffix.lower() in VIDEO_SUFFIXES for x in args.images):
         return _analyze_videos(args, analyzer)
     results = []
@@ -85,12 +87,9 @@ def _analyze(args: argparse.Namespace) -> int:
     return 1 if any(r.status != "ok" for r in results) else 0
 
 
-VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v"}
-
-
 def _analyze_videos(args: argparse.Namespace, analyzer) -> int:
     from emola.video import VideoProblem
-    from emola.video_analysis import VideoOptions, analyze_video, plot_timeline
+    from emola.video_analysis import VideoOptions, analyze_video, plot_timeline, write_rows_csv
 
     options = VideoOptions(fps=args.fps, smoothing=args.smoothing, describe=not args.no_describe, task=args.task)
     table, failed = [], 0
@@ -105,11 +104,7 @@ def _analyze_videos(args: argparse.Namespace, analyzer) -> int:
             print(f"timeline -> {plot_timeline(rows, args.plot)}", file=sys.stderr)
         table += [{"video": video, **row.to_row()} for row in rows]
     if args.csv and table:
-        columns = list(dict.fromkeys(key for row in table for key in row))
-        with open(args.csv, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(table)
+        write_rows_csv(table, args.csv)
         print(f"{len(table)} rows -> {args.csv}", file=sys.stderr)
     elif not args.csv:
         for row in table:

@@ -22,6 +22,10 @@ from pathlib import Path
 import numpy as np
 
 
+#: File suffixes taken for videos (any case) by the CLI and the video job.
+VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
+
+
 class VideoProblem(ValueError):
     """A video that cannot be used; ``code``: missing, empty, not_video, corrupt or too_large."""
 
