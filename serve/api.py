@@ -303,7 +303,8 @@ class EmolaAPI:
         except VideoProblem as err:
             raise video_error(err.code, str(err)) from None
         probe_ms = round(1e3 * (time.perf_counter() - t0), 2)
-        parts = [part for part, info_ in (await self._parts()).items() if info_.get("readout")]
+        infos = await self._parts()
+        parts = [part for part, part_info in infos.items() if part_info.get("readout")]
         if not parts:
             raise RequestError(400, "video_not_supported", "video: the served model has no readout head for "
                                "per-frame probabilities (train it with train.readout_weight > 0); send an image")
@@ -314,7 +315,6 @@ class EmolaAPI:
         if "error" in out:
             raise video_error(out["error"]["code"], out["error"]["message"])
         rows = out["rows"]
-        infos = await self._parts()
         return {
             "id": f"analyze-{uuid.uuid4().hex[:16]}", "object": "video.analysis", "model": self._model_id(part),
             "model_version": _version(infos[part]),

@@ -62,10 +62,12 @@ def deployment_options(cfg: EmolaConfig, parts: dict[str, str]) -> dict[str, dic
 
 def video_settings(cfg: EmolaConfig) -> dict:
     """What the ingress needs for video uploads: the analysis defaults of ``video`` and the upload limits."""
-    v = cfg.video
-    return {"options": {"fps": v.fps, "smoothing": v.smoothing, "describe": v.describe, "task": v.task,
-                        "min_iou": v.min_iou, "max_gap": v.max_gap, "margin": v.margin},
-            "limits": v.upload_limits.model_dump()}
+    from dataclasses import asdict
+
+    from emola.video_analysis import VideoOptions
+
+    options = asdict(VideoOptions.from_config(cfg.video, cfg.video.upload_limits))
+    return {"limits": options.pop("limits"), "options": options}
 
 
 def build_app(args: dict | None = None):
