@@ -37,7 +37,6 @@ import sys
 import threading
 import time
 import traceback
-from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,12 +118,13 @@ def clear() -> None:
 def request_mix(s: dict, n: int, seed: int, engine_cls):
     """``n`` requests: prompts of varying question length, half emotion-like and half AU-like answers."""
     rng = np.random.default_rng(seed)
+    pixels = torch.Generator().manual_seed(seed)   # the same requests for every engine
     v = s["llava"].vision_config
     out = []
     for i in range(n):
         lo, hi = s["emotion_answer"] if i % 2 == 0 else s["au_answer"]
         out.append(engine_cls(prompt_ids=prompt_ids(s, rng),
-                              pixel_values=torch.randn(3, v.image_size, v.image_size),
+                              pixel_values=torch.randn(3, v.image_size, v.image_size, generator=pixels),
                               prior=rng.normal(size=s["prior_dim"]).astype(np.float32),
                               max_new_tokens=int(rng.integers(lo, hi + 1)), stop_at_eos=False))
     return out
@@ -185,20 +185,49 @@ def closed_loop(engine, requests, concurrency: int) -> dict:
 
 
 def decode_profile(engine, sizes, span: int) -> dict:
-    """Milliseconds per decode step (graph replay on CUDA) for each batch size at one attention span,
-    and the prefill of 1 and 8 prompts."""
+    """Milliseconds per decode-only step (graph replay on CUDA) for each batch size, every row at position
+    ``span - 1``: the slot decoder's step as the engine calls it, or the packed decoder's whole ``step``
+    (its host-side description and embedding included)."""
     decoder = engine.decoder
     out = {}
     for rows in sizes:
-        decoder.tokens[:rows] = 5
-        decoder.positions[:rows] = span - 1
-        decoder.decode(rows, span)   # captures the graph when missing
+        if engine.packed:
+            def run():
+                decoder.step([5] * rows, [span - 1] * rows, [])
+        else:
+            decoder.tokens[:rows] = 5
+            decoder.positions[:rows] = span - 1
+
+            def run():
+                decoder.decode(rows, span)
+        run()   # captures the graph when missing
         sync()
         started = time.perf_counter()
         for _ in range(20):
-            decoder.decode(rows, span)
+            run()
         sync()
         out[rows] = round(1e3 * (time.perf_counter() - started) / 20, 3)
+    return out
+
+
+def mixed_profile(engine, s: dict, rows: int, span: int) -> dict:
+    """The packed decoder's claim: ``rows`` decode rows and one arriving prompt in one pass cost about what
+    the prompt alone costs. Milliseconds of each, and of the two apart."""
+    decoder = engine.decoder
+    hidden = s["llava"].text_config.hidden_size
+    prompt = torch.zeros(len(prompt_ids(s, np.random.default_rng(0))), hidden, dtype=s["dtype"], device=s["device"])
+    cases = {"decode_rows": ([5] * rows, [span - 1] * rows, []), "prompt": ([], [], [prompt]),
+             "both": ([5] * rows, [span - 1] * rows, [prompt])}
+    out = {}
+    for name, (tokens, positions, prompts) in cases.items():
+        decoder.step(tokens, positions, prompts)
+        sync()
+        started = time.perf_counter()
+        for _ in range(10):
+            decoder.step(tokens, positions, prompts)
+        sync()
+        out[name] = round(1e3 * (time.perf_counter() - started) / 10, 3)
+    out["apart"] = round(out["decode_rows"] + out["prompt"], 3)
     return out
 
 
@@ -254,59 +283,6 @@ def engine_ms_per_token(engine, s: dict, tokens: int) -> float:
     return 1e3 * min(times[1] - times[0], times[3] - times[2]) / (tokens - 1)
 
 
-@contextmanager
-def eager_prefill(engine):
-    """The engine with prefill at each prompt's own length, eagerly (no prefill or vision graphs)."""
-    kept = engine.decoder.prefill_bucket, engine._image_graphs
-    engine.decoder.prefill_bucket, engine._image_graphs = None, None
-    try:
-        yield engine
-    finally:
-        engine.decoder.prefill_bucket, engine._image_graphs = kept
-
-
-@contextmanager
-def unfused_kernels(engine):
-    """The decoder as it was before its kernels were fused (RMSNorm as eight operations, RoPE once for q and
-    once for k, residual additions apart from their matrix products), with graphs of its own."""
-    import types
-
-    import emola.engine.decoder as module
-    from emola.engine.graphs import ShapeGraphs
-
-    decoder = engine.decoder
-
-    def rms(self, x, weight):
-        x32 = x.to(torch.float32)
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return weight * x32.to(x.dtype)
-
-    def qkv(self, fused, cos, sin):
-        d, h, kv = self.head_dim, self.heads, self.kv_heads
-        q, k, v = fused.split([h * d, kv * d, kv * d], dim=-1)
-        q, k, v = q.unflatten(-1, (h, d)), k.unflatten(-1, (kv, d)), v.unflatten(-1, (kv, d))
-        return self._rope(q, cos, sin), self._rope(k, cos, sin), v
-
-    fused_apply = module._apply
-
-    def apply(x, p, residual=None):
-        out = fused_apply(x, p)
-        return out if residual is None else residual + out
-
-    kept = decoder._graphs, decoder._pool, decoder._prefill_graphs
-    decoder._rms, decoder._qkv, module._apply = types.MethodType(rms, decoder), types.MethodType(qkv, decoder), apply
-    if decoder.use_graphs:
-        decoder._graphs, decoder._pool = {}, torch.cuda.graph_pool_handle()
-        if decoder._prefill_graphs is not None:
-            decoder._prefill_graphs = ShapeGraphs(decoder._prefill_body, decoder._pool)
-    try:
-        yield engine
-    finally:
-        del decoder._rms, decoder._qkv
-        module._apply = fused_apply
-        decoder._graphs, decoder._pool, decoder._prefill_graphs = kept
-
-
 def warm_up(engine, log) -> dict:
     """Capture the engine's graphs; a capture that fails leaves that part eager (and says so)."""
     errors = {}
@@ -316,77 +292,71 @@ def warm_up(engine, log) -> dict:
         except Exception as err:  # noqa: BLE001 - measure what works rather than nothing
             message = f"{type(err).__name__}: {err}"[:1000]
             torch.cuda.synchronize()
+            decoder = engine.decoder
             if engine._image_graphs is not None:
                 errors["vision_graphs_error"], engine._image_graphs = message, None
-            elif engine.decoder._prefill_graphs is not None:
-                errors["prefill_graphs_error"], engine.decoder._prefill_graphs = message, None
+            elif engine.packed:
+                errors["packed_graphs_error"], decoder._graphs = message, None
+            elif decoder._prefill_graphs is not None:
+                errors["prefill_graphs_error"], decoder._prefill_graphs = message, None
             else:
                 errors["decode_graphs_error"] = message
-                engine.decoder.use_graphs, engine.decoder._graphs = False, {}
+                decoder.use_graphs, decoder._graphs = False, {}
             log(f"graph capture FAILED ({message[:200]}): that part stays eager")
     return errors
 
 
-def inference(dry_run: bool, log, baseline: bool = True) -> dict:
-    from emola.config.schema import InferenceConfig
+#: The engines compared: the packed decoder (arrivals' prompts in the running rows' pass) with the decode rows
+#: attending as the slot decoder's (``packed``) or each over its own length (``varlen``), and the slot decoder
+#: (prefill apart, prompts padded to 64-token steps, graphs per shape).
+ENGINES = {"packed": {"packed_prefill": True, "decode_attention": "sdpa", "prefill_bucket": None},
+           "varlen": {"packed_prefill": True, "decode_attention": "varlen", "prefill_bucket": None},
+           "slot": {"packed_prefill": False, "decode_attention": "sdpa", "prefill_bucket": 64}}
+
+
+def engine_run(model, s: dict, cfg, name: str, log, dry_run: bool) -> dict:
+    """One engine on ``model``: graphs, where a step's time goes, batch 1, the closed loops, the evaluate stage."""
     from emola.engine import GenerationRequest, InferenceEngine
 
-    s = shape(dry_run)
-    result: dict = {}
-    model = build(s, dry_run)
-    tokens = 16 if dry_run else 32
-    if baseline:
-        result["hf_generate_unmerged_ms_per_token"] = round(hf_generate_ms_per_token(model, s, tokens), 3)
-        log(f"old path (transformers generate, LoRA unmerged), batch 1: "
-            f"{result['hf_generate_unmerged_ms_per_token']:.1f} ms/token")
-    cfg = InferenceConfig(device=s["device"], merge_lora=True, max_batch=max(s["concurrency"]),
-                          max_context=s["context"], max_prefill_tokens=8192, length_bucket=128 if not dry_run else 32,
-                          cuda_graphs=True, decode_attention="sdpa", prefill_bucket=64 if not dry_run else 16)
-    if dry_run:   # the merge alone: the same engine without merging
-        unmerged = InferenceEngine(build(s, dry_run), cfg.model_copy(update={"merge_lora": False}), eos_token_id=EOS,
-                                   pad_token_id=PAD)
-        result["engine_unmerged_ms_per_token"] = round(engine_ms_per_token(unmerged, s, tokens), 3)
-        log(f"engine with LoRA unmerged, batch 1: {result['engine_unmerged_ms_per_token']:.2f} ms/token")
-        del unmerged
+    result: dict = {"config": {k: getattr(cfg, k) for k in ("packed_prefill", "decode_attention", "prefill_bucket",
+                                                           "max_batch", "max_context", "max_prefill_tokens")}}
     started = time.perf_counter()
     engine = InferenceEngine(model, cfg, eos_token_id=EOS, pad_token_id=PAD)
     result["load_merge_s"] = round(time.perf_counter() - started, 2)
+    result["packed"] = engine.packed
+    if engine.packed:
+        result["kernel"] = engine.decoder.kernel
+    if engine.fallback:
+        result["fallback"] = engine.fallback
+        log(f"[{name}] FELL BACK to the slot decoder: {engine.fallback}")
     started = time.perf_counter()
     result["graphs"] = warm_up(engine, log)
     result["warm_up_s"] = round(time.perf_counter() - started, 2)
-    log(f"engine: merge {result['load_merge_s']} s, graphs {result['graphs']} captured in {result['warm_up_s']} s")
-    # Where a step's time goes: decode steps by batch size, and prefill with and without graphs.
+    log(f"[{name}] merge {result['load_merge_s']} s, graphs {result['graphs']} captured in {result['warm_up_s']} s")
     span = min(s["context"], 768)
     sizes = [1, 8, 32, 64] if not dry_run else [1, 8]
-    profile = {"span": span, "decode_ms": decode_profile(engine, sizes, span)}
-    with eager_prefill(engine):
-        profile["prefill_eager_ms"] = {n: prefill_ms(engine, s, n) for n in (1, 8)}
-    profile["prefill_ms"] = {n: prefill_ms(engine, s, n) for n in (1, 8)}
-    try:
-        with unfused_kernels(engine):
-            profile["decode_ms_unfused"] = decode_profile(engine, sizes, span)
-            profile["prefill_ms_unfused"] = {n: prefill_ms(engine, s, n) for n in (1, 8)}
-    except Exception as err:  # noqa: BLE001
-        profile["unfused_error"] = f"{type(err).__name__}: {err}"[:500]
+    profile = {"span": span, "decode_ms": decode_profile(engine, sizes, span),
+               "prefill_ms": {n: prefill_ms(engine, s, n) for n in (1, 8)}}
+    if engine.packed:
+        profile["mixed_ms"] = mixed_profile(engine, s, min(31, cfg.max_batch - 1), span)
     result["profile"] = profile
-    log(f"decode step ms at span {span}: {profile['decode_ms']} ({profile.get('decode_ms_unfused')} unfused); "
-        f"prefill ms (1 and 8 prompts, vision included): {profile['prefill_ms']} with graphs "
-        f"({profile.get('prefill_ms_unfused')} unfused), {profile['prefill_eager_ms']} eager")
-    result["ms_per_token_batch1"] = round(engine_ms_per_token(engine, s, 64 if not dry_run else tokens), 3)
-    log(f"engine, batch 1: {result['ms_per_token_batch1']:.2f} ms/token")
+    log(f"[{name}] decode step ms at position {span - 1}: {profile['decode_ms']}; prefill ms (1 and 8 prompts, "
+        f"vision included): {profile['prefill_ms']}" + (f"; mixed step ms: {profile['mixed_ms']}" if engine.packed
+                                                        else ""))
+    sample = request_mix(s, 4, seed=99, engine_cls=GenerationRequest)
+    for r in sample:
+        r.max_new_tokens = 12
+    result["sample_tokens"] = [g.token_ids for g in engine.generate(sample)]   # greedy: compared across engines
+    result["ms_per_token_batch1"] = round(engine_ms_per_token(engine, s, 64 if not dry_run else 16), 3)
+    log(f"[{name}] engine, batch 1: {result['ms_per_token_batch1']:.2f} ms/token")
     engine.start()
-
-    def loop(c: int, label: str) -> dict:
+    result["concurrent"] = []
+    for c in s["concurrency"]:
         row = closed_loop(engine, request_mix(s, 4 * c, seed=c, engine_cls=GenerationRequest), c)
-        log(f"engine{label}, {c:3d} requests in flight: {row['tokens_per_s']:8.0f} tokens/s steady "
+        log(f"[{name}] {c:3d} requests in flight: {row['tokens_per_s']:8.0f} tokens/s steady "
             f"({row['overall_tokens_per_s']:.0f} with ramp and drain; {row['requests']} requests, {row['tokens']} "
-            f"tokens, {row['seconds']} s)")
-        return row
-
-    middle = s["concurrency"][-2]
-    with eager_prefill(engine):   # the same loop with the prefill of the previous engine, side by side
-        result["concurrent_eager_prefill"] = [loop(middle, " (eager prefill)")]
-    result["concurrent"] = [loop(c, "") for c in s["concurrency"]]
+            f"tokens, {row['seconds']} s, {row['prefills']} prefills, {row['decode_steps']} steps)")
+        result["concurrent"].append(row)
     engine.stop()   # back to the offline path for the evaluate-stage run
     requests = request_mix(s, s["requests"], seed=7, engine_cls=GenerationRequest)
     sync()
@@ -397,12 +367,110 @@ def inference(dry_run: bool, log, baseline: bool = True) -> dict:
     result["evaluate"] = {"answers": len(outputs), "tokens": sum(len(o.token_ids) for o in outputs),
                           "seconds": round(elapsed, 2), "answers_per_s": round(len(outputs) / elapsed, 2),
                           "tokens_per_s": round(sum(len(o.token_ids) for o in outputs) / elapsed, 1),
-                          "max_batch": cfg.max_batch}
-    log(f"evaluate stage (generate, {len(outputs)} answers, max batch {cfg.max_batch}): "
+                          "max_batch": cfg.max_batch, "graphs_after": engine.decoder.graphs
+                          if engine.packed else len(engine.decoder._graphs)}
+    log(f"[{name}] evaluate stage (generate, {len(outputs)} answers, max batch {cfg.max_batch}): "
         f"{result['evaluate']['answers_per_s']:.2f} answers/s, {result['evaluate']['tokens_per_s']:.0f} tokens/s")
     if torch.cuda.is_available():
         result["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
-    del engine, model
+    if engine.packed and engine.decoder.rows == "varlen" and engine.decoder.kernel != "reference":
+        used = engine.decoder.kernel
+        other = "flash" if used == "efficient" else "efficient"
+        result["kernels"] = {used: {"decode_ms": profile["decode_ms"], "mixed_ms": profile["mixed_ms"],
+                                    "concurrent": result["concurrent"]}}
+        try:
+            result["kernels"][other] = other_kernel(engine, s, name, other, log, dry_run)
+        except Exception as err:  # noqa: BLE001
+            result["kernels"][other] = {"error": f"{type(err).__name__}: {err}"[:1000]}
+            log(f"[{name}] {other} kernel FAILED: {type(err).__name__}: {err}")
+    del engine, outputs
+    clear()
+    return result
+
+
+def other_kernel(engine, s: dict, name: str, kernel: str, log, dry_run: bool) -> dict:
+    """The packed engine again with another variable-length attention kernel: decode steps and the closed
+    loops at the two highest concurrencies."""
+    from emola.engine import GenerationRequest
+    from emola.engine.attention import kernel_problem
+
+    decoder = engine.decoder
+    problem = kernel_problem(kernel, decoder.device, decoder.dtype, decoder.heads, decoder.kv_heads, decoder.head_dim)
+    if problem:
+        log(f"[{name}] {kernel} kernel not usable: {problem}")
+        return {"problem": problem}
+    decoder.use_kernel(kernel)
+    out: dict = {"graphs": warm_up(engine, log)}
+    span = min(s["context"], 768)
+    out["decode_ms"] = decode_profile(engine, [1, 8, 32, 64] if not dry_run else [1, 8], span)
+    out["mixed_ms"] = mixed_profile(engine, s, min(31, decoder.slots - 1), span)
+    log(f"[{name}/{kernel}] decode step ms: {out['decode_ms']}; mixed step ms: {out['mixed_ms']}")
+    engine.start()
+    out["concurrent"] = []
+    for c in s["concurrency"][-2:]:
+        row = closed_loop(engine, request_mix(s, 4 * c, seed=c, engine_cls=GenerationRequest), c)
+        log(f"[{name}/{kernel}] {c:3d} requests in flight: {row['tokens_per_s']:8.0f} tokens/s steady")
+        out["concurrent"].append(row)
+    engine.stop()
+    return out
+
+
+def inference(dry_run: bool, log, baseline: bool = True, engines: tuple[str, ...] = tuple(ENGINES),
+              partial=None) -> dict:
+    """Every engine of ``engines`` on one model, side by side (``partial(result)`` after each)."""
+    from emola.config.schema import InferenceConfig
+    from emola.engine import InferenceEngine
+
+    s = shape(dry_run)
+    result: dict = {"engines": {}}
+    model = build(s, dry_run)
+    tokens = 16 if dry_run else 32
+    if baseline:
+        result["hf_generate_unmerged_ms_per_token"] = round(hf_generate_ms_per_token(model, s, tokens), 3)
+        log(f"old path (transformers generate, LoRA unmerged), batch 1: "
+            f"{result['hf_generate_unmerged_ms_per_token']:.1f} ms/token")
+    cfg = InferenceConfig(device=s["device"], merge_lora=True, max_batch=max(s["concurrency"]),
+                          max_context=s["context"], max_prefill_tokens=8192, length_bucket=128 if not dry_run else 32,
+                          cuda_graphs=True, decode_attention="sdpa", packed_prefill=False,
+                          prefill_bucket=None)
+    if dry_run:   # the merge alone: the same engine without merging
+        unmerged = InferenceEngine(build(s, dry_run), cfg.model_copy(update={"merge_lora": False}), eos_token_id=EOS,
+                                   pad_token_id=PAD)
+        result["engine_unmerged_ms_per_token"] = round(engine_ms_per_token(unmerged, s, tokens), 3)
+        log(f"engine with LoRA unmerged, batch 1: {result['engine_unmerged_ms_per_token']:.2f} ms/token")
+        del unmerged
+    for name in engines:
+        update = dict(ENGINES[name])
+        if dry_run and update["prefill_bucket"]:
+            update["prefill_bucket"] = 16
+        try:
+            result["engines"][name] = engine_run(model, s, cfg.model_copy(update=update), name, log, dry_run)
+        except Exception as err:  # noqa: BLE001 - the other engines still run; the error is in the file
+            result["engines"][name] = {"error": f"{type(err).__name__}: {err}", "trace": traceback.format_exc()[-4000:]}
+            log(f"[{name}] FAILED: {type(err).__name__}: {err}")
+            if dry_run:
+                raise
+            clear()
+        if partial is not None:
+            partial(result)
+    rows = [(name, r) for name, r in result["engines"].items() if "error" not in r]
+    if len(rows) > 1:   # the same greedy answers from each engine (bf16 rounding may flip a near tie)
+        first = rows[0][1]["sample_tokens"]
+        for name, r in rows[1:]:
+            same = [a == b for a, b in zip(first, r["sample_tokens"])]
+            leading = [next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), len(a))
+                       for a, b in zip(first, r["sample_tokens"])]
+            result[f"same_tokens_{rows[0][0]}_{name}"] = {"identical_answers": sum(same), "of": len(same),
+                                                          "agreeing_prefix": leading}
+            log(f"greedy answers of {rows[0][0]} and {name}: {sum(same)} of {len(same)} identical "
+                f"(tokens agreeing before the first difference: {leading})")
+    if rows:
+        log("engine   | ms/token, 1 | " + " | ".join(f"tok/s @{c}" for c in s["concurrency"]) + " | evaluate answers/s")
+        for name, r in rows:
+            log(f"{name:8s} | {r['ms_per_token_batch1']:11.2f} | "
+                + " | ".join(f"{row['tokens_per_s']:9.0f}" for row in r["concurrent"])
+                + f" | {r['evaluate']['answers_per_s']:.2f}")
+    del model
     clear()
     return result
 
@@ -607,6 +675,7 @@ def main() -> None:
                         help="start no new training variant after this many seconds")
     parser.add_argument("--variants", help="comma-separated training variant ids to run (default: all)")
     parser.add_argument("--no-baseline", action="store_true", help="skip timing the old generate path")
+    parser.add_argument("--engines", help=f"comma-separated inference engines to compare (default: {','.join(ENGINES)})")
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/gpu.json"))
     args = parser.parse_args()
     if not args.dry_run and not torch.cuda.is_available():
@@ -634,7 +703,14 @@ def main() -> None:
 
     if args.part in ("inference", "all"):
         try:
-            out["inference"] = inference(args.dry_run, log, baseline=not args.no_baseline)
+            engines = tuple(args.engines.split(",")) if args.engines else tuple(ENGINES)
+
+            def partial(result: dict) -> None:
+                out["inference"] = result
+                save()
+
+            out["inference"] = inference(args.dry_run, log, baseline=not args.no_baseline, engines=engines,
+                                         partial=partial)
         except Exception as err:  # noqa: BLE001 - the training part still runs; the error is in the file
             out["inference"] = {"error": f"{type(err).__name__}: {err}", "trace": traceback.format_exc()[-4000:]}
             log(f"inference FAILED: {type(err).__name__}: {err}")

@@ -33,6 +33,12 @@ def lora_model(tiny_params, tiny_corpus):
     return model.eval(), processor
 
 
+#: The decoders: the slot decoder (the tiny profile's), the packed decoder with the decode rows attending as
+#: the slot decoder's do, and with every row through the variable-length kernel (the reference on CPU).
+MODES = {"slot": {}, "packed": {"packed_prefill": True}, "varlen": {"packed_prefill": True, "decode_attention": "varlen"}}
+ATTENTIONS = list(MODES)
+
+
 def _engine(lora_model, tiny_params, **inference) -> InferenceEngine:
     model, processor = lora_model
     cfg = tiny_params.inference.model_copy(update={"device": "cpu", **inference})
@@ -77,7 +83,8 @@ def test_prefill_and_decode_logits_equal_transformers_forward(lora_model, tiny_p
     torch.testing.assert_close(decoded, reference, atol=1e-4, rtol=1e-4)
 
 
-def test_merged_and_unmerged_greedy_outputs_are_identical(lora_model, tiny_params):
+@pytest.mark.parametrize("attention", ATTENTIONS)
+def test_merged_and_unmerged_greedy_outputs_are_identical(lora_model, tiny_params, attention):
     """transformers' generate with LoRA unmerged (the old path), the engine merged and unmerged: token for token."""
     model, processor = lora_model
     images, priors = _media(4)
@@ -89,10 +96,10 @@ def test_merged_and_unmerged_greedy_outputs_are_identical(lora_model, tiny_param
                              pad_token_id=tok.pad_token_id)[0].tolist()
         reference.append(ids[: ids.index(tok.eos_token_id) + 1] if tok.eos_token_id in ids else ids)
     for merge in (True, False):
-        engine = _engine(lora_model, tiny_params, merge_lora=merge)
+        engine = _engine(lora_model, tiny_params, merge_lora=merge, **MODES[attention])
         got = [g.token_ids for g in engine.generate(engine.requests(QUESTIONS, images, priors, _greedy(16)))]
         assert got == reference, f"merge_lora={merge}"
-    assert not any(hasattr(m, "lora_A") for m in _engine(lora_model, tiny_params).model.modules())   # merged
+    assert not any(hasattr(m, "lora_A") for m in _engine(lora_model, tiny_params, **MODES[attention]).model.modules())   # merged
 
 
 def test_batched_requests_equal_each_served_alone_through_few_slots(lora_model, tiny_params):
@@ -153,8 +160,9 @@ class _Recorder(Listener):
         self.done.set()
 
 
-def test_a_short_request_joins_a_running_batch_and_finishes_first(lora_model, tiny_params):
-    engine = _engine(lora_model, tiny_params).start()
+@pytest.mark.parametrize("attention", ATTENTIONS)
+def test_a_short_request_joins_a_running_batch_and_finishes_first(lora_model, tiny_params, attention):
+    engine = _engine(lora_model, tiny_params, **MODES[attention]).start()
     try:
         images, priors = _media(2, seed=2)
         long, short = engine.requests(QUESTIONS[:2], images, priors, _greedy(400))
@@ -176,8 +184,9 @@ def test_a_short_request_joins_a_running_batch_and_finishes_first(lora_model, ti
     assert slow.result.token_ids == engine.generate([long])[0].token_ids
 
 
-def test_sampling_depends_only_on_the_request_and_its_seed(lora_model, tiny_params):
-    engine = _engine(lora_model, tiny_params)
+@pytest.mark.parametrize("attention", ATTENTIONS)
+def test_sampling_depends_only_on_the_request_and_its_seed(lora_model, tiny_params, attention):
+    engine = _engine(lora_model, tiny_params, **MODES[attention])
     images, priors = _media(4, seed=3)
     hot = PUBLISHED_GENERATION.model_copy(update={"temperature": 1.5, "top_p": 0.95, "max_new_tokens": 12})
     requests = engine.requests(QUESTIONS, images, priors, hot, seed=11)
@@ -216,8 +225,9 @@ def test_a_prompt_longer_than_the_context_is_refused_at_once(lora_model, tiny_pa
         engine.generate([fits])
 
 
-def test_completions_say_why_they_stopped_and_count_tokens(lora_model, tiny_params):
-    engine = _engine(lora_model, tiny_params)
+@pytest.mark.parametrize("attention", ATTENTIONS)
+def test_completions_say_why_they_stopped_and_count_tokens(lora_model, tiny_params, attention):
+    engine = _engine(lora_model, tiny_params, **MODES[attention])
     tok = engine.processor.tokenizer
     calls = []
 
@@ -249,8 +259,9 @@ def test_published_decoding_is_repeatable(lora_model, tiny_params):
     assert texts == [c.text for c in engine.complete(QUESTIONS[:3], images, priors, generation)]
 
 
-def test_a_cancelled_request_stops_and_a_failing_one_fails_alone(lora_model, tiny_params):
-    engine = _engine(lora_model, tiny_params).start()
+@pytest.mark.parametrize("attention", ATTENTIONS)
+def test_a_cancelled_request_stops_and_a_failing_one_fails_alone(lora_model, tiny_params, attention):
+    engine = _engine(lora_model, tiny_params, **MODES[attention]).start()
     try:
         images, priors = _media(3, seed=4)
         requests = engine.requests(QUESTIONS[:3], images, priors, _greedy(300))
@@ -310,3 +321,23 @@ def test_readout_gives_the_heads_probabilities_in_one_pass_whatever_the_question
         assert abs(sum(readout.emotions.values()) - 1) < 1e-5 and readout.emotion in readout.emotions
     with pytest.raises(ValueError, match="no readout head"):
         _engine(lora_model, tiny_params).readout(requests[:1])
+
+
+# ------------------------------------------------------------------ the packed decoder
+def test_packed_decoder_gives_the_slot_decoders_tokens_through_few_slots(lora_model, tiny_params):
+    """packed_prefill: arrivals' prompts and running rows in one pass (the decode rows attending as the slot
+    decoder's, or each over its own length: the reference kernel on CPU): the same greedy tokens as the slot
+    decoder, with slots refilled and compacted."""
+    images, priors = _media(7, seed=4)
+    questions = [QUESTIONS[i % 4] for i in range(7)]
+    outputs = {}
+    for attention in MODES:
+        engine = _engine(lora_model, tiny_params, max_batch=3, max_prefill_tokens=400, **MODES[attention])
+        assert engine.packed == (attention != "slot")
+        requests = engine.requests(questions, images, priors, _greedy(10))
+        for r, n in zip(requests, (4, 10, 6, 2, 9, 10, 7)):
+            r.max_new_tokens, r.stop_at_eos = n, False
+        outputs[attention] = [g.token_ids for g in engine.generate(requests)]
+        if engine.packed:
+            assert engine.prefills > 1 and engine.decoder.k_cache.shape[1] == 4   # + the scratch row
+    assert outputs["varlen"] == outputs["slot"] and outputs["packed"] == outputs["slot"]

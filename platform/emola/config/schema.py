@@ -264,13 +264,25 @@ class InferenceConfig(Section):
         ge=1, description="padded prompt tokens prefilled in one step; later arrivals start a step later")
     length_bucket: int = Field(ge=1, description="decode attention reads the cache in multiples of this many tokens")
     cuda_graphs: bool = Field(description="on CUDA, capture each decode shape once and replay it (CPU: eager)")
-    decode_attention: Literal["matmul", "sdpa"] = Field(
+    decode_attention: Literal["matmul", "sdpa", "varlen"] = Field(
         description="decode-step attention over the KV cache: two matrix products (exact like transformers' "
-                    "eager attention) or PyTorch's fused scaled_dot_product_attention kernel")
+                    "eager attention) or PyTorch's fused scaled_dot_product_attention kernel, each row over the "
+                    "cache up to a length bucket; or varlen, each row over its own length through a "
+                    "variable-length kernel (needs packed_prefill)")
+    packed_prefill: bool = Field(
+        description="arrivals' prompts go through the running requests' decode step (one pass, the decode rows "
+                    "riding on the prompts' weight reads) instead of a prefill pass of their own; on CUDA it needs "
+                    "a variable-length attention kernel that passes its check, else the engine prefills apart")
     prefill_bucket: int | None = Field(
         ge=1, description="pad prompts to a multiple of this many tokens (and a group of prompts to a row bucket) so "
                           "that on CUDA each prefill shape, vision tower included, is captured once as a CUDA graph; "
-                          "null: prompts are prefilled at their own length, eagerly")
+                          "null: prompts are prefilled at their own length, eagerly (packed_prefill: not used)")
+
+    @model_validator(mode="after")
+    def _varlen_is_packed(self) -> "InferenceConfig":
+        if self.decode_attention == "varlen" and not self.packed_prefill:
+            raise ValueError("inference.decode_attention varlen needs inference.packed_prefill: true")
+        return self
 
 
 # -------------------------------------------------------------------------- serve

@@ -1,7 +1,9 @@
 """The language model of EmoLA run over a static KV cache with one slot per request.
 
-:class:`SlotDecoder` reads the weights of transformers' Llama decoder (LLaVA-1.5's
-Vicuna, and the ``tiny`` profile's decoder) and runs the same computation in two forms:
+:class:`DecoderWeights` reads the weights of transformers' Llama decoder (LLaVA-1.5's
+Vicuna, and the ``tiny`` profile's decoder) and holds the pieces of a layer (norms, the
+fused projections, RoPE, one-query-per-row attention over the cache). :class:`SlotDecoder`
+runs the computation in two forms (the packed decoder, :mod:`emola.engine.packed`, in one):
 
 - :meth:`SlotDecoder.prefill`: new requests' prompt embeddings ``(n, L, hidden)``,
   right-padded, through every layer with causal attention; their keys and values go to
@@ -141,26 +143,17 @@ def prefill_rows(n: int) -> int:
     return round_up(n, 8)
 
 
-class SlotDecoder:
-    """Prefill and decode for ``slots`` concurrent sequences of at most ``context`` tokens each.
+class DecoderWeights:
+    """The weights of transformers' Llama decoder read once for the engine's own forward passes, and the
+    pieces both decoders (:class:`SlotDecoder`, :class:`~emola.engine.packed.PackedDecoder`) compose a layer of.
 
     Args:
         language_model: transformers' ``LlamaModel`` (``model.language_model`` of a LLaVA).
         lm_head: the output projection.
-        slots: requests decoded together at most (the KV cache holds this many rows).
-        context: positions per slot (prompt and answer).
-        length_bucket: attention reads the cache in multiples of this many positions.
-        cuda_graphs: capture and replay decode steps (CUDA only).
-        attention: ``matmul`` (scores and weighted sum as two matrix products, like
-            transformers' eager attention) or ``sdpa`` (PyTorch's fused kernel, masked).
-        prefill_bucket: pad prompts to a multiple of this many tokens (and the group to a
-            row bucket) so prefill shapes repeat; with ``cuda_graphs`` on CUDA each shape is
-            captured once. ``None``: prompts run at their own length, eagerly.
+        context: positions per request (the RoPE tables cover them).
     """
 
-    def __init__(self, language_model: nn.Module, lm_head: nn.Linear, *, slots: int, context: int,
-                 length_bucket: int = 128, cuda_graphs: bool = True, attention: str = "matmul",
-                 prefill_bucket: int | None = None):
+    def __init__(self, language_model: nn.Module, lm_head: nn.Linear, *, context: int):
         config = language_model.config
         rope_type = (getattr(config, "rope_parameters", None) or {}).get("rope_type", "default")
         if rope_type == "dynamic":
@@ -168,6 +161,7 @@ class SlotDecoder:
         self.heads = config.num_attention_heads
         self.kv_heads = config.num_key_value_heads or self.heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
+        self.hidden = config.hidden_size
         self.scale = self.head_dim ** -0.5
         self.eps = config.rms_norm_eps
         self.act = ACT2FN[config.hidden_act]
@@ -184,32 +178,11 @@ class SlotDecoder:
                 gate_up=_projection([mlp.gate_proj, mlp.up_proj]), down=_projection([mlp.down_proj])))
         weight = self.layers[0].qkv.weight
         self.device, self.dtype = weight.device, weight.dtype
-        self.slots, self.context = slots, context
-        self.length_bucket = max(1, min(length_bucket, context))
+        self.context = context
         with torch.no_grad():
             positions = torch.arange(context, device=self.device)[None]
             cos, sin = language_model.rotary_emb(weight[:1], positions)   # transformers' own tables (scaling incl.)
         self.cos, self.sin = cos[0], sin[0]                                 # (context, head_dim), model dtype
-        self.prefill_bucket = prefill_bucket
-        self.scratch_slot = slots   # padding rows of a padded prefill write here (an extra cache row)
-        rows = slots + (1 if prefill_bucket else 0)
-        shape = (len(self.layers), rows, self.kv_heads, context, self.head_dim)
-        self.k_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
-        self.v_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
-        # Static decode inputs and output: graphs read and write these buffers.
-        self.tokens = torch.zeros(slots, dtype=torch.long, device=self.device)
-        self.positions = torch.zeros(slots, dtype=torch.long, device=self.device)
-        self.logits = torch.zeros(slots, self.lm_head.out_features, dtype=torch.float32, device=self.device)
-        self._slot_ids = torch.arange(slots, device=self.device)
-        self._key_positions = torch.arange(context, device=self.device)
-        if attention not in ("matmul", "sdpa"):
-            raise ValueError(f"decode attention {attention!r}: matmul or sdpa")
-        self.attention = attention
-        self.use_graphs = cuda_graphs and self.device.type == "cuda"
-        self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
-        self._pool = torch.cuda.graph_pool_handle() if self.use_graphs else None
-        self._prefill_graphs = (ShapeGraphs(self._prefill_body, self._pool) if self.use_graphs and prefill_bucket
-                                else None)
 
     # ------------------------------------------------------------------ pieces
     def _rms(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -231,12 +204,79 @@ class SlotDecoder:
         q, k = self._rope(qk.unflatten(-1, (h + kv, d)), cos, sin).split([h, kv], dim=-2)
         return q, k, v.unflatten(-1, (kv, d))
 
+    def _row_mask(self, positions: torch.Tensor, span: int, attention: str) -> torch.Tensor:
+        """The additive mask ``(b, 1, 1, span)`` of rows whose query is at ``positions``: 0 up to the row's
+        own position, -inf beyond (float32 for ``matmul``, the model's dtype for ``sdpa``)."""
+        visible = torch.arange(span, device=positions.device)[None, :] <= positions[:, None]   # (b, span)
+        bias = torch.zeros(visible.shape, dtype=torch.float32, device=positions.device)
+        bias = bias.masked_fill(~visible, float("-inf"))[:, None, None, :]
+        return bias.to(self.dtype) if attention == "sdpa" else bias
+
+    def _row_attention(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
+                       attention: str) -> torch.Tensor:
+        """One query per row over its cache: ``q`` ``(b, heads, d)``, ``keys``/``values`` ``(b, kv, span, d)``,
+        ``mask`` from :meth:`_row_mask`; returns ``(b, heads * d)``. ``matmul``: scores and weighted sum as two
+        matrix products (like transformers' eager attention); ``sdpa``: PyTorch's fused kernel."""
+        batch, groups = q.shape[0], self.heads // self.kv_heads
+        if attention == "sdpa":
+            attn = F.scaled_dot_product_attention(q[:, :, None], keys, values, attn_mask=mask, scale=self.scale,
+                                                  enable_gqa=groups > 1)
+            return attn.reshape(batch, self.heads * self.head_dim)
+        query = q.view(batch, self.kv_heads, groups, self.head_dim)
+        scores = torch.matmul(query, keys.transpose(-1, -2)).to(torch.float32) * self.scale + mask
+        weights = torch.softmax(scores, dim=-1).to(self.dtype)            # (b, kv, groups, span)
+        return torch.matmul(weights, values).reshape(batch, self.heads * self.head_dim)
+
     def _mlp(self, x: torch.Tensor, layer: _Layer) -> torch.Tensor:
         gate, up = _apply(self._rms(x, layer.norm2), layer.gate_up).chunk(2, dim=-1)
         return _apply(self.act(gate) * up, layer.down, residual=x)
 
     def _head(self, x: torch.Tensor) -> torch.Tensor:
         return self.lm_head(self._rms(x, self.final_norm)).to(torch.float32)
+
+
+class SlotDecoder(DecoderWeights):
+    """Prefill and decode for ``slots`` concurrent sequences of at most ``context`` tokens each.
+
+    Args:
+        language_model: transformers' ``LlamaModel`` (``model.language_model`` of a LLaVA).
+        lm_head: the output projection.
+        slots: requests decoded together at most (the KV cache holds this many rows).
+        context: positions per slot (prompt and answer).
+        length_bucket: attention reads the cache in multiples of this many positions.
+        cuda_graphs: capture and replay decode steps (CUDA only).
+        attention: ``matmul`` (scores and weighted sum as two matrix products, like
+            transformers' eager attention) or ``sdpa`` (PyTorch's fused kernel, masked).
+        prefill_bucket: pad prompts to a multiple of this many tokens (and the group to a
+            row bucket) so prefill shapes repeat; with ``cuda_graphs`` on CUDA each shape is
+            captured once. ``None``: prompts run at their own length, eagerly.
+    """
+
+    def __init__(self, language_model: nn.Module, lm_head: nn.Linear, *, slots: int, context: int,
+                 length_bucket: int = 128, cuda_graphs: bool = True, attention: str = "matmul",
+                 prefill_bucket: int | None = None):
+        super().__init__(language_model, lm_head, context=context)
+        self.slots = slots
+        self.length_bucket = max(1, min(length_bucket, context))
+        self.prefill_bucket = prefill_bucket
+        self.scratch_slot = slots   # padding rows of a padded prefill write here (an extra cache row)
+        rows = slots + (1 if prefill_bucket else 0)
+        shape = (len(self.layers), rows, self.kv_heads, context, self.head_dim)
+        self.k_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        self.v_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        # Static decode inputs and output: graphs read and write these buffers.
+        self.tokens = torch.zeros(slots, dtype=torch.long, device=self.device)
+        self.positions = torch.zeros(slots, dtype=torch.long, device=self.device)
+        self.logits = torch.zeros(slots, self.lm_head.out_features, dtype=torch.float32, device=self.device)
+        self._slot_ids = torch.arange(slots, device=self.device)
+        if attention not in ("matmul", "sdpa"):
+            raise ValueError(f"decode attention {attention!r}: matmul or sdpa")
+        self.attention = attention
+        self.use_graphs = cuda_graphs and self.device.type == "cuda"
+        self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
+        self._pool = torch.cuda.graph_pool_handle() if self.use_graphs else None
+        self._prefill_graphs = (ShapeGraphs(self._prefill_body, self._pool) if self.use_graphs and prefill_bucket
+                                else None)
 
     # ----------------------------------------------------------------- prefill
     @torch.no_grad()
@@ -293,26 +333,14 @@ class SlotDecoder:
         slots = self._slot_ids[:batch]
         x = self.embed(tokens)                                              # (b, hidden)
         cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]
-        visible = self._key_positions[:span][None, :] <= positions[:, None]  # (b, span)
-        bias = torch.zeros(visible.shape, dtype=torch.float32, device=x.device).masked_fill(~visible, float("-inf"))
-        bias = bias[:, None, None, :]
-        sdpa_mask = bias.to(self.dtype) if self.attention == "sdpa" else None
-        groups = self.heads // self.kv_heads
+        mask = self._row_mask(positions, span, self.attention)
         for index, layer in enumerate(self.layers):
             q, k, v = self._qkv(_apply(self._rms(x, layer.norm1), layer.qkv), cos, sin)   # (b, heads, d)
             self.k_cache[index, slots, :, positions] = k
             self.v_cache[index, slots, :, positions] = v
             keys = self.k_cache[index, :batch, :, :span]                       # (b, kv, span, d)
             values = self.v_cache[index, :batch, :, :span]
-            if sdpa_mask is not None:
-                attn = F.scaled_dot_product_attention(q[:, :, None], keys, values, attn_mask=sdpa_mask,
-                                                      scale=self.scale, enable_gqa=groups > 1)
-                attn = attn.reshape(batch, self.heads * self.head_dim)
-            else:
-                query = q.view(batch, self.kv_heads, groups, self.head_dim)
-                scores = torch.matmul(query, keys.transpose(-1, -2)).to(torch.float32) * self.scale + bias
-                weights = torch.softmax(scores, dim=-1).to(self.dtype)            # (b, kv, groups, span)
-                attn = torch.matmul(weights, values).reshape(batch, self.heads * self.head_dim)
+            attn = self._row_attention(q, keys, values, mask, self.attention)
             x = _apply(attn, layer.o, residual=x)
             x = self._mlp(x, layer)
         self.logits[:batch] = self._head(x)

@@ -14,6 +14,11 @@ token or reaches its own ``max_new_tokens``, and its slot goes to the next arriv
 request keeps its own temperature, top-p and seed (:mod:`emola.engine.sampling`), so its
 answer does not depend on the company it generates in.
 
+With ``inference.packed_prefill`` the arrivals' prompts go through the running requests'
+step instead (:class:`~emola.engine.packed.PackedDecoder`): one pass over the packed tokens
+gives every running request its next token and every arrival its first, the decode rows
+riding on the prompts' weight reads; attention is per sequence (variable-length kernels).
+
 The model is loaded with LoRA merged into the base weights (``inference.merge_lora``; the
 checkpoint on disk is unchanged): an unmerged LoRA layer costs two extra small matrix
 products per projection per token.
@@ -26,6 +31,7 @@ them before the first request.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import deque
 from collections.abc import Sequence
@@ -35,15 +41,19 @@ import numpy as np
 import torch
 
 from emola.config.schema import PUBLISHED_GENERATION, GenerationConfig, InferenceConfig
+from emola.engine.attention import kernel_problem
 from emola.engine.decoder import SlotDecoder, prefill_rows, round_up
 from emola.engine.graphs import ShapeGraphs
+from emola.engine.packed import PackedDecoder
 from emola.engine.sampling import next_tokens
+
+log = logging.getLogger(__name__)
 
 #: Engine settings for library use (``Analyzer``) when no params are given: 8 requests of 2,048 positions
 #: (8 GiB of KV cache at the emola-7b shape).
 DEFAULT_INFERENCE = InferenceConfig(device="auto", merge_lora=True, max_batch=8, max_context=2048,
                                     max_prefill_tokens=8192, length_bucket=128, cuda_graphs=True,
-                                    decode_attention="matmul", prefill_bucket=None)
+                                    decode_attention="matmul", packed_prefill=False, prefill_bucket=None)
 
 
 class PromptTooLong(ValueError):
@@ -147,13 +157,12 @@ class InferenceEngine:
         llava = model.base_llava
         limit = llava.config.text_config.max_position_embeddings
         self.context = min(cfg.max_context or limit, limit)
-        self.decoder = SlotDecoder(llava.model.language_model, llava.lm_head, slots=cfg.max_batch,
-                                   context=self.context, length_bucket=cfg.length_bucket,
-                                   cuda_graphs=cfg.cuda_graphs, attention=cfg.decode_attention,
-                                   prefill_bucket=cfg.prefill_bucket)
+        self.decoder = self._decoder(llava, cfg)
+        self.packed = isinstance(self.decoder, PackedDecoder)
         self.num_image_tokens = llava.config.image_seq_length if model.image_token_id is not None else 0
         self._image_graphs = (ShapeGraphs(model.image_features, self.decoder._pool)
-                              if self.decoder.use_graphs and cfg.prefill_bucket and self.num_image_tokens else None)
+                              if self.decoder.use_graphs and (cfg.prefill_bucket or self.packed) and self.num_image_tokens
+                              else None)
         self._waiting: deque[tuple[GenerationRequest, Listener]] = deque()
         self._active: list[_Running] = []
         self._lock = threading.Condition()
@@ -161,6 +170,34 @@ class InferenceEngine:
         self._stopping = False
         self.steps = 0
         self.prefills = 0
+
+    def _decoder(self, llava, cfg: InferenceConfig) -> SlotDecoder | PackedDecoder:
+        """The packed decoder for ``packed_prefill`` (on CUDA with the first variable-length attention kernel
+        that passes its check here, on CPU with the reference; when none passes, the slot decoder, with
+        ``sdpa`` for ``varlen``, and ``self.fallback`` says why), else the slot decoder."""
+        language_model, head = llava.model.language_model, llava.lm_head
+        self.fallback: str | None = None
+        if cfg.packed_prefill:
+            text = llava.config.text_config
+            heads = text.num_attention_heads
+            shape = (heads, text.num_key_value_heads or heads, getattr(text, "head_dim", None) or text.hidden_size // heads)
+            rows = "varlen" if cfg.decode_attention == "varlen" else "padded"
+            # Decode rows through the kernel: the CUTLASS one was faster on an H200; prompts alone: FlashAttention.
+            order = ["efficient", "flash"] if rows == "varlen" else ["flash", "efficient"]
+            problems = []
+            for kernel in (order if self.device.type == "cuda" else ["reference"]):
+                problem = kernel_problem(kernel, self.device, head.weight.dtype, *shape)
+                if problem is None:
+                    return PackedDecoder(language_model, head, slots=cfg.max_batch, context=self.context, rows=rows,
+                                         row_attention="sdpa" if rows == "varlen" else cfg.decode_attention,
+                                         length_bucket=cfg.length_bucket, cuda_graphs=cfg.cuda_graphs, kernel=kernel)
+                problems.append(problem)
+            self.fallback = "; ".join(problems)
+            log.warning("packed_prefill: %s; prefilling apart with the slot decoder instead", self.fallback)
+        return SlotDecoder(language_model, head, slots=cfg.max_batch, context=self.context,
+                           length_bucket=cfg.length_bucket, cuda_graphs=cfg.cuda_graphs,
+                           attention="sdpa" if cfg.decode_attention == "varlen" else cfg.decode_attention,
+                           prefill_bucket=cfg.prefill_bucket)
 
     @classmethod
     def from_checkpoint(cls, path, cfg: InferenceConfig = DEFAULT_INFERENCE) -> "InferenceEngine":
@@ -177,7 +214,18 @@ class InferenceEngine:
         """Capture the CUDA graphs before the first request: every decode shape, and with
         ``prefill_bucket`` the prefill of each row bucket at ``prompt_length``'s padded width
         (default: the image tokens, the prior token and 64 tokens of template and question).
-        Uses the idle cache slots: call before any request. Returns the graph counts (0 on CPU)."""
+        Uses the idle cache slots: call before any request. Returns the graph counts (0 on CPU).
+
+        The packed decoder captures its decode-only steps and the steps of one or two such
+        prompts arriving beside the running rows, and the vision tower for one to three images."""
+        if self.packed:
+            length = min(self.context, prompt_length or self.num_image_tokens + 65)
+            steps = self.decoder.warm_up(length, self.cfg.max_prefill_tokens)
+            if self._image_graphs is not None:
+                for rows in sorted({prefill_rows(n) for n in range(1, min(3, self.cfg.max_batch) + 1)}, reverse=True):
+                    self._image_features(torch.zeros(rows, 3, *self._image_size(), device=self.device))
+                torch.cuda.synchronize(self.device)
+            return {"packed": steps, "vision": len(self._image_graphs) if self._image_graphs is not None else 0}
         decode = self.decoder.warm_up()
         if self.decoder._prefill_graphs is not None:
             length = prompt_length or self.num_image_tokens + 65
@@ -374,21 +422,28 @@ class InferenceEngine:
     def _admissible(self) -> list[tuple[GenerationRequest, Listener]]:
         """Take the waiting requests that start this step: free slots, within the prefill budget."""
         new: list[tuple[GenerationRequest, Listener]] = []
-        longest = 0
+        longest = total = 0
         while self._waiting and len(self._active) + len(new) < self.cfg.max_batch:
             if self._waiting[0][1].cancelled:
                 self._waiting.popleft()[1].on_finish(None, EngineStopped("cancelled before it started"))
                 continue
             length = len(self._waiting[0][0].prompt_ids)
-            padded = max(longest, length) * (len(new) + 1)
-            if new and padded > self.cfg.max_prefill_tokens:
+            # The packed decoder's step holds the running rows' tokens and the prompts' own lengths;
+            # the slot decoder's prefill pads every prompt to the longest.
+            tokens = (len(self._active) + total + length if self.packed
+                      else max(longest, length) * (len(new) + 1))
+            if new and tokens > self.cfg.max_prefill_tokens:
                 break
             new.append(self._waiting.popleft())
-            longest = max(longest, length)
+            longest, total = max(longest, length), total + length
         return new
 
     def _step(self, new: list[tuple[GenerationRequest, Listener]]) -> None:
-        """One scheduling step: prefill the new arrivals, then one decode step for every running request."""
+        """One scheduling step: prefill the new arrivals, then one decode step for every running request
+        (the packed decoder: both in one pass)."""
+        if self.packed:
+            self._packed_step(new)
+            return
         if new:
             groups = [new]
             while groups:
@@ -419,16 +474,57 @@ class InferenceEngine:
         return pixels, priors
 
     @torch.no_grad()
-    def _prefill(self, new: list[tuple[GenerationRequest, Listener]]) -> None:
-        start = len(self._active)
+    def _prompt_embeds(self, new: list[tuple[GenerationRequest, Listener]]) -> tuple[torch.Tensor, list[int]]:
+        """The prompts' embeddings ``(n, longest, hidden)``, right-padded, image features and prior token
+        merged in; and their lengths."""
         lengths = [len(r.prompt_ids) for r, _ in new]
-        width = max(lengths)
-        ids = torch.full((len(new), width), self.pad_token_id, dtype=torch.long)
+        ids = torch.full((len(new), max(lengths)), self.pad_token_id, dtype=torch.long)
         for i, (request, _) in enumerate(new):
             ids[i, : lengths[i]] = torch.as_tensor(request.prompt_ids, dtype=torch.long)
         pixels, priors = self._media([r for r, _ in new])
         features = self._image_features(pixels) if pixels is not None and self._image_graphs is not None else None
-        embeds = self.model.merge_inputs(ids.to(self.device), pixels, priors, image_features=features)
+        return self.model.merge_inputs(ids.to(self.device), pixels, priors, image_features=features), lengths
+
+    @torch.no_grad()
+    def _packed_step(self, new: list[tuple[GenerationRequest, Listener]]) -> None:
+        """One pass of the packed decoder: a token for every running request and the first token of every
+        arrival. An arrival whose inputs fail to embed fails alone; a failing pass fails every row in it."""
+        prompts: list[torch.Tensor] = []
+        arrivals: list[tuple[GenerationRequest, Listener]] = []
+        groups = [new] if new else []
+        while groups:
+            group = groups.pop()
+            try:
+                embeds, lengths = self._prompt_embeds(group)
+            except Exception as err:  # noqa: BLE001 - find the culprit: embed the others one by one
+                if len(group) > 1:
+                    groups += [[item] for item in reversed(group)]
+                else:
+                    group[0][1].on_finish(None, err)
+                continue
+            prompts += [embeds[i, :length] for i, length in enumerate(lengths)]
+            arrivals += group
+        running = [_Running(request, listener, cached=len(request.prompt_ids)) for request, listener in arrivals]
+        if not self._active and not running:
+            return
+        try:
+            logits = self.decoder.step([r.ids[-1] for r in self._active], [r.cached for r in self._active], prompts)
+        except Exception as err:
+            for r in running:
+                r.listener.on_finish(None, err)
+            raise
+        for r in self._active:
+            r.cached += 1
+        self._active.extend(running)
+        self._accept(self._active, logits)
+        self.steps += 1
+        self.prefills += bool(running)
+        self._retire()
+
+    @torch.no_grad()
+    def _prefill(self, new: list[tuple[GenerationRequest, Listener]]) -> None:
+        start = len(self._active)
+        embeds, lengths = self._prompt_embeds(new)
         slots = torch.arange(start, start + len(new), device=self.device)
         logits = self.decoder.prefill(embeds, torch.tensor(lengths), slots)
         running = [_Running(request, listener, cached=length) for (request, listener), length in zip(new, lengths)]

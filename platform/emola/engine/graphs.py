@@ -27,11 +27,14 @@ class _Captured:
 
 
 class ShapeGraphs:
-    """``fn(*tensors) -> tensor`` replayed from a CUDA graph per input shape.
+    """``fn(*tensors, **static) -> tensor`` replayed from a CUDA graph per input shape and ``static``.
 
     ``fn`` must be a pure function of its inputs apart from in-place writes whose effect
     is the same however often it runs (the decoder's prefill writes its prompts' cache
-    entries): it runs twice before each capture, on the real inputs.
+    entries): it runs twice before each capture, on the real inputs. ``static``: plain
+    values that fix the computation (a row count, an attention span), part of the key.
+    Inputs are copied into the graph's own tensors without waiting (``non_blocking``): a
+    pinned host tensor may be passed and refilled once the replay's result has been read.
     """
 
     def __init__(self, fn: Callable[..., torch.Tensor], pool):
@@ -41,27 +44,27 @@ class ShapeGraphs:
     def __len__(self) -> int:
         return len(self._graphs)
 
-    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
-        key = tuple((tuple(x.shape), x.dtype) for x in inputs)
+    def __call__(self, *inputs: torch.Tensor, **static) -> torch.Tensor:
+        key = (tuple((tuple(x.shape), x.dtype) for x in inputs), tuple(sorted(static.items())))
         captured = self._graphs.get(key)
         if captured is None:
-            captured = self._graphs[key] = self._capture(inputs)
+            captured = self._graphs[key] = self._capture(inputs, static)
         else:
-            for static, x in zip(captured.inputs, inputs):
-                static.copy_(x)
+            for held, x in zip(captured.inputs, inputs):
+                held.copy_(x, non_blocking=True)
         captured.graph.replay()
         return captured.output
 
-    def _capture(self, inputs: tuple[torch.Tensor, ...]) -> _Captured:
-        static = tuple(x.clone() for x in inputs)
-        device = static[0].device
+    def _capture(self, inputs: tuple[torch.Tensor, ...], static: dict) -> _Captured:
+        device = next(x.device for x in inputs if x.device.type == "cuda")
+        held = tuple(x.to(device, copy=True) for x in inputs)
         stream = torch.cuda.Stream(device=device)
         stream.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(stream):
             for _ in range(2):
-                self.fn(*static)
+                self.fn(*held, **static)
         torch.cuda.current_stream(device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):
-            output = self.fn(*static)
-        return _Captured(graph, static, output)
+            output = self.fn(*held, **static)
+        return _Captured(graph, held, output)

@@ -1,0 +1,295 @@
+"""One forward pass for decode rows and arriving prompts together: the packed decoder.
+
+:class:`~emola.engine.decoder.SlotDecoder` prefills arrivals in a pass of their own, which
+stops every running request for as long as a 7B prompt of ~630 tokens takes.
+:class:`PackedDecoder` runs a step as one pass over packed tokens ``(total, hidden)``: one
+token for each running request and every token of each arriving prompt. The matrix
+products see one tall matrix, so the decode rows ride along on the prompts' weight reads.
+
+Attention is per sequence, in one of two ways (``rows``):
+
+- ``varlen``: every token through a variable-length kernel
+  (:mod:`emola.engine.attention`) over the cache, each sequence reading only its own
+  positions (a decode row its history, a prompt its own causal triangle);
+- ``padded``: the decode rows as the slot decoder attends (one query per row over the
+  cache up to a length bucket, masked; ``matmul`` or ``sdpa``), the prompts through the
+  variable-length kernel over their own keys and values.
+
+Layout. Requests occupy cache rows ``0 .. b-1`` (running) and ``b .. b+n-1`` (arriving),
+as the engine keeps them compact; row ``slots`` is a scratch row for padding tokens. The
+cache is the slot decoder's, ``(layers, slots + 1, kv_heads, context, d)``; the
+variable-length kernels read it through a strided view in which row ``r``'s head ``h`` at
+position ``p`` is entry ``r * kv_heads * context + p`` of head ``h``
+(:func:`~emola.engine.attention.flat_cache`).
+Tokens are ordered: decode rows (padded to a power of two with ``padded``), the prompts,
+padding. Every step describes its tokens with one int64 tensor (:meth:`describe`): id,
+position and cache row of each token, which token's logits each request gets, and the
+per-sequence query offsets and key counts. The shapes then depend only on the token count
+(and, with ``padded``, the decode rows and attention span), so on CUDA each is captured
+once as a CUDA graph (:class:`~emola.engine.graphs.ShapeGraphs`) and replayed after.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from emola.engine.attention import KERNELS, flat_cache, reference_attention
+from emola.engine.decoder import DecoderWeights, _apply, round_up
+from emola.engine.graphs import ShapeGraphs
+
+
+def _power_of_two(n: int) -> int:
+    bucket = 1
+    while bucket < n:
+        bucket *= 2
+    return bucket
+
+
+class PackedDecoder(DecoderWeights):
+    """Decode steps and prefills as one packed pass over a slot-padded KV cache.
+
+    Args:
+        language_model / lm_head: as for :class:`~emola.engine.decoder.SlotDecoder`.
+        slots: requests at most (cache rows besides the scratch row).
+        context: positions per request.
+        rows: ``varlen`` or ``padded``: how decode rows attend (see the module).
+        row_attention: with ``padded``, ``matmul`` or ``sdpa`` (as the slot decoder).
+        length_bucket: with ``padded``, decode rows read the cache in multiples of this.
+        cuda_graphs: on CUDA, replay each step shape from a CUDA graph.
+        kernel: ``flash`` or ``efficient`` (CUDA kernels, :data:`~emola.engine.attention.KERNELS`),
+            or ``reference`` (:func:`~emola.engine.attention.reference_attention`: one kernel
+            per sequence, with host synchronisation: eager only).
+        token_step: prompt tokens are padded to a multiple of this.
+        graph_tokens: steps of more tokens run eagerly (their arithmetic outweighs the kernel
+            launches a graph saves, and each new size would cost a capture).
+    """
+
+    def __init__(self, language_model: nn.Module, lm_head: nn.Linear, *, slots: int, context: int,
+                 rows: str = "varlen", row_attention: str = "sdpa", length_bucket: int = 128,
+                 cuda_graphs: bool = True, kernel: str = "reference", token_step: int = 64, graph_tokens: int = 2048):
+        super().__init__(language_model, lm_head, context=context)
+        if rows not in ("varlen", "padded"):
+            raise ValueError(f"packed decoder rows {rows!r}: varlen or padded")
+        if row_attention not in ("matmul", "sdpa"):
+            raise ValueError(f"decode attention {row_attention!r}: matmul or sdpa")
+        self.slots, self.rows, self.row_attention = slots, rows, row_attention
+        self.scratch_slot = slots
+        self.sequences = slots + 1
+        self.length_bucket = max(1, min(length_bucket, context))
+        self.token_step = max(1, min(token_step, context // 2))   # the padding fits the scratch row
+        self.graph_tokens = graph_tokens
+        kv, d = self.kv_heads, self.head_dim
+        shape = (len(self.layers), slots + 1, kv, context, d)
+        self.k_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        self.v_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        self._cu_k = torch.arange(0, (self.sequences + 1) * kv * context, kv * context, dtype=torch.int32,
+                                  device=self.device)
+        pin = self.device.type == "cuda"
+        self._zeros: dict[int, torch.Tensor] = {}
+        self._meta_host = [torch.zeros(self._meta_size(2 * (context + slots)), dtype=torch.int64, pin_memory=pin)
+                           for _ in range(2)]
+        self._meta_turn = 0
+        self._meta_done: list[torch.cuda.Event | None] = [None, None]   # the step that last read each buffer
+        self.cuda_graphs = cuda_graphs
+        self.use_kernel(kernel)
+
+    def use_kernel(self, kernel: str) -> None:
+        """Attend with ``kernel`` from now on (graphs captured before are dropped)."""
+        if kernel != "reference" and kernel not in KERNELS:
+            raise ValueError(f"attention kernel {kernel!r}: one of {', '.join([*KERNELS, 'reference'])}")
+        self.kernel = kernel
+        self._attend = KERNELS.get(kernel)
+        self.use_graphs = self.cuda_graphs and self._attend is not None and self.device.type == "cuda"
+        self._pool = torch.cuda.graph_pool_handle() if self.use_graphs else None
+        self._graphs = ShapeGraphs(self._body, self._pool) if self.use_graphs else None
+
+    @property
+    def graphs(self) -> int:
+        """Step shapes captured so far."""
+        return len(self._graphs) if self._graphs is not None else 0
+
+    # ------------------------------------------------------------------ shapes
+    def shape(self, positions: Sequence[int], lengths: Sequence[int]) -> tuple[int, int, int]:
+        """(decode width, total tokens, attention span) of a step: the decode rows (a power of two with
+        ``padded``), the prompts' tokens rounded up to ``token_step``, and with ``padded`` the decode rows'
+        length bucket (the whole context when prompts ride along)."""
+        b, prompt = len(positions), sum(lengths)
+        if self.rows == "varlen":
+            if not prompt:
+                return 0, min(_power_of_two(b), self.slots), 0
+            return 0, round_up(b + prompt, self.token_step), 0
+        width = min(_power_of_two(b), self.slots) if b else 0
+        span = 0
+        if b:
+            longest = max(positions) + 1
+            span = self.context if prompt else min(self.context, round_up(longest, self.length_bucket))
+        return width, width + round_up(prompt, self.token_step), span
+
+    def _meta_size(self, total: int) -> int:
+        return 3 * total + self.slots + 2 * self.sequences + 1
+
+    # -------------------------------------------------------------------- step
+    @torch.no_grad()
+    def step(self, tokens: Sequence[int], positions: Sequence[int], prompts: Sequence[torch.Tensor]) -> torch.Tensor:
+        """One pass: decode rows ``0 .. b-1`` (``tokens[i]`` at ``positions[i]``) and prompts
+        ``(L_i, hidden)`` into rows ``b .. b+n-1`` at positions ``0 .. L_i-1``.
+
+        Returns ``(b + n, vocab)`` float32 logits: each decode row's next token, then each
+        prompt's first answer token.
+        """
+        b, n = len(tokens), len(prompts)
+        if b + n > self.slots:
+            raise ValueError(f"{b} running and {n} new requests exceed the {self.slots} slots")
+        lengths = [int(p.shape[0]) for p in prompts]
+        if any(length > self.context for length in lengths):
+            raise ValueError(f"a prompt of {max(lengths)} tokens exceeds the {self.context}-token context")
+        if b and max(positions) >= self.context:
+            raise ValueError(f"a decode position of {max(positions)} is outside the {self.context}-token context")
+        width, total, span = self.shape(positions, lengths)
+        meta = self.describe(tokens, positions, lengths, width, total)
+        if prompts:
+            parts = [self._zero_rows(width or b)] + [p.to(self.device, self.dtype) for p in prompts]
+            pad = total - (width or b) - sum(lengths)
+            if pad:
+                parts.append(self._zero_rows(pad))
+            embeds = torch.cat(parts)
+        else:
+            embeds = self._zero_rows(total)
+        if self._graphs is not None and total <= self.graph_tokens:
+            out = self._graphs(embeds, meta, width=width, span=span)
+        else:
+            out = self._body(embeds, meta.to(self.device, non_blocking=True), width=width, span=span)
+        if self.device.type == "cuda":
+            self._meta_done[self._meta_turn] = torch.cuda.Event()
+            self._meta_done[self._meta_turn].record()
+        self._meta_turn ^= 1
+        return out[: b + n]
+
+    def _zero_rows(self, n: int) -> torch.Tensor:
+        if n not in self._zeros:
+            self._zeros[n] = torch.zeros(n, self.hidden, dtype=self.dtype, device=self.device)
+        return self._zeros[n]
+
+    def describe(self, tokens: Sequence[int], positions: Sequence[int], lengths: Sequence[int], width: int,
+                 total: int) -> torch.Tensor:
+        """The step's int64 description, in a (pinned, on CUDA) host buffer: per token its id (-1: take the
+        prompt embedding), position and cache row; per request the token whose logits it gets; per
+        sequence of the variable-length attention its query offsets and key counts (``varlen``: every
+        request's cache row; ``padded``: the prompts over their own tokens)."""
+        b, n, slots, scratch = len(tokens), len(lengths), self.slots, self.scratch_slot
+        decode = max(width, b)
+        prompt_tokens = sum(lengths)
+        pad_decode, pad_tail = decode - b, total - decode - prompt_tokens
+        ids = np.full(total, -1, np.int64)
+        ids[:b] = tokens
+        ids[b:decode] = 0
+        scratch_positions = np.arange(pad_decode + pad_tail, dtype=np.int64) % self.context   # distinct writes
+        position = np.concatenate([np.asarray(positions, np.int64), scratch_positions[:pad_decode]]
+                                  + [np.arange(length, dtype=np.int64) for length in lengths]
+                                  + [scratch_positions[pad_decode:]])
+        row = np.concatenate([np.arange(b, dtype=np.int64), np.full(pad_decode, scratch, np.int64)]
+                             + [np.full(length, b + i, np.int64) for i, length in enumerate(lengths)]
+                             + [np.full(pad_tail, scratch, np.int64)])
+        out = np.zeros(slots, np.int64)
+        out[:b] = np.arange(b)
+        out[b:b + n] = decode + np.cumsum(lengths) - 1
+        queries = np.zeros(self.sequences, np.int64)
+        keys = np.zeros(self.sequences, np.int64)
+        if self.rows == "varlen":   # sequences are cache rows
+            queries[:b], keys[:b] = 1, np.asarray(positions, np.int64) + 1
+            queries[b:b + n] = keys[b:b + n] = lengths
+            queries[scratch] = keys[scratch] = pad_decode + pad_tail
+        else:                       # sequences are the prompts, then the tail's padding, over the prompt part
+            queries[:n] = keys[:n] = lengths
+            queries[n] = keys[n] = pad_tail
+        cu = np.concatenate([[0], np.cumsum(queries)])
+        meta = np.concatenate([ids, position, row, out, cu, keys])
+        turn = self._meta_turn
+        if self._meta_done[turn] is not None:
+            self._meta_done[turn].synchronize()   # its last copy to the device has finished
+        host = self._meta_host[turn]
+        if meta.size > host.numel():
+            host = torch.zeros(meta.size, dtype=torch.int64, pin_memory=host.is_pinned())
+        view = host[:meta.size]
+        view.numpy()[:] = meta
+        return view if self.device.type == "cuda" else view.clone()
+
+    def _varlen(self, q, keys, values, cu_q, cu_k, used_k, max_q: int, max_k: int) -> torch.Tensor:
+        if self._attend is not None:
+            return self._attend(q, keys, values, cu_q, cu_k, used_k, self.scale, max_q, max_k)
+        return reference_attention(q, keys, values, cu_q, cu_k, used_k, self.scale)
+
+    def _body(self, embeds: torch.Tensor, meta: torch.Tensor, *, width: int, span: int) -> torch.Tensor:
+        """The pass over ``embeds`` ``(total, hidden)``; returns ``(slots, vocab)`` logits (rows past the
+        step's requests: junk)."""
+        total, s = embeds.shape[0], self.sequences
+        ids, positions, rows = meta[:total], meta[total:2 * total], meta[2 * total:3 * total]
+        at = 3 * total
+        out = meta[at:at + self.slots]
+        cu_q = meta[at + self.slots:at + self.slots + s + 1].to(torch.int32)
+        used = meta[at + self.slots + s + 1:].to(torch.int32)
+        x = torch.where((ids >= 0)[:, None], self.embed(ids.clamp(min=0)), embeds)
+        cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]
+        decode = width if self.rows == "padded" else 0
+        if decode:
+            mask = self._row_mask(positions[:decode], span, self.row_attention)
+        for index, layer in enumerate(self.layers):
+            q, k, v = self._qkv(_apply(self._rms(x, layer.norm1), layer.qkv), cos, sin)   # (total, heads, d)
+            self.k_cache[index, rows, :, positions] = k
+            self.v_cache[index, rows, :, positions] = v
+            if self.rows == "varlen":
+                attn = self._varlen(q, flat_cache(self.k_cache[index]), flat_cache(self.v_cache[index]), cu_q,
+                                    self._cu_k, used, total, self.context).reshape(total, -1)
+            else:
+                parts = []
+                if decode:
+                    keys, values = self.k_cache[index, :decode, :, :span], self.v_cache[index, :decode, :, :span]
+                    parts.append(self._row_attention(q[:decode], keys, values, mask, self.row_attention))
+                if total > decode:
+                    rest = total - decode
+                    parts.append(self._varlen(q[decode:], k[decode:], v[decode:], cu_q, cu_q, used, rest,
+                                              rest).reshape(rest, -1))
+                attn = torch.cat(parts) if len(parts) > 1 else parts[0]
+            x = _apply(attn, layer.o, residual=x)
+            x = self._mlp(x, layer)
+        return self._head(x[out])
+
+    # ---------------------------------------------------------------- cache
+    def move(self, source: int, target: int, length: int) -> None:
+        """Copy the first ``length`` cached positions of row ``source`` to row ``target`` (every layer)."""
+        self.k_cache[:, target, :, :length] = self.k_cache[:, source, :, :length]
+        self.v_cache[:, target, :, :length] = self.v_cache[:, source, :, :length]
+
+    @torch.no_grad()
+    def warm_up(self, prompt_length: int, max_tokens: int, arrivals: int = 2, spread: int = 32) -> int:
+        """Capture the steps a server meets first, before any request: every decode-only shape, and the
+        shapes of 1 .. ``arrivals`` prompts of ``prompt_length`` +- ``spread`` tokens arriving beside
+        0 .. ``slots`` - 1 running rows (up to ``max_tokens`` and ``graph_tokens``). Uses the idle cache
+        rows. Returns the graph count."""
+        if self._graphs is None:
+            return 0
+        steps: dict[tuple[int, int, int], tuple[list[int], list[int]]] = {}
+        for rows in range(1, self.slots + 1):
+            for longest in range(self.length_bucket if self.rows == "padded" else self.context, self.context + 1,
+                                 self.length_bucket):
+                positions = [longest - 1] * rows
+                steps.setdefault(self.shape(positions, []), (positions, []))
+        shortest, longest = max(1, prompt_length - spread), min(self.context, prompt_length + spread)
+        for count in range(1, min(arrivals, self.slots) + 1):
+            for running in range(0, self.slots - count + 1):
+                for length in range(shortest, longest + 1):
+                    lengths = [length] * count
+                    if running + count * length <= max_tokens:
+                        shape = self.shape([0] * running, lengths)
+                        if shape[1] <= self.graph_tokens:
+                            steps.setdefault(shape, ([0] * running, lengths))
+        hidden = torch.zeros(1, self.hidden, dtype=self.dtype, device=self.device)
+        for shape in sorted(steps, key=lambda key: (key[1], key[2]), reverse=True):   # largest first: one pool size
+            positions, lengths = steps[shape]
+            self.step([0] * len(positions), positions, [hidden.expand(length, -1) for length in lengths])
+        torch.cuda.synchronize(self.device)
+        return self.graphs
