@@ -306,11 +306,12 @@ def warm_up(engine, log) -> dict:
     return errors
 
 
-#: The engines compared: the packed decoder (arrivals' prompts in the running rows' pass) with the decode rows
-#: attending as the slot decoder's (``packed``) or each over its own length (``varlen``), and the slot decoder
-#: (prefill apart, prompts padded to 64-token steps, graphs per shape).
-ENGINES = {"packed": {"packed_prefill": True, "decode_attention": "sdpa", "prefill_bucket": None},
-           "varlen": {"packed_prefill": True, "decode_attention": "varlen", "prefill_bucket": None},
+#: The engines compared: the packed decoder (arrivals' prompts in the running rows' pass) with each decode row
+#: attending over its own length (``varlen``: the Triton kernel) or as the slot decoder's (``packed``: masked
+#: sdpa up to the longest row's length bucket), and the slot decoder (prefill apart, prompts padded to 64-token
+#: steps, graphs per shape).
+ENGINES = {"varlen": {"packed_prefill": True, "decode_attention": "varlen", "prefill_bucket": None},
+           "packed": {"packed_prefill": True, "decode_attention": "sdpa", "prefill_bucket": None},
            "slot": {"packed_prefill": False, "decode_attention": "sdpa", "prefill_bucket": 64}}
 
 
@@ -325,7 +326,7 @@ def engine_run(model, s: dict, cfg, name: str, log, dry_run: bool) -> dict:
     result["load_merge_s"] = round(time.perf_counter() - started, 2)
     result["packed"] = engine.packed
     if engine.packed:
-        result["kernel"] = engine.decoder.kernel
+        result["prompt_kernel"], result["rows"] = engine.decoder.kernel, engine.decoder.rows
     if engine.fallback:
         result["fallback"] = engine.fallback
         log(f"[{name}] FELL BACK to the slot decoder: {engine.fallback}")
@@ -373,46 +374,9 @@ def engine_run(model, s: dict, cfg, name: str, log, dry_run: bool) -> dict:
         f"{result['evaluate']['answers_per_s']:.2f} answers/s, {result['evaluate']['tokens_per_s']:.0f} tokens/s")
     if torch.cuda.is_available():
         result["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
-    if engine.packed and engine.decoder.rows == "varlen" and engine.decoder.kernel != "reference":
-        used = engine.decoder.kernel
-        other = "flash" if used == "efficient" else "efficient"
-        result["kernels"] = {used: {"decode_ms": profile["decode_ms"], "mixed_ms": profile["mixed_ms"],
-                                    "concurrent": result["concurrent"]}}
-        try:
-            result["kernels"][other] = other_kernel(engine, s, name, other, log, dry_run)
-        except Exception as err:  # noqa: BLE001
-            result["kernels"][other] = {"error": f"{type(err).__name__}: {err}"[:1000]}
-            log(f"[{name}] {other} kernel FAILED: {type(err).__name__}: {err}")
     del engine, outputs
     clear()
     return result
-
-
-def other_kernel(engine, s: dict, name: str, kernel: str, log, dry_run: bool) -> dict:
-    """The packed engine again with another variable-length attention kernel: decode steps and the closed
-    loops at the two highest concurrencies."""
-    from emola.engine import GenerationRequest
-    from emola.engine.attention import kernel_problem
-
-    decoder = engine.decoder
-    problem = kernel_problem(kernel, decoder.device, decoder.dtype, decoder.heads, decoder.kv_heads, decoder.head_dim)
-    if problem:
-        log(f"[{name}] {kernel} kernel not usable: {problem}")
-        return {"problem": problem}
-    decoder.use_kernel(kernel)
-    out: dict = {"graphs": warm_up(engine, log)}
-    span = min(s["context"], 768)
-    out["decode_ms"] = decode_profile(engine, [1, 8, 32, 64] if not dry_run else [1, 8], span)
-    out["mixed_ms"] = mixed_profile(engine, s, min(31, decoder.slots - 1), span)
-    log(f"[{name}/{kernel}] decode step ms: {out['decode_ms']}; mixed step ms: {out['mixed_ms']}")
-    engine.start()
-    out["concurrent"] = []
-    for c in s["concurrency"][-2:]:
-        row = closed_loop(engine, request_mix(s, 4 * c, seed=c, engine_cls=GenerationRequest), c)
-        log(f"[{name}/{kernel}] {c:3d} requests in flight: {row['tokens_per_s']:8.0f} tokens/s steady")
-        out["concurrent"].append(row)
-    engine.stop()
-    return out
 
 
 def inference(dry_run: bool, log, baseline: bool = True, engines: tuple[str, ...] = tuple(ENGINES),

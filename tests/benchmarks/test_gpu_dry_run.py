@@ -21,12 +21,21 @@ def test_the_gpu_benchmark_runs_on_a_shrunken_model(tmp_path):
     result = json.loads(out.read_text())
     inference = result["inference"]
     assert result["dry_run"] and result["device"] == "cpu"
-    assert inference["ms_per_token_batch1"] > 0 and inference["hf_generate_unmerged_ms_per_token"] > 0
-    assert [row["concurrency"] for row in inference["concurrent"]] == [2, 8]
-    assert all(row["tokens_per_s"] > 0 for row in inference["concurrent"])
-    assert [row["concurrency"] for row in inference["concurrent_eager_prefill"]] == [2]
-    assert inference["evaluate"]["answers"] == 24
-    assert set(inference["profile"]) >= {"decode_ms", "prefill_ms", "prefill_eager_ms"}
+    assert inference["hf_generate_unmerged_ms_per_token"] > 0 and inference["engine_unmerged_ms_per_token"] > 0
+    engines = inference["engines"]
+    assert list(engines) == ["varlen", "packed", "slot"]
+    for name, engine in engines.items():
+        assert engine["ms_per_token_batch1"] > 0, name
+        assert [row["concurrency"] for row in engine["concurrent"]] == [2, 8]
+        assert all(row["tokens_per_s"] > 0 for row in engine["concurrent"])
+        assert engine["evaluate"]["answers"] == 24
+        assert set(engine["profile"]) >= {"decode_ms", "prefill_ms"} | ({"mixed_ms"} if engine["packed"] else set())
+    assert [engines[name]["packed"] for name in engines] == [True, True, False]
+    mixed = engines["packed"]["profile"]["mixed_ms"]
+    assert set(mixed) == {"decode_rows", "prompt", "both", "apart"}
+    # The engines answer alike (float32 on CPU: token for token).
+    for other in ("packed", "slot"):
+        assert inference[f"same_tokens_varlen_{other}"]["identical_answers"] == 4
     training = result["training"]
     assert not training["failures"], training["failures"]
     ids = [row["id"] for row in training["variants"]]
@@ -35,4 +44,4 @@ def test_the_gpu_benchmark_runs_on_a_shrunken_model(tmp_path):
     # The same model and batches: every variant starts from the same loss (packing and the levers change speed only).
     losses = {row["id"]: row["loss"] for row in training["variants"] if row["samples"] == "emotion"}
     assert max(losses.values()) - min(losses.values()) < 0.05, losses
-    assert "engine, batch 1" in run.stdout and "wrote" in run.stdout
+    assert "engine, batch 1" in run.stdout and "wrote" in run.stdout and "tok/s @8" in run.stdout

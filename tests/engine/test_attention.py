@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
 import torch
 
-from emola.engine.attention import flat_cache, kernel_problem, reference_attention
+from emola.engine.attention import kernel_problem, reference_attention
 
 
 def _naive(q, keys_per_sequence, values_per_sequence, counts, scale):
@@ -23,29 +29,19 @@ def _naive(q, keys_per_sequence, values_per_sequence, counts, scale):
     return torch.stack(out)
 
 
-def test_flat_cache_is_a_view_that_finds_every_row_head_and_position():
-    cache = torch.randn(3, 2, 5, 4)   # (rows, kv heads, context, d)
-    flat = flat_cache(cache)
-    assert flat.data_ptr() == cache.data_ptr() and flat.shape == (2 * 2 * 5 + 5, 2, 4)
-    for row in range(3):
-        for head in range(2):
-            for position in range(5):
-                assert torch.equal(flat[row * 2 * 5 + position, head], cache[row, head, position])
-
-
-def test_reference_attention_is_end_aligned_causal_per_sequence_from_the_cache():
-    """A decode row (1 query over its 6 cached keys), a prompt (4 over 4), an empty sequence, and a chunk
-    (3 queries after a cached beginning: 7 keys), read from a (rows, kv, context, d) cache."""
+def test_reference_attention_is_end_aligned_causal_per_sequence():
+    """One query over 6 keys, a prompt (4 over 4), an empty sequence, and a chunk (3 queries after a
+    cached beginning: 7 keys), each sequence's keys from its own offset."""
     torch.manual_seed(0)
     heads, d, context = 2, 8, 10
     counts, used = [1, 4, 0, 3], [6, 4, 0, 7]
-    k_cache, v_cache = torch.randn(4, heads, context, d), torch.randn(4, heads, context, d)
+    k, v = torch.randn(4 * context, heads, d), torch.randn(4 * context, heads, d)
     q = torch.randn(sum(counts), heads, d)
     cu_q = torch.tensor([0, 1, 5, 5, 8])
-    cu_k = torch.arange(0, 5 * heads * context, heads * context)
-    got = reference_attention(q, flat_cache(k_cache), flat_cache(v_cache), cu_q, cu_k, torch.tensor(used), d ** -0.5)
-    keys = [k_cache[r].transpose(0, 1)[:m] for r, m in enumerate(used)]       # (m, heads, d)
-    values = [v_cache[r].transpose(0, 1)[:m] for r, m in enumerate(used)]
+    cu_k = torch.arange(0, 5 * context, context)
+    got = reference_attention(q, k, v, cu_q, cu_k, torch.tensor(used), d ** -0.5)
+    keys = [k[r * context:r * context + m] for r, m in enumerate(used)]       # (m, heads, d)
+    values = [v[r * context:r * context + m] for r, m in enumerate(used)]
     want = _naive(q, keys, values, counts, d ** -0.5)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
@@ -60,3 +56,47 @@ def test_more_queries_than_keys_give_zeros_not_nan():
 def test_kernels_are_checked_before_use():
     assert kernel_problem("reference", torch.device("cpu"), torch.float32, 4, 4, 32) is None
     assert "CUDA only" in kernel_problem("flash", torch.device("cpu"), torch.float32, 4, 4, 32)
+
+
+# ------------------------------------------------------------------ decode rows
+def test_decode_reference_reads_each_row_up_to_its_own_length():
+    from emola.engine.decode_kernel import decode_attention_reference
+
+    torch.manual_seed(1)
+    heads, kv, d, context = 4, 2, 8, 12
+    q = torch.randn(3, heads, d)
+    k, v = torch.randn(4, kv, context, d), torch.randn(4, kv, context, d)   # one row more than the queries
+    lengths = torch.tensor([12, 1, 5], dtype=torch.int32)
+    got = decode_attention_reference(q, k, v, lengths, 0.3)
+    for row, n in enumerate(lengths.tolist()):
+        keys = k[row, :, :n].repeat_interleave(2, dim=0)          # (heads, n, d): two query heads per key head
+        values = v[row, :, :n].repeat_interleave(2, dim=0)
+        weights = (torch.einsum("hd,hnd->hn", q[row], keys) * 0.3).softmax(-1)
+        torch.testing.assert_close(got[row].view(heads, d), torch.einsum("hn,hnd->hd", weights, values))
+    k[1, :, 1:] = float("nan")   # beyond row 1's length: never read
+    assert torch.isfinite(decode_attention_reference(q, k, v, lengths, 0.3)).all()
+
+
+TRITON_CHECK = """
+import torch
+from emola.engine.decode_kernel import decode_attention, decode_attention_reference, splits_for
+torch.manual_seed(0)
+for heads, kv, rows, context in ((4, 4, 3, 200), (4, 2, 2, 130), (2, 2, 1, 64)):
+    fused = torch.randn(rows, heads + 2 * kv, 16)
+    q = fused[:, :heads]                                     # a strided view, as the decoder passes it
+    k, v = torch.randn(rows + 1, kv, context, 16), torch.randn(rows + 1, kv, context, 16)
+    lengths = torch.randint(1, context + 1, (rows,), dtype=torch.int32)
+    lengths[0] = context
+    error = (decode_attention(q, k, v, lengths, 0.25) - decode_attention_reference(q, k, v, lengths, 0.25)).abs().max()
+    assert error < 1e-5, (heads, kv, rows, context, float(error))
+    print("splits", splits_for(rows, heads, context), "error", float(error))
+"""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed (CPU wheels of PyTorch)")
+def test_the_triton_decode_kernel_matches_the_reference_in_the_interpreter():
+    """The kernel's own code (splits, the online softmax, grouped heads), run by Triton's interpreter on CPU."""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    run = subprocess.run([sys.executable, "-c", TRITON_CHECK], capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.count("splits") == 3

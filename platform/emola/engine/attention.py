@@ -1,22 +1,20 @@
-"""Attention over packed sequences of different lengths that read a slot-padded KV cache.
+"""Causal attention over packed sequences of different lengths: the packed decoder's prompts.
 
-The packed decoder (:class:`~emola.engine.packed.PackedDecoder`) runs one step for a mix of
-sequences: running requests with one new token each, arriving prompts with all of theirs.
-Their queries are packed one after another, ``(total, heads, d)``; sequence ``i`` owns
-queries ``cu_q[i] .. cu_q[i+1]-1``. Its keys and values are the first ``used_k[i]``
-positions of its cache row, which starts at ``cu_k[i]`` in the flattened cache
-``(rows * context, kv_heads, d)``. Attention is causal, aligned at the end: the last query
-of a sequence sees all ``used_k[i]`` keys, the one before it one fewer. A decode row (one
-query) then sees its whole history, a prompt (``used_k`` equal to its length) is ordinary
-causal attention, and a chunk of a prompt whose beginning is cached sees that beginning.
+The packed decoder (:class:`~emola.engine.packed.PackedDecoder`) runs the prompts of the
+requests that arrive in a step as one packed matrix ``(total, heads, d)``; sequence ``i``
+owns queries ``cu_q[i] .. cu_q[i+1]-1`` and the first ``used_k[i]`` keys from ``cu_k[i]``
+on. Attention is causal, aligned at the end: the last query of a sequence sees all
+``used_k[i]`` keys, the one before it one fewer (a prompt over its own keys is ordinary
+causal attention; a chunk of a prompt whose beginning is cached would see that beginning).
 
 On CUDA this is FlashAttention-2's variable-length kernel as bundled with PyTorch
 (``aten._flash_attention_forward`` with ``seqused_k``), or PyTorch's memory-efficient
 kernel in its variable-length form (``aten._efficient_attention_forward`` with
-``seqlen_k``): each sequence reads only its own positions, where a batched kernel over the
-cache reads every row up to the longest. :func:`reference_attention` computes the same
-with one ``scaled_dot_product_attention`` per sequence (CPU, tests, and the check that a
-kernel agrees on the machine at hand: :func:`kernel_problem`).
+``seqlen_k``). :func:`reference_attention` computes the same with one
+``scaled_dot_product_attention`` per sequence (CPU, tests, and the check that a kernel
+agrees on the machine at hand: :func:`kernel_problem`). The decode rows, one query each,
+attend through :mod:`emola.engine.decode_kernel` (these kernels work in tiles of 64-128
+queries: measured slower for one query per row).
 """
 
 from __future__ import annotations
@@ -73,20 +71,10 @@ def efficient_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q:
 KERNELS = {"flash": flash_attention, "efficient": efficient_attention}
 
 
-def flat_cache(cache: torch.Tensor) -> torch.Tensor:
-    """A layer's KV cache ``(rows, kv_heads, context, d)`` as the variable-length kernels read it:
-    ``(entries, kv_heads, d)`` in which row ``r``'s head ``h`` at position ``p`` is entry
-    ``r * kv_heads * context + p`` of head ``h`` (entries ``d`` apart, heads ``context * d``
-    apart: a view, nothing is copied). Row ``r`` starts at entry ``r * kv_heads * context``."""
-    rows, kv, context, d = cache.shape
-    return cache.as_strided(((rows - 1) * kv * context + context, kv, d), (d, context * d, 1))
-
-
 def kernel_problem(kernel: str, device: torch.device, dtype: torch.dtype, heads: int, kv_heads: int,
                    head_dim: int) -> str | None:
     """Why ``kernel`` cannot serve here (None: it can): it must run on ``device`` and agree with
-    :func:`reference_attention` on a mix of a decode row, a prompt, an empty sequence and a chunk, reading
-    keys both packed and from a cache through :func:`flat_cache`."""
+    :func:`reference_attention` on a mix of a decode row, a prompt, an empty sequence and a chunk."""
     if kernel == "reference":
         return None
     if device.type != "cuda":
@@ -105,19 +93,13 @@ def kernel_problem(kernel: str, device: torch.device, dtype: torch.dtype, heads:
         fused = torch.randn(context * len(used), heads + 2 * kv_heads, head_dim, generator=generator).to(device, dtype)
         q = fused[:sum(q_counts), :heads]
         scale = head_dim ** -0.5
-        packed = [fused[:, heads:heads + kv_heads], fused[:, heads + kv_heads:]]
-        cu_packed = torch.arange(0, context * (len(used) + 1), context, dtype=torch.int32, device=device)
-        caches = [torch.randn(len(used), kv_heads, context, head_dim, generator=generator).to(device, dtype)
-                  for _ in range(2)]
-        cu_cache = torch.arange(0, kv_heads * context * (len(used) + 1), kv_heads * context, dtype=torch.int32,
-                                device=device)
-        for layout, (k, v), cu_k in (("packed", packed, cu_packed),
-                                     ("cache", [flat_cache(c) for c in caches], cu_cache)):
-            got = KERNELS[kernel](q, k, v, cu_q, cu_k, used_k, scale, max(q_counts), context)
-            want = reference_attention(q.float(), k.float(), v.float(), cu_q, cu_k, used_k, scale)
-            error = float((got.float() - want).abs().max())
-            if not error <= 0.05:
-                return f"the {kernel} kernel disagrees with the reference on {layout} keys (max error {error:.3g})"
+        k, v = fused[:, heads:heads + kv_heads], fused[:, heads + kv_heads:]
+        cu_k = torch.arange(0, context * (len(used) + 1), context, dtype=torch.int32, device=device)
+        got = KERNELS[kernel](q, k, v, cu_q, cu_k, used_k, scale, max(q_counts), context)
+        want = reference_attention(q.float(), k.float(), v.float(), cu_q, cu_k, used_k, scale)
+        error = float((got.float() - want).abs().max())
+        if not error <= 0.05:
+            return f"the {kernel} kernel disagrees with the reference (max error {error:.3g})"
     except Exception as err:  # noqa: BLE001 - any failure means: use another kernel
         return f"the {kernel} kernel failed: {type(err).__name__}: {err}"[:500]
     return None

@@ -42,6 +42,7 @@ import torch
 
 from emola.config.schema import PUBLISHED_GENERATION, GenerationConfig, InferenceConfig
 from emola.engine.attention import kernel_problem
+from emola.engine.decode_kernel import decode_kernel_problem
 from emola.engine.decoder import SlotDecoder, prefill_rows, round_up
 from emola.engine.graphs import ShapeGraphs
 from emola.engine.packed import PackedDecoder
@@ -172,31 +173,44 @@ class InferenceEngine:
         self.prefills = 0
 
     def _decoder(self, llava, cfg: InferenceConfig) -> SlotDecoder | PackedDecoder:
-        """The packed decoder for ``packed_prefill`` (on CUDA with the first variable-length attention kernel
-        that passes its check here, on CPU with the reference; when none passes, the slot decoder, with
-        ``sdpa`` for ``varlen``, and ``self.fallback`` says why), else the slot decoder."""
+        """The packed decoder for ``packed_prefill``, else the slot decoder.
+
+        On CUDA the packed decoder needs a variable-length kernel for the prompts (FlashAttention-2,
+        else the CUTLASS one) and, for ``varlen`` rows, the Triton decode kernel, each checked against
+        its reference here; on CPU it runs the references. Without a prompt kernel the engine
+        prefills apart (the slot decoder, ``sdpa`` for ``varlen``); without the decode kernel the rows
+        attend as the slot decoder's (``sdpa``). ``self.fallback`` says what was given up and why.
+        """
         language_model, head = llava.model.language_model, llava.lm_head
         self.fallback: str | None = None
+        attention = "sdpa" if cfg.decode_attention == "varlen" else cfg.decode_attention
         if cfg.packed_prefill:
             text = llava.config.text_config
             heads = text.num_attention_heads
             shape = (heads, text.num_key_value_heads or heads, getattr(text, "head_dim", None) or text.hidden_size // heads)
-            rows = "varlen" if cfg.decode_attention == "varlen" else "padded"
-            # Decode rows through the kernel: the CUTLASS one was faster on an H200; prompts alone: FlashAttention.
-            order = ["efficient", "flash"] if rows == "varlen" else ["flash", "efficient"]
-            problems = []
-            for kernel in (order if self.device.type == "cuda" else ["reference"]):
-                problem = kernel_problem(kernel, self.device, head.weight.dtype, *shape)
-                if problem is None:
-                    return PackedDecoder(language_model, head, slots=cfg.max_batch, context=self.context, rows=rows,
-                                         row_attention="sdpa" if rows == "varlen" else cfg.decode_attention,
-                                         length_bucket=cfg.length_bucket, cuda_graphs=cfg.cuda_graphs, kernel=kernel)
-                problems.append(problem)
-            self.fallback = "; ".join(problems)
-            log.warning("packed_prefill: %s; prefilling apart with the slot decoder instead", self.fallback)
+            dtype = head.weight.dtype
+            kernel, problems = "reference", []
+            if self.device.type == "cuda":
+                for candidate in ("flash", "efficient"):
+                    problem = kernel_problem(candidate, self.device, dtype, *shape)
+                    if problem is None:
+                        kernel = candidate
+                        break
+                    problems.append(problem)
+            if kernel != "reference" or self.device.type != "cuda":
+                rows = "varlen" if cfg.decode_attention == "varlen" else "padded"
+                if rows == "varlen" and self.device.type == "cuda":
+                    problem = decode_kernel_problem(self.device, dtype, *shape)
+                    if problem is not None:
+                        rows, self.fallback = "padded", f"{problem}; decode rows attend with sdpa"
+                        log.warning("decode_attention varlen: %s", self.fallback)
+                return PackedDecoder(language_model, head, slots=cfg.max_batch, context=self.context, rows=rows,
+                                     row_attention=attention, length_bucket=cfg.length_bucket,
+                                     cuda_graphs=cfg.cuda_graphs, kernel=kernel)
+            self.fallback = "; ".join(problems) + "; prompts prefilled apart (slot decoder)"
+            log.warning("packed_prefill: %s", self.fallback)
         return SlotDecoder(language_model, head, slots=cfg.max_batch, context=self.context,
-                           length_bucket=cfg.length_bucket, cuda_graphs=cfg.cuda_graphs,
-                           attention="sdpa" if cfg.decode_attention == "varlen" else cfg.decode_attention,
+                           length_bucket=cfg.length_bucket, cuda_graphs=cfg.cuda_graphs, attention=attention,
                            prefill_bucket=cfg.prefill_bucket)
 
     @classmethod

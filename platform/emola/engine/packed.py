@@ -6,27 +6,24 @@ stops every running request for as long as a 7B prompt of ~630 tokens takes.
 token for each running request and every token of each arriving prompt. The matrix
 products see one tall matrix, so the decode rows ride along on the prompts' weight reads.
 
-Attention is per sequence, in one of two ways (``rows``):
+Attention is per sequence. The prompts attend causally over their own keys and values
+through a variable-length kernel (:mod:`emola.engine.attention`); the decode rows over
+their cache rows, in one of two ways (``rows``):
 
-- ``varlen``: every token through a variable-length kernel
-  (:mod:`emola.engine.attention`) over the cache, each sequence reading only its own
-  positions (a decode row its history, a prompt its own causal triangle);
-- ``padded``: the decode rows as the slot decoder attends (one query per row over the
-  cache up to a length bucket, masked; ``matmul`` or ``sdpa``), the prompts through the
-  variable-length kernel over their own keys and values.
+- ``varlen``: each row over its own length (:func:`~emola.engine.decode_kernel.decode_attention`,
+  a Triton kernel on CUDA);
+- ``padded``: as the slot decoder's rows, over the cache up to a length bucket of the
+  longest row, masked (``matmul`` or ``sdpa``).
 
 Layout. Requests occupy cache rows ``0 .. b-1`` (running) and ``b .. b+n-1`` (arriving),
 as the engine keeps them compact; row ``slots`` is a scratch row for padding tokens. The
-cache is the slot decoder's, ``(layers, slots + 1, kv_heads, context, d)``; the
-variable-length kernels read it through a strided view in which row ``r``'s head ``h`` at
-position ``p`` is entry ``r * kv_heads * context + p`` of head ``h``
-(:func:`~emola.engine.attention.flat_cache`).
-Tokens are ordered: decode rows (padded to a power of two with ``padded``), the prompts,
-padding. Every step describes its tokens with one int64 tensor (:meth:`describe`): id,
-position and cache row of each token, which token's logits each request gets, and the
-per-sequence query offsets and key counts. The shapes then depend only on the token count
-(and, with ``padded``, the decode rows and attention span), so on CUDA each is captured
-once as a CUDA graph (:class:`~emola.engine.graphs.ShapeGraphs`) and replayed after.
+cache is the slot decoder's, ``(layers, slots + 1, kv_heads, context, d)``. Tokens are
+ordered: the decode rows (padded to a power of two), the prompts, padding. Every step
+describes its tokens with one int64 tensor (:meth:`describe`): id, position and cache row
+of each token, which token's logits each request gets, and the prompts' query offsets
+and key counts. The shapes then depend only on the decode rows, the token count and (with
+``padded``) the attention span, so on CUDA each is captured once as a CUDA graph
+(:class:`~emola.engine.graphs.ShapeGraphs`) and replayed after.
 """
 
 from __future__ import annotations
@@ -37,7 +34,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from emola.engine.attention import KERNELS, flat_cache, reference_attention
+from emola.engine.attention import KERNELS, reference_attention
+from emola.engine.decode_kernel import decode_attention, decode_attention_reference
 from emola.engine.decoder import DecoderWeights, _apply, round_up
 from emola.engine.graphs import ShapeGraphs
 
@@ -56,13 +54,15 @@ class PackedDecoder(DecoderWeights):
         language_model / lm_head: as for :class:`~emola.engine.decoder.SlotDecoder`.
         slots: requests at most (cache rows besides the scratch row).
         context: positions per request.
-        rows: ``varlen`` or ``padded``: how decode rows attend (see the module).
+        rows: ``varlen`` or ``padded``: how decode rows attend (see the module); ``varlen`` uses the
+            Triton kernel where ``kernel`` is a CUDA one, the reference otherwise.
         row_attention: with ``padded``, ``matmul`` or ``sdpa`` (as the slot decoder).
         length_bucket: with ``padded``, decode rows read the cache in multiples of this.
         cuda_graphs: on CUDA, replay each step shape from a CUDA graph.
-        kernel: ``flash`` or ``efficient`` (CUDA kernels, :data:`~emola.engine.attention.KERNELS`),
-            or ``reference`` (:func:`~emola.engine.attention.reference_attention`: one kernel
-            per sequence, with host synchronisation: eager only).
+        kernel: the prompts' kernel: ``flash`` or ``efficient`` (CUDA kernels,
+            :data:`~emola.engine.attention.KERNELS`), or ``reference``
+            (:func:`~emola.engine.attention.reference_attention`: one kernel per sequence, with
+            host synchronisation: eager only).
         token_step: prompt tokens are padded to a multiple of this.
         graph_tokens: steps of more tokens run eagerly (their arithmetic outweighs the kernel
             launches a graph saves, and each new size would cost a capture).
@@ -82,12 +82,9 @@ class PackedDecoder(DecoderWeights):
         self.length_bucket = max(1, min(length_bucket, context))
         self.token_step = max(1, min(token_step, context // 2))   # the padding fits the scratch row
         self.graph_tokens = graph_tokens
-        kv, d = self.kv_heads, self.head_dim
-        shape = (len(self.layers), slots + 1, kv, context, d)
+        shape = (len(self.layers), slots + 1, self.kv_heads, context, self.head_dim)
         self.k_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
         self.v_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
-        self._cu_k = torch.arange(0, (self.sequences + 1) * kv * context, kv * context, dtype=torch.int32,
-                                  device=self.device)
         pin = self.device.type == "cuda"
         self._zeros: dict[int, torch.Tensor] = {}
         self._meta_host = [torch.zeros(self._meta_size(2 * (context + slots)), dtype=torch.int64, pin_memory=pin)
@@ -103,6 +100,7 @@ class PackedDecoder(DecoderWeights):
             raise ValueError(f"attention kernel {kernel!r}: one of {', '.join([*KERNELS, 'reference'])}")
         self.kernel = kernel
         self._attend = KERNELS.get(kernel)
+        self._decode_rows = decode_attention if self._attend is not None else decode_attention_reference
         self.use_graphs = self.cuda_graphs and self._attend is not None and self.device.type == "cuda"
         self._pool = torch.cuda.graph_pool_handle() if self.use_graphs else None
         self._graphs = ShapeGraphs(self._body, self._pool) if self.use_graphs else None
@@ -114,17 +112,13 @@ class PackedDecoder(DecoderWeights):
 
     # ------------------------------------------------------------------ shapes
     def shape(self, positions: Sequence[int], lengths: Sequence[int]) -> tuple[int, int, int]:
-        """(decode width, total tokens, attention span) of a step: the decode rows (a power of two with
-        ``padded``), the prompts' tokens rounded up to ``token_step``, and with ``padded`` the decode rows'
-        length bucket (the whole context when prompts ride along)."""
+        """(decode width, total tokens, attention span) of a step: the decode rows rounded up to a power of
+        two, the prompts' tokens rounded up to ``token_step``, and with ``padded`` the decode rows' length
+        bucket (the whole context when prompts ride along; 0 with ``varlen``)."""
         b, prompt = len(positions), sum(lengths)
-        if self.rows == "varlen":
-            if not prompt:
-                return 0, min(_power_of_two(b), self.slots), 0
-            return 0, round_up(b + prompt, self.token_step), 0
         width = min(_power_of_two(b), self.slots) if b else 0
         span = 0
-        if b:
+        if b and self.rows == "padded":
             longest = max(positions) + 1
             span = self.context if prompt else min(self.context, round_up(longest, self.length_bucket))
         return width, width + round_up(prompt, self.token_step), span
@@ -152,8 +146,8 @@ class PackedDecoder(DecoderWeights):
         width, total, span = self.shape(positions, lengths)
         meta = self.describe(tokens, positions, lengths, width, total)
         if prompts:
-            parts = [self._zero_rows(width or b)] + [p.to(self.device, self.dtype) for p in prompts]
-            pad = total - (width or b) - sum(lengths)
+            parts = [self._zero_rows(width)] + [p.to(self.device, self.dtype) for p in prompts]
+            pad = total - width - sum(lengths)
             if pad:
                 parts.append(self._zero_rows(pad))
             embeds = torch.cat(parts)
@@ -178,10 +172,10 @@ class PackedDecoder(DecoderWeights):
                  total: int) -> torch.Tensor:
         """The step's int64 description, in a (pinned, on CUDA) host buffer: per token its id (-1: take the
         prompt embedding), position and cache row; per request the token whose logits it gets; per
-        sequence of the variable-length attention its query offsets and key counts (``varlen``: every
-        request's cache row; ``padded``: the prompts over their own tokens)."""
+        sequence of the prompts' attention (the prompts, then the padding) its query offsets and key counts.
+        Padding decode rows write to the scratch row (and read their own rows: junk nobody uses)."""
         b, n, slots, scratch = len(tokens), len(lengths), self.slots, self.scratch_slot
-        decode = max(width, b)
+        decode = width
         prompt_tokens = sum(lengths)
         pad_decode, pad_tail = decode - b, total - decode - prompt_tokens
         ids = np.full(total, -1, np.int64)
@@ -199,13 +193,8 @@ class PackedDecoder(DecoderWeights):
         out[b:b + n] = decode + np.cumsum(lengths) - 1
         queries = np.zeros(self.sequences, np.int64)
         keys = np.zeros(self.sequences, np.int64)
-        if self.rows == "varlen":   # sequences are cache rows
-            queries[:b], keys[:b] = 1, np.asarray(positions, np.int64) + 1
-            queries[b:b + n] = keys[b:b + n] = lengths
-            queries[scratch] = keys[scratch] = pad_decode + pad_tail
-        else:                       # sequences are the prompts, then the tail's padding, over the prompt part
-            queries[:n] = keys[:n] = lengths
-            queries[n] = keys[n] = pad_tail
+        queries[:n] = keys[:n] = lengths
+        queries[n] = keys[n] = pad_tail
         cu = np.concatenate([[0], np.cumsum(queries)])
         meta = np.concatenate([ids, position, row, out, cu, keys])
         turn = self._meta_turn
@@ -218,10 +207,11 @@ class PackedDecoder(DecoderWeights):
         view.numpy()[:] = meta
         return view if self.device.type == "cuda" else view.clone()
 
-    def _varlen(self, q, keys, values, cu_q, cu_k, used_k, max_q: int, max_k: int) -> torch.Tensor:
+    def _prompt_attention(self, q, k, v, cu, used, tokens: int) -> torch.Tensor:
+        """The prompts' causal attention over their own keys and values (packed)."""
         if self._attend is not None:
-            return self._attend(q, keys, values, cu_q, cu_k, used_k, self.scale, max_q, max_k)
-        return reference_attention(q, keys, values, cu_q, cu_k, used_k, self.scale)
+            return self._attend(q, k, v, cu, cu, used, self.scale, tokens, tokens)
+        return reference_attention(q, k, v, cu, cu, used, self.scale)
 
     def _body(self, embeds: torch.Tensor, meta: torch.Tensor, *, width: int, span: int) -> torch.Tensor:
         """The pass over ``embeds`` ``(total, hidden)``; returns ``(slots, vocab)`` logits (rows past the
@@ -230,30 +220,29 @@ class PackedDecoder(DecoderWeights):
         ids, positions, rows = meta[:total], meta[total:2 * total], meta[2 * total:3 * total]
         at = 3 * total
         out = meta[at:at + self.slots]
-        cu_q = meta[at + self.slots:at + self.slots + s + 1].to(torch.int32)
+        cu = meta[at + self.slots:at + self.slots + s + 1].to(torch.int32)
         used = meta[at + self.slots + s + 1:].to(torch.int32)
         x = torch.where((ids >= 0)[:, None], self.embed(ids.clamp(min=0)), embeds)
         cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]
-        decode = width if self.rows == "padded" else 0
-        if decode:
-            mask = self._row_mask(positions[:decode], span, self.row_attention)
+        if width and self.rows == "padded":
+            mask = self._row_mask(positions[:width], span, self.row_attention)
+        elif width:
+            lengths = (positions[:width] + 1).to(torch.int32)
         for index, layer in enumerate(self.layers):
             q, k, v = self._qkv(_apply(self._rms(x, layer.norm1), layer.qkv), cos, sin)   # (total, heads, d)
             self.k_cache[index, rows, :, positions] = k
             self.v_cache[index, rows, :, positions] = v
-            if self.rows == "varlen":
-                attn = self._varlen(q, flat_cache(self.k_cache[index]), flat_cache(self.v_cache[index]), cu_q,
-                                    self._cu_k, used, total, self.context).reshape(total, -1)
-            else:
-                parts = []
-                if decode:
-                    keys, values = self.k_cache[index, :decode, :, :span], self.v_cache[index, :decode, :, :span]
-                    parts.append(self._row_attention(q[:decode], keys, values, mask, self.row_attention))
-                if total > decode:
-                    rest = total - decode
-                    parts.append(self._varlen(q[decode:], k[decode:], v[decode:], cu_q, cu_q, used, rest,
-                                              rest).reshape(rest, -1))
-                attn = torch.cat(parts) if len(parts) > 1 else parts[0]
+            parts = []
+            if width and self.rows == "padded":
+                keys, values = self.k_cache[index, :width, :, :span], self.v_cache[index, :width, :, :span]
+                parts.append(self._row_attention(q[:width], keys, values, mask, self.row_attention))
+            elif width:
+                parts.append(self._decode_rows(q[:width], self.k_cache[index], self.v_cache[index], lengths,
+                                               self.scale))
+            if total > width:
+                rest = total - width
+                parts.append(self._prompt_attention(q[width:], k[width:], v[width:], cu, used, rest).reshape(rest, -1))
+            attn = torch.cat(parts) if len(parts) > 1 else parts[0]
             x = _apply(attn, layer.o, residual=x)
             x = self._mlp(x, layer)
         return self._head(x[out])
