@@ -38,14 +38,17 @@ class _End:
 
 
 class _AsyncListener(Listener):
-    """Hands a request's tokens and its end from the engine thread to an asyncio consumer."""
+    """Hands a request's end, and with ``tokens`` each token as it comes, from the engine thread to an
+    asyncio consumer. A plain (not streamed) request needs only its end: one wake-up of the event loop
+    per request instead of one per token."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop):
-        self.loop, self.queue = loop, asyncio.Queue()
+    def __init__(self, loop: asyncio.AbstractEventLoop, tokens: bool):
+        self.loop, self.queue, self.tokens = loop, asyncio.Queue(), tokens
         self.cancelled = False
 
     def on_token(self, token_id: int) -> None:
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, token_id)
+        if self.tokens:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, token_id)
 
     def on_finish(self, result, error) -> None:
         self.loop.call_soon_threadsafe(self.queue.put_nowait, _End(result, error))
@@ -88,8 +91,9 @@ class EmolaModel:
             max_new_tokens=g["max_new_tokens"], temperature=g["temperature"], top_p=g["top_p"],
             seed=g.get("seed", 0))
 
-    async def _tokens(self, request: GenerationRequest) -> AsyncIterator[int | _End]:
-        listener = _AsyncListener(asyncio.get_running_loop())
+    async def _tokens(self, request: GenerationRequest, stream: bool) -> AsyncIterator[int | _End]:
+        """The request's tokens as they come (``stream``), then its :class:`_End`."""
+        listener = _AsyncListener(asyncio.get_running_loop(), tokens=stream)
         self.engine.submit(request, listener)   # PromptTooLong raises here, before queueing
         try:
             while True:
@@ -105,7 +109,7 @@ class EmolaModel:
         ``batch_size`` (most requests decoded together with it) and ``generate_ms``."""
         started = time.perf_counter()
         request = self._request(item)
-        async for event in self._tokens(request):
+        async for event in self._tokens(request, stream=False):
             if isinstance(event, _End):
                 if event.error is not None:
                     raise event.error
@@ -122,7 +126,7 @@ class EmolaModel:
         yield {"accepted": True}
         ids: list[int] = []
         sent = ""
-        async for event in self._tokens(request):
+        async for event in self._tokens(request, stream=True):
             if isinstance(event, _End):
                 if event.error is not None:
                     raise event.error
