@@ -341,3 +341,29 @@ def test_packed_decoder_gives_the_slot_decoders_tokens_through_few_slots(lora_mo
         if engine.packed:
             assert engine.prefills > 1 and engine.decoder.k_cache.shape[1] == 4   # + the scratch row
     assert outputs["varlen"] == outputs["slot"] and outputs["packed"] == outputs["slot"]
+
+
+@pytest.mark.parametrize("attention", ATTENTIONS)
+def test_a_request_whose_inputs_fail_to_embed_fails_alone(lora_model, tiny_params, attention):
+    """Arrivals are embedded together; when that fails, one by one: the culprit hears the error, the others
+    are answered as if nothing happened."""
+    engine = _engine(lora_model, tiny_params, **MODES[attention])
+    images, priors = _media(3, seed=5)
+    requests = engine.requests(QUESTIONS[:3], images, priors, _greedy(5))
+    alone = [engine.generate([r])[0].token_ids for r in requests]
+    culprit = requests[1]
+    embed = engine._prompt_embeds
+
+    def failing(group):
+        if any(request is culprit for request, _ in group):
+            raise RuntimeError("broken image")
+        return embed(group)
+
+    engine._prompt_embeds = failing
+    log: list[str] = []
+    recorders = [_Recorder(str(i), log) for i in range(3)]
+    engine._waiting.extend(zip(requests, recorders))
+    while engine._waiting or engine._active:
+        engine._step(engine._admissible())
+    assert isinstance(recorders[1].error, RuntimeError) and recorders[1].result is None
+    assert [recorders[i].result.token_ids for i in (0, 2)] == [alone[0], alone[2]]

@@ -143,6 +143,12 @@ def prefill_rows(n: int) -> int:
     return round_up(n, 8)
 
 
+def attention_shape(config) -> tuple[int, int, int]:
+    """(query heads, key/value heads, head size) of a Llama decoder's ``config``."""
+    heads = config.num_attention_heads
+    return heads, config.num_key_value_heads or heads, getattr(config, "head_dim", None) or config.hidden_size // heads
+
+
 class DecoderWeights:
     """The weights of transformers' Llama decoder read once for the engine's own forward passes, and the
     pieces both decoders (:class:`SlotDecoder`, :class:`~emola.engine.packed.PackedDecoder`) compose a layer of.
@@ -158,9 +164,7 @@ class DecoderWeights:
         rope_type = (getattr(config, "rope_parameters", None) or {}).get("rope_type", "default")
         if rope_type == "dynamic":
             raise ValueError("dynamic RoPE scaling changes with the sequence length: not supported by the engine")
-        self.heads = config.num_attention_heads
-        self.kv_heads = config.num_key_value_heads or self.heads
-        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
+        self.heads, self.kv_heads, self.head_dim = attention_shape(config)
         self.hidden = config.hidden_size
         self.scale = self.head_dim ** -0.5
         self.eps = config.rms_norm_eps

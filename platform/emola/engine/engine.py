@@ -43,7 +43,7 @@ import torch
 from emola.config.schema import PUBLISHED_GENERATION, GenerationConfig, InferenceConfig
 from emola.engine.attention import kernel_problem
 from emola.engine.decode_kernel import decode_kernel_problem
-from emola.engine.decoder import SlotDecoder, prefill_rows, round_up
+from emola.engine.decoder import SlotDecoder, attention_shape, prefill_rows, round_up
 from emola.engine.graphs import ShapeGraphs
 from emola.engine.packed import PackedDecoder
 from emola.engine.sampling import next_tokens
@@ -185,9 +185,7 @@ class InferenceEngine:
         self.fallback: str | None = None
         attention = "sdpa" if cfg.decode_attention == "varlen" else cfg.decode_attention
         if cfg.packed_prefill:
-            text = llava.config.text_config
-            heads = text.num_attention_heads
-            shape = (heads, text.num_key_value_heads or heads, getattr(text, "head_dim", None) or text.hidden_size // heads)
+            shape = attention_shape(llava.config.text_config)
             dtype = head.weight.dtype
             kernel, problems = "reference", []
             if self.device.type == "cuda":
@@ -235,10 +233,7 @@ class InferenceEngine:
         if self.packed:
             length = min(self.context, prompt_length or self.num_image_tokens + 65)
             steps = self.decoder.warm_up(length, self.cfg.max_prefill_tokens)
-            if self._image_graphs is not None:
-                for rows in sorted({prefill_rows(n) for n in range(1, min(3, self.cfg.max_batch) + 1)}, reverse=True):
-                    self._image_features(torch.zeros(rows, 3, *self._image_size(), device=self.device))
-                torch.cuda.synchronize(self.device)
+            self._warm_vision(min(3, self.cfg.max_batch))
             return {"packed": steps, "vision": len(self._image_graphs) if self._image_graphs is not None else 0}
         decode = self.decoder.warm_up()
         if self.decoder._prefill_graphs is not None:
@@ -250,11 +245,17 @@ class InferenceEngine:
                 n = min(rows, self.cfg.max_batch)
                 self.decoder.prefill(torch.zeros(n, width, hidden, device=self.device),
                                      torch.full((n,), width), torch.arange(n))
-                if self._image_graphs is not None:
-                    self._image_features(torch.zeros(n, 3, *self._image_size(), device=self.device))
-            torch.cuda.synchronize(self.device)
+            self._warm_vision(most)
         return {"decode": decode, "prefill": self.decoder.prefill_graphs,
                 "vision": len(self._image_graphs) if self._image_graphs is not None else 0}
+
+    def _warm_vision(self, most: int) -> None:
+        """Capture the vision tower for every row bucket of 1 .. ``most`` images (largest first)."""
+        if self._image_graphs is not None:
+            for rows in sorted({min(prefill_rows(n), self.cfg.max_batch) for n in range(1, most + 1)}, reverse=True):
+                self._image_features(torch.zeros(rows, 3, *self._image_size(), device=self.device))
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     def _image_size(self) -> tuple[int, int]:
         size = self.model.base_llava.config.vision_config.image_size
@@ -458,23 +459,35 @@ class InferenceEngine:
         if self.packed:
             self._packed_step(new)
             return
-        if new:
-            groups = [new]
-            while groups:
-                group = groups.pop()
-                before = len(self._active)
-                try:
-                    self._prefill(group)
-                except Exception as err:  # noqa: BLE001 - a failing prefill fails its own request only
-                    del self._active[before:]
-                    if len(group) > 1:   # find the culprit: prefill the others one by one
-                        groups += [[item] for item in group]
-                    else:
-                        group[0][1].on_finish(None, err)
+
+        def prefill(group):
+            before = len(self._active)
+            try:
+                self._prefill(group)
+            except Exception:
+                del self._active[before:]
+                raise
+
+        self._each_alone_on_failure(new, prefill)
         self._retire()
         if self._active:
             self._decode()
             self._retire()
+
+    @staticmethod
+    def _each_alone_on_failure(new: list[tuple[GenerationRequest, Listener]], run) -> None:
+        """``run(group)`` on the arrivals together; when it raises, on each arrival alone (in order), so that
+        a request whose inputs fail fails alone (its listener hears the error) and the others go on."""
+        groups = [new] if new else []
+        while groups:
+            group = groups.pop()
+            try:
+                run(group)
+            except Exception as err:  # noqa: BLE001 - a failing request fails alone
+                if len(group) > 1:   # find the culprit: the others one by one
+                    groups += [[item] for item in reversed(group)]
+                else:
+                    group[0][1].on_finish(None, err)
 
     def _media(self, requests: Sequence[GenerationRequest]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """The requests' images ``(n, 3, S, S)`` in the model's dtype and priors ``(n, prior_dim)`` float32, on the
@@ -505,19 +518,13 @@ class InferenceEngine:
         arrival. An arrival whose inputs fail to embed fails alone; a failing pass fails every row in it."""
         prompts: list[torch.Tensor] = []
         arrivals: list[tuple[GenerationRequest, Listener]] = []
-        groups = [new] if new else []
-        while groups:
-            group = groups.pop()
-            try:
-                embeds, lengths = self._prompt_embeds(group)
-            except Exception as err:  # noqa: BLE001 - find the culprit: embed the others one by one
-                if len(group) > 1:
-                    groups += [[item] for item in reversed(group)]
-                else:
-                    group[0][1].on_finish(None, err)
-                continue
-            prompts += [embeds[i, :length] for i, length in enumerate(lengths)]
-            arrivals += group
+
+        def embed(group):
+            embeds, lengths = self._prompt_embeds(group)
+            prompts.extend(embeds[i, :length] for i, length in enumerate(lengths))
+            arrivals.extend(group)
+
+        self._each_alone_on_failure(new, embed)
         running = [_Running(request, listener, cached=len(request.prompt_ids)) for request, listener in arrivals]
         if not self._active and not running:
             return

@@ -91,17 +91,12 @@ class PackedDecoder(DecoderWeights):
                            for _ in range(2)]
         self._meta_turn = 0
         self._meta_done: list[torch.cuda.Event | None] = [None, None]   # the step that last read each buffer
-        self.cuda_graphs = cuda_graphs
-        self.use_kernel(kernel)
-
-    def use_kernel(self, kernel: str) -> None:
-        """Attend with ``kernel`` from now on (graphs captured before are dropped)."""
         if kernel != "reference" and kernel not in KERNELS:
             raise ValueError(f"attention kernel {kernel!r}: one of {', '.join([*KERNELS, 'reference'])}")
         self.kernel = kernel
         self._attend = KERNELS.get(kernel)
         self._decode_rows = decode_attention if self._attend is not None else decode_attention_reference
-        self.use_graphs = self.cuda_graphs and self._attend is not None and self.device.type == "cuda"
+        self.use_graphs = cuda_graphs and self._attend is not None and self.device.type == "cuda"
         self._pool = torch.cuda.graph_pool_handle() if self.use_graphs else None
         self._graphs = ShapeGraphs(self._body, self._pool) if self.use_graphs else None
 
