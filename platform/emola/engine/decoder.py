@@ -188,6 +188,18 @@ class DecoderWeights:
             cos, sin = language_model.rotary_emb(weight[:1], positions)   # transformers' own tables (scaling incl.)
         self.cos, self.sin = cos[0], sin[0]                                 # (context, head_dim), model dtype
 
+    # ------------------------------------------------------------------ cache
+    def _allocate_cache(self, rows: int) -> None:
+        """The KV cache both decoders use: ``k_cache``, ``v_cache`` ``(layers, rows, kv_heads, context, d)``."""
+        shape = (len(self.layers), rows, self.kv_heads, self.context, self.head_dim)
+        self.k_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        self.v_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
+
+    def move(self, source: int, target: int, length: int) -> None:
+        """Copy the first ``length`` cached positions of row ``source`` to row ``target`` (every layer)."""
+        self.k_cache[:, target, :, :length] = self.k_cache[:, source, :, :length]
+        self.v_cache[:, target, :, :length] = self.v_cache[:, source, :, :length]
+
     # ------------------------------------------------------------------ pieces
     def _rms(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """LlamaRMSNorm as one fused kernel (on CUDA): normalized in float32 and scaled before the one
@@ -264,10 +276,7 @@ class SlotDecoder(DecoderWeights):
         self.length_bucket = max(1, min(length_bucket, context))
         self.prefill_bucket = prefill_bucket
         self.scratch_slot = slots   # padding rows of a padded prefill write here (an extra cache row)
-        rows = slots + (1 if prefill_bucket else 0)
-        shape = (len(self.layers), rows, self.kv_heads, context, self.head_dim)
-        self.k_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
-        self.v_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        self._allocate_cache(slots + (1 if prefill_bucket else 0))
         # Static decode inputs and output: graphs read and write these buffers.
         self.tokens = torch.zeros(slots, dtype=torch.long, device=self.device)
         self.positions = torch.zeros(slots, dtype=torch.long, device=self.device)
@@ -416,7 +425,3 @@ class SlotDecoder(DecoderWeights):
         torch.cuda.synchronize(self.device)
         return len(self._graphs)
 
-    def move(self, source: int, target: int, length: int) -> None:
-        """Copy the first ``length`` cached positions of slot ``source`` to slot ``target`` (every layer)."""
-        self.k_cache[:, target, :, :length] = self.k_cache[:, source, :, :length]
-        self.v_cache[:, target, :, :length] = self.v_cache[:, source, :, :length]

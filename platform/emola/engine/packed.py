@@ -82,9 +82,7 @@ class PackedDecoder(DecoderWeights):
         self.length_bucket = max(1, min(length_bucket, context))
         self.token_step = max(1, min(token_step, context // 2))   # the padding fits the scratch row
         self.graph_tokens = graph_tokens
-        shape = (len(self.layers), slots + 1, self.kv_heads, context, self.head_dim)
-        self.k_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
-        self.v_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        self._allocate_cache(slots + 1)
         pin = self.device.type == "cuda"
         self._zeros: dict[int, torch.Tensor] = {}
         self._meta_host = [torch.zeros(self._meta_size(2 * (context + slots)), dtype=torch.int64, pin_memory=pin)
@@ -170,12 +168,10 @@ class PackedDecoder(DecoderWeights):
         sequence of the prompts' attention (the prompts, then the padding) its query offsets and key counts.
         Padding decode rows write to the scratch row (and read their own rows: junk nobody uses)."""
         b, n, slots, scratch = len(tokens), len(lengths), self.slots, self.scratch_slot
-        decode = width
-        prompt_tokens = sum(lengths)
-        pad_decode, pad_tail = decode - b, total - decode - prompt_tokens
+        pad_decode, pad_tail = width - b, total - width - sum(lengths)
         ids = np.full(total, -1, np.int64)
         ids[:b] = tokens
-        ids[b:decode] = 0
+        ids[b:width] = 0
         scratch_positions = np.arange(pad_decode + pad_tail, dtype=np.int64) % self.context   # distinct writes
         position = np.concatenate([np.asarray(positions, np.int64), scratch_positions[:pad_decode]]
                                   + [np.arange(length, dtype=np.int64) for length in lengths]
@@ -185,19 +181,17 @@ class PackedDecoder(DecoderWeights):
                              + [np.full(pad_tail, scratch, np.int64)])
         out = np.zeros(slots, np.int64)
         out[:b] = np.arange(b)
-        out[b:b + n] = decode + np.cumsum(lengths) - 1
-        queries = np.zeros(self.sequences, np.int64)
-        keys = np.zeros(self.sequences, np.int64)
-        queries[:n] = keys[:n] = lengths
-        queries[n] = keys[n] = pad_tail
-        cu = np.concatenate([[0], np.cumsum(queries)])
-        meta = np.concatenate([ids, position, row, out, cu, keys])
+        out[b:b + n] = width + np.cumsum(lengths) - 1
+        counts = np.zeros(self.sequences, np.int64)   # each sequence's queries and keys: its own tokens
+        counts[:n] = lengths
+        counts[n] = pad_tail
+        meta = np.concatenate([ids, position, row, out, [0], np.cumsum(counts), counts])
         turn = self._meta_turn
         if self._meta_done[turn] is not None:
             self._meta_done[turn].synchronize()   # its last copy to the device has finished
         host = self._meta_host[turn]
-        if meta.size > host.numel():
-            host = torch.zeros(meta.size, dtype=torch.int64, pin_memory=host.is_pinned())
+        if meta.size > host.numel():   # a larger step than any before: the buffer grows once
+            host = self._meta_host[turn] = torch.zeros(meta.size, dtype=torch.int64, pin_memory=host.is_pinned())
         view = host[:meta.size]
         view.numpy()[:] = meta
         return view if self.device.type == "cuda" else view.clone()
@@ -242,12 +236,7 @@ class PackedDecoder(DecoderWeights):
             x = self._mlp(x, layer)
         return self._head(x[out])
 
-    # ---------------------------------------------------------------- cache
-    def move(self, source: int, target: int, length: int) -> None:
-        """Copy the first ``length`` cached positions of row ``source`` to row ``target`` (every layer)."""
-        self.k_cache[:, target, :, :length] = self.k_cache[:, source, :, :length]
-        self.v_cache[:, target, :, :length] = self.v_cache[:, source, :, :length]
-
+    # ---------------------------------------------------------------- warm-up
     @torch.no_grad()
     def warm_up(self, prompt_length: int, max_tokens: int, arrivals: int = 2, spread: int = 32) -> int:
         """Capture the steps a server meets first, before any request: every decode-only shape, and the
