@@ -184,6 +184,17 @@ def closed_loop(engine, requests, concurrency: int) -> dict:
     return row
 
 
+def mean_ms(run, repeats: int) -> float:
+    """Milliseconds per call of ``run`` over ``repeats`` calls after one untimed call (which captures graphs)."""
+    run()
+    sync()
+    started = time.perf_counter()
+    for _ in range(repeats):
+        run()
+    sync()
+    return round(1e3 * (time.perf_counter() - started) / repeats, 3)
+
+
 def decode_profile(engine, sizes, span: int) -> dict:
     """Milliseconds per decode-only step (graph replay on CUDA) for each batch size, every row at position
     ``span - 1``: the slot decoder's step as the engine calls it, or the packed decoder's whole ``step``
@@ -200,13 +211,7 @@ def decode_profile(engine, sizes, span: int) -> dict:
 
             def run():
                 decoder.decode(rows, span)
-        run()   # captures the graph when missing
-        sync()
-        started = time.perf_counter()
-        for _ in range(20):
-            run()
-        sync()
-        out[rows] = round(1e3 * (time.perf_counter() - started) / 20, 3)
+        out[rows] = mean_ms(run, 20)
     return out
 
 
@@ -218,15 +223,7 @@ def mixed_profile(engine, s: dict, rows: int, span: int) -> dict:
     prompt = torch.zeros(len(prompt_ids(s, np.random.default_rng(0))), hidden, dtype=s["dtype"], device=s["device"])
     cases = {"decode_rows": ([5] * rows, [span - 1] * rows, []), "prompt": ([], [], [prompt]),
              "both": ([5] * rows, [span - 1] * rows, [prompt])}
-    out = {}
-    for name, (tokens, positions, prompts) in cases.items():
-        decoder.step(tokens, positions, prompts)
-        sync()
-        started = time.perf_counter()
-        for _ in range(10):
-            decoder.step(tokens, positions, prompts)
-        sync()
-        out[name] = round(1e3 * (time.perf_counter() - started) / 10, 3)
+    out = {name: mean_ms(lambda case=case: decoder.step(*case), 10) for name, case in cases.items()}
     out["apart"] = round(out["decode_rows"] + out["prompt"], 3)
     return out
 
@@ -329,7 +326,7 @@ def engine_run(model, s: dict, cfg, name: str, log, dry_run: bool) -> dict:
         result["prompt_kernel"], result["rows"] = engine.decoder.kernel, engine.decoder.rows
     if engine.fallback:
         result["fallback"] = engine.fallback
-        log(f"[{name}] FELL BACK to the slot decoder: {engine.fallback}")
+        log(f"[{name}] FELL BACK: {engine.fallback}")
     started = time.perf_counter()
     result["graphs"] = warm_up(engine, log)
     result["warm_up_s"] = round(time.perf_counter() - started, 2)
