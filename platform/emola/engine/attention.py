@@ -27,8 +27,8 @@ def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q:
                         used_k: torch.Tensor, scale: float) -> torch.Tensor:
     """Packed causal attention, end-aligned, one sequence at a time.
 
-    ``q`` ``(total, heads, d)``; ``k``, ``v`` ``(rows * context, kv_heads, d)``; ``cu_q``,
-    ``cu_k`` ``(S + 1,)``; ``used_k`` ``(S,)``. Returns ``(total, heads, d)``; queries that
+    ``q`` ``(total, heads, d)``; ``k``, ``v`` ``(keys, kv_heads, d)``, sequence ``i``'s from ``cu_k[i]``;
+    ``cu_q``, ``cu_k`` ``(S + 1,)``; ``used_k`` ``(S,)``. Returns ``(total, heads, d)``; queries that
     see no key (more queries than keys) get zeros.
     """
     out = torch.zeros(q.shape, dtype=q.dtype, device=q.device)
