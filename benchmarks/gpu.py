@@ -215,6 +215,37 @@ def decode_profile(engine, sizes, span: int) -> dict:
     return out
 
 
+def rope_profile(engine, sizes) -> dict:
+    """Milliseconds per decode step (every layer) of rotating q and k and writing the cache, for each row count:
+    PyTorch's operations against the Triton kernel (:mod:`emola.engine.rope_kernel`), each replayed from a CUDA
+    graph as in a step (on the CPU: eagerly, PyTorch only). Writes junk to idle cache rows."""
+    from emola.engine.graphs import ShapeGraphs
+
+    decoder = engine.decoder
+    own = decoder.rope_kernel
+    width = (decoder.heads + 2 * decoder.kv_heads) * decoder.head_dim
+    modes = {"torch": False, "kernel": True} if decoder.device.type == "cuda" else {"torch": False}
+    out: dict = {}
+    try:
+        for rows in sizes:
+            qkv = torch.randn(rows, width, dtype=decoder.dtype, device=decoder.device)
+            positions = (torch.arange(rows, device=decoder.device) + 700) % decoder.context
+            cache_rows = torch.arange(rows, device=decoder.device) % decoder.slots
+            for name, kernel in modes.items():
+                decoder.rope_kernel = kernel
+
+                def layers(qkv, positions, cache_rows):
+                    for index in range(len(decoder.layers)):
+                        q, _, _ = decoder._rotate_store(index, qkv, positions, cache_rows)
+                    return q
+
+                run = ShapeGraphs(layers, None) if decoder.device.type == "cuda" else layers
+                out.setdefault(rows, {})[name] = mean_ms(lambda: run(qkv, positions, cache_rows), 20)
+    finally:
+        decoder.rope_kernel = own
+    return out
+
+
 def mixed_profile(engine, s: dict, rows: int, span: int) -> dict:
     """The packed decoder's claim: ``rows`` decode rows and one arriving prompt in one pass cost about what
     the prompt alone costs. Milliseconds of each, and of the two apart."""
@@ -225,6 +256,51 @@ def mixed_profile(engine, s: dict, rows: int, span: int) -> dict:
              "both": ([5] * rows, [span - 1] * rows, [prompt])}
     out = {name: mean_ms(lambda case=case: decoder.step(*case), 10) for name, case in cases.items()}
     out["apart"] = round(out["decode_rows"] + out["prompt"], 3)
+    return out
+
+
+def row_attention_profile(s: dict, rows: int, log) -> dict:
+    """One layer's decode-row attention at the ``emola-7b`` shape, outside the engine: milliseconds per call
+    (x layers: per step) of the slot decoder's masked sdpa over the longest row's length bucket, and of the
+    Triton kernel over each row's own length, over a cache in the model's dtype and in FP8; for rows all at
+    one length (the bytes alike) and at lengths spread as in a running batch (prompt ~620 + 0..400 answer
+    tokens). ``fp8_error``: the FP8 cache's largest difference in the output against the model-dtype one,
+    relative to the output's largest value (random keys and values: a kernel check, not a quality measure).
+    On the CPU (dry run) the reference stands in for the kernel."""
+    from emola.engine.decode_kernel import decode_attention, decode_attention_reference
+    from emola.engine.decoder import attention_shape, round_up
+
+    heads, kv_heads, d = attention_shape(s["llava"].text_config)
+    context, device, dtype = s["context"], s["device"], s["dtype"]
+    layers = s["llava"].text_config.num_hidden_layers
+    kernel = decode_attention if device == "cuda" else decode_attention_reference
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    q = torch.randn(rows, heads, d, generator=generator).to(device, dtype)
+    k = torch.randn(rows, kv_heads, context, d, generator=generator).to(device, dtype)
+    v = torch.randn(rows, kv_heads, context, d, generator=generator).to(device, dtype)
+    k8, v8 = k.to(torch.float8_e4m3fn), v.to(torch.float8_e4m3fn)
+    prompt = len(prompt_ids(s, np.random.default_rng(0)))
+    rng = np.random.default_rng(rows)
+    spread = np.minimum(context, prompt + rng.integers(0, min(400, context - prompt) + 1, rows))
+    out: dict = {"rows": rows, "layers": layers}
+    for name, lengths in (("equal", np.full(rows, min(context, 768))), ("spread", spread)):
+        lengths_t = torch.tensor(lengths, dtype=torch.int32, device=device)
+        span = min(context, round_up(int(lengths.max()), 128))
+        visible = torch.arange(span, device=device)[None, :] < lengths_t[:, None]
+        mask = torch.zeros(visible.shape, dtype=dtype, device=device).masked_fill(~visible, float("-inf"))[:, None, None]
+        sdpa = lambda: torch.nn.functional.scaled_dot_product_attention(   # noqa: E731
+            q[:, :, None], k[:, :, :span], v[:, :, :span], attn_mask=mask, scale=d ** -0.5, enable_gqa=heads != kv_heads)
+        triton_bf16 = lambda: kernel(q, k, v, lengths_t, d ** -0.5)   # noqa: E731
+        triton_fp8 = lambda: kernel(q, k8, v8, lengths_t, d ** -0.5)   # noqa: E731
+        row = {"mean_length": round(float(lengths.mean()), 1), "span": span}
+        for label, run in (("sdpa_padded", sdpa), ("kernel", triton_bf16), ("kernel_fp8", triton_fp8)):
+            row[f"{label}_ms_per_step"] = round(layers * mean_ms(run, 50), 3)
+        reference = triton_bf16().float()
+        row["fp8_error"] = round(float((triton_fp8().float() - reference).abs().max() / reference.abs().max()), 4)
+        out[name] = row
+        log(f"decode-row attention, {rows} rows, {name} lengths (mean {row['mean_length']}, bucket {span}), ms per "
+            f"step: sdpa over the bucket {row['sdpa_padded_ms_per_step']}, kernel {row['kernel_ms_per_step']}, "
+            f"kernel over FP8 {row['kernel_fp8_ms_per_step']} (FP8 output error {row['fp8_error']})")
     return out
 
 
@@ -305,9 +381,11 @@ def warm_up(engine, log) -> dict:
 
 #: The engines compared: the packed decoder (arrivals' prompts in the running rows' pass) with each decode row
 #: attending over its own length (``varlen``: the Triton kernel) or as the slot decoder's (``packed``: masked
-#: sdpa up to the longest row's length bucket), and the slot decoder (prefill apart, prompts padded to 64-token
-#: steps, graphs per shape).
+#: sdpa up to the longest row's length bucket), the same over an FP8 KV cache (``fp8``), and the slot decoder
+#: (prefill apart, prompts padded to 64-token steps, graphs per shape).
 ENGINES = {"varlen": {"packed_prefill": True, "decode_attention": "varlen", "prefill_bucket": None},
+           "fp8": {"packed_prefill": True, "decode_attention": "varlen", "prefill_bucket": None,
+                   "kv_cache_dtype": "float8_e4m3fn"},
            "packed": {"packed_prefill": True, "decode_attention": "sdpa", "prefill_bucket": None},
            "slot": {"packed_prefill": False, "decode_attention": "sdpa", "prefill_bucket": 64}}
 
@@ -316,8 +394,9 @@ def engine_run(model, s: dict, cfg, name: str, log, dry_run: bool) -> dict:
     """One engine on ``model``: graphs, where a step's time goes, batch 1, the closed loops, the evaluate stage."""
     from emola.engine import GenerationRequest, InferenceEngine
 
-    result: dict = {"config": {k: getattr(cfg, k) for k in ("packed_prefill", "decode_attention", "prefill_bucket",
-                                                           "max_batch", "max_context", "max_prefill_tokens")}}
+    result: dict = {"config": {k: getattr(cfg, k) for k in ("packed_prefill", "decode_attention", "kv_cache_dtype",
+                                                           "prefill_bucket", "max_batch", "max_context",
+                                                           "max_prefill_tokens")}}
     started = time.perf_counter()
     engine = InferenceEngine(model, cfg, eos_token_id=EOS, pad_token_id=PAD)
     result["load_merge_s"] = round(time.perf_counter() - started, 2)
@@ -337,10 +416,18 @@ def engine_run(model, s: dict, cfg, name: str, log, dry_run: bool) -> dict:
                "prefill_ms": {n: prefill_ms(engine, s, n) for n in (1, 8)}}
     if engine.packed:
         profile["mixed_ms"] = mixed_profile(engine, s, min(31, cfg.max_batch - 1), span)
+    try:
+        profile["rope_store_ms"] = rope_profile(engine, [1, min(32, cfg.max_batch)])
+    except Exception as err:  # noqa: BLE001 - a side measurement: the engine's own numbers still come
+        profile["rope_store_ms"] = {"error": f"{type(err).__name__}: {err}"[:300]}
+        if dry_run:
+            raise
+    result["rope_kernel"] = engine.decoder.rope_kernel
     result["profile"] = profile
     log(f"[{name}] decode step ms at position {span - 1}: {profile['decode_ms']}; prefill ms (1 and 8 prompts, "
         f"vision included): {profile['prefill_ms']}" + (f"; mixed step ms: {profile['mixed_ms']}" if engine.packed
-                                                        else ""))
+                                                        else "")
+        + f"; RoPE and cache writes, ms per step (kernel in use: {result['rope_kernel']}): {profile['rope_store_ms']}")
     sample = request_mix(s, 4, seed=99, engine_cls=GenerationRequest)
     for r in sample:
         r.max_new_tokens = 12
@@ -371,6 +458,10 @@ def engine_run(model, s: dict, cfg, name: str, log, dry_run: bool) -> dict:
         f"{result['evaluate']['answers_per_s']:.2f} answers/s, {result['evaluate']['tokens_per_s']:.0f} tokens/s")
     if torch.cuda.is_available():
         result["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    if engine.packed and engine.decoder.rows == "varlen" and torch.cuda.is_available():
+        from emola.engine.decode_kernel import tuned_tiles
+
+        result["decode_tiles"] = tuned_tiles()   # the autotuner's choices so far (all varlen engines)
     del engine, outputs
     clear()
     return result
@@ -392,7 +483,7 @@ def inference(dry_run: bool, log, baseline: bool = True, engines: tuple[str, ...
             f"{result['hf_generate_unmerged_ms_per_token']:.1f} ms/token")
     cfg = InferenceConfig(device=s["device"], merge_lora=True, max_batch=max(s["concurrency"]),
                           max_context=s["context"], max_prefill_tokens=8192, length_bucket=128 if not dry_run else 32,
-                          cuda_graphs=True, decode_attention="sdpa", packed_prefill=False,
+                          cuda_graphs=True, decode_attention="sdpa", packed_prefill=False, kv_cache_dtype="auto",
                           prefill_bucket=None)
     if dry_run:   # the merge alone: the same engine without merging
         unmerged = InferenceEngine(build(s, dry_run), cfg.model_copy(update={"merge_lora": False}), eos_token_id=EOS,
@@ -400,6 +491,15 @@ def inference(dry_run: bool, log, baseline: bool = True, engines: tuple[str, ...
         result["engine_unmerged_ms_per_token"] = round(engine_ms_per_token(unmerged, s, tokens), 3)
         log(f"engine with LoRA unmerged, batch 1: {result['engine_unmerged_ms_per_token']:.2f} ms/token")
         del unmerged
+    if any(ENGINES[name].get("decode_attention") == "varlen" for name in engines):
+        rows = min(32, max(s["concurrency"]))
+        try:
+            result["row_attention"] = row_attention_profile(s, rows, log)
+        except Exception as err:  # noqa: BLE001 - the engines still run
+            result["row_attention"] = {"error": f"{type(err).__name__}: {err}"}
+            log(f"decode-row attention profile FAILED: {type(err).__name__}: {err}")
+            if dry_run:
+                raise
     for name in engines:
         update = dict(ENGINES[name])
         if dry_run and update["prefill_bucket"]:

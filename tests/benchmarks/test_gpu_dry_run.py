@@ -23,18 +23,25 @@ def test_the_gpu_benchmark_runs_on_a_shrunken_model(tmp_path):
     assert result["dry_run"] and result["device"] == "cpu"
     assert inference["hf_generate_unmerged_ms_per_token"] > 0 and inference["engine_unmerged_ms_per_token"] > 0
     engines = inference["engines"]
-    assert list(engines) == ["varlen", "packed", "slot"]
+    assert list(engines) == ["varlen", "fp8", "packed", "slot"]
     for name, engine in engines.items():
         assert engine["ms_per_token_batch1"] > 0, name
         assert [row["concurrency"] for row in engine["concurrent"]] == [2, 8]
         assert all(row["tokens_per_s"] > 0 for row in engine["concurrent"])
         assert engine["evaluate"]["answers"] == 24
-        assert set(engine["profile"]) >= {"decode_ms", "prefill_ms"} | ({"mixed_ms"} if engine["packed"] else set())
-    assert [engines[name]["packed"] for name in engines] == [True, True, False]
+        assert set(engine["profile"]) >= {"decode_ms", "prefill_ms", "rope_store_ms"} | ({"mixed_ms"} if engine["packed"]
+                                                                                         else set())
+        assert engine["profile"]["rope_store_ms"][str(1)]["torch"] > 0   # CPU: PyTorch's path only
+    assert [engines[name]["packed"] for name in engines] == [True, True, True, False]
+    assert engines["fp8"]["config"]["kv_cache_dtype"] == "float8_e4m3fn"
+    attention = inference["row_attention"]
+    for lengths in ("equal", "spread"):
+        assert attention[lengths]["sdpa_padded_ms_per_step"] > 0 and attention[lengths]["kernel_fp8_ms_per_step"] > 0
+        assert 0 < attention[lengths]["fp8_error"] < 0.3   # rounded, not broken
     mixed = engines["packed"]["profile"]["mixed_ms"]
     assert set(mixed) == {"decode_rows", "prompt", "both", "apart"}
     # The engines answer alike (float32 on CPU: token for token).
-    for other in ("packed", "slot"):
+    for other in ("packed", "slot"):   # (fp8 rounds the cache: compared on the GPU, not asserted)
         assert inference[f"same_tokens_varlen_{other}"]["identical_answers"] == 4
     training = result["training"]
     assert not training["failures"], training["failures"]

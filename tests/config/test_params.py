@@ -69,6 +69,9 @@ def _write(tmp_path, params, edit):
         (lambda r: r["profiles"]["tiny"]["train"].pop("lr"), "train.lr: missing"),
         (lambda r: r.update(extra_section={}), "unknown top-level key(s): extra_section"),
         (lambda r: r.update(profile="huge"), "unknown profile 'huge' (known: emola-7b, tiny)"),
+        (lambda r: r["inference"].update(kv_cache_dtype="float8_e4m3fn"),
+         "kv_cache_dtype float8_e4m3fn needs inference.decode_attention: varlen"),
+        (lambda r: r["inference"].update(kv_cache_dtype="int4"), "inference.kv_cache_dtype: Input should be"),
     ],
 )
 def test_bad_params_are_named(tmp_path, params, edit, message):

@@ -81,10 +81,12 @@ TRITON_CHECK = """
 import torch
 from emola.engine.decode_kernel import decode_attention, decode_attention_reference, splits_for
 torch.manual_seed(0)
-for heads, kv, rows, context in ((4, 4, 3, 200), (4, 2, 2, 130), (2, 2, 1, 64)):
+cases = ((4, 4, 3, 200, torch.float32), (4, 2, 2, 130, torch.float32), (2, 2, 1, 64, torch.float32),
+         (4, 2, 3, 300, torch.float8_e4m3fn))                # an FP8 cache: widened as it is loaded
+for heads, kv, rows, context, cache in cases:
     fused = torch.randn(rows, heads + 2 * kv, 16)
     q = fused[:, :heads]                                     # a strided view, as the decoder passes it
-    k, v = torch.randn(rows + 1, kv, context, 16), torch.randn(rows + 1, kv, context, 16)
+    k, v = torch.randn(rows + 1, kv, context, 16).to(cache), torch.randn(rows + 1, kv, context, 16).to(cache)
     lengths = torch.randint(1, context + 1, (rows,), dtype=torch.int32)
     lengths[0] = context
     error = (decode_attention(q, k, v, lengths, 0.25) - decode_attention_reference(q, k, v, lengths, 0.25)).abs().max()
@@ -99,4 +101,72 @@ def test_the_triton_decode_kernel_matches_the_reference_in_the_interpreter():
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     run = subprocess.run([sys.executable, "-c", TRITON_CHECK], capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert run.stdout.count("splits") == 3
+    assert run.stdout.count("splits") == 4
+
+
+ROPE_CHECK = """
+import torch
+from emola.engine.rope_kernel import rope_store, rope_store_reference
+torch.manual_seed(0)
+heads, kv, d, context, n = 4, 2, 16, 24, 5
+qkv = torch.randn(n, (heads + 2 * kv) * d)
+angles = torch.rand(context, d // 2) * 6.3
+cos, sin = torch.cat([angles.cos()] * 2, -1), torch.cat([angles.sin()] * 2, -1)
+positions, rows = torch.tensor([0, 5, 23, 5, 9]), torch.tensor([0, 1, 2, 3, 0])
+for cache in (torch.float32, torch.bfloat16):   # a cache narrower than the model's: rounded as torch rounds
+    got = [torch.zeros(4, kv, context, d, dtype=cache) for _ in range(2)]
+    want = [torch.zeros(4, kv, context, d, dtype=cache) for _ in range(2)]
+    out = rope_store(qkv, cos, sin, positions, rows, *got, heads, kv)
+    ref = rope_store_reference(qkv, cos, sin, positions, rows, *want, heads, kv)
+    for a, b in zip(out, ref):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    for a, b in zip(got, want):   # the same entries written, nothing else
+        mismatched = (a.float() - b.float()).abs() > 1e-5 + 1e-2 * b.float().abs()
+        assert not mismatched.any(), (cache, int(mismatched.sum()))
+    assert int((got[0].float() != 0).any(-1).sum()) == n * kv
+    print("rope ok", cache)
+"""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed (CPU wheels of PyTorch)")
+def test_the_triton_rope_kernel_matches_the_reference_in_the_interpreter():
+    """q and k rotated, k and v written at each token's cache row and position. An FP8 cache is checked on
+    the GPU only (the engine's start-up check): the interpreter's float8 rounding is not the hardware's."""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    run = subprocess.run([sys.executable, "-c", ROPE_CHECK], capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.count("rope ok") == 2
+
+
+def test_rope_reference_equals_the_decoders_rotation_and_store(lora_model_free_decoder):
+    """The kernel's reference is the decoders' own PyTorch path (what the kernel replaces)."""
+    decoder = lora_model_free_decoder
+    from emola.engine.rope_kernel import rope_store_reference
+
+    torch.manual_seed(2)
+    n = 3
+    width = (decoder.heads + 2 * decoder.kv_heads) * decoder.head_dim
+    qkv = torch.randn(n, width)
+    positions, rows = torch.tensor([0, 7, 3]), torch.tensor([1, 0, 2])
+    q, k, v = decoder._rotate_store(1, qkv, positions, rows)
+    caches = [torch.zeros_like(decoder.k_cache[1]), torch.zeros_like(decoder.v_cache[1])]
+    want = rope_store_reference(qkv, decoder.cos, decoder.sin, positions, rows, *caches, decoder.heads,
+                                decoder.kv_heads)
+    for a, b in zip((q, k, v), want):
+        torch.testing.assert_close(a, b)
+    torch.testing.assert_close(decoder.k_cache[1][rows, :, positions], caches[0][rows, :, positions])
+    torch.testing.assert_close(decoder.v_cache[1][rows, :, positions], caches[1][rows, :, positions])
+
+
+@pytest.fixture(scope="module")
+def lora_model_free_decoder():
+    """A packed decoder over a small random Llama (float32, CPU)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from emola.engine.packed import PackedDecoder
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    model = LlamaForCausalLM(config).eval()
+    return PackedDecoder(model.model, model.lm_head, slots=3, context=16, cuda_graphs=False)

@@ -343,6 +343,29 @@ def test_packed_decoder_gives_the_slot_decoders_tokens_through_few_slots(lora_mo
     assert outputs["varlen"] == outputs["slot"] and outputs["packed"] == outputs["slot"]
 
 
+def test_an_fp8_cache_is_read_rounded_and_keeps_the_logits_close(lora_model, tiny_params):
+    """kv_cache_dtype float8_e4m3fn: the cache holds one byte per entry; a prompt's pass (which attends over its
+    own keys) gives the model-dtype cache's logits exactly, a later step's differ only by the rounding."""
+    exact = _engine(lora_model, tiny_params, **MODES["varlen"])
+    rounded = _engine(lora_model, tiny_params, **MODES["varlen"], kv_cache_dtype="float8_e4m3fn")
+    assert rounded.decoder.k_cache.dtype == torch.float8_e4m3fn and rounded.decoder.k_cache.element_size() == 1
+    images, priors = _media(2, seed=5)
+    request = exact.requests(QUESTIONS[:2], images, priors, _greedy(4))
+    with torch.no_grad():
+        prompts = [e[:n] for e, n in zip(*exact._prompt_embeds([(r, None) for r in request]))]
+        logits = {}
+        for name, engine in (("exact", exact), ("rounded", rounded)):
+            first = engine.decoder.step([], [], prompts)
+            tokens = first.argmax(-1).tolist()
+            second = engine.decoder.step(tokens, [len(p) for p in prompts], [])
+            logits[name] = (first, second)
+    torch.testing.assert_close(logits["rounded"][0], logits["exact"][0])
+    difference = (logits["rounded"][1] - logits["exact"][1]).abs().max()
+    assert 0 < difference < 0.05 * logits["exact"][1].abs().max()
+    outputs = rounded.generate(rounded.requests(QUESTIONS, *_media(4), _greedy(8)))
+    assert all(len(g.token_ids) >= 1 for g in outputs)
+
+
 @pytest.mark.parametrize("attention", ATTENTIONS)
 def test_a_request_whose_inputs_fail_to_embed_fails_alone(lora_model, tiny_params, attention):
     """Arrivals are embedded together; when that fails, one by one: the culprit hears the error, the others

@@ -273,6 +273,9 @@ class InferenceConfig(Section):
         description="arrivals' prompts go through the running requests' decode step (one pass, the decode rows "
                     "riding on the prompts' weight reads) instead of a prefill pass of their own; on CUDA it needs "
                     "a variable-length attention kernel that passes its check, else the engine prefills apart")
+    kv_cache_dtype: Literal["auto", "float8_e4m3fn"] = Field(
+        description="the KV cache's dtype: auto, the model's; float8_e4m3fn halves the bytes each decode step reads "
+                    "(needs decode_attention varlen; lossy: keys and values rounded to 3 mantissa bits)")
     prefill_bucket: int | None = Field(
         ge=1, description="pad prompts to a multiple of this many tokens (and a group of prompts to a row bucket) so "
                           "that on CUDA each prefill shape, vision tower included, is captured once as a CUDA graph; "
@@ -282,6 +285,9 @@ class InferenceConfig(Section):
     def _varlen_is_packed(self) -> "InferenceConfig":
         if self.decode_attention == "varlen" and not self.packed_prefill:
             raise ValueError("inference.decode_attention varlen needs inference.packed_prefill: true")
+        if self.kv_cache_dtype != "auto" and self.decode_attention != "varlen":
+            raise ValueError(f"inference.kv_cache_dtype {self.kv_cache_dtype} needs inference.decode_attention: varlen "
+                             f"(the kernel that reads it), not {self.decode_attention}")
         return self
 
 

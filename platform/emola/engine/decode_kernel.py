@@ -11,21 +11,37 @@ cores, with the online softmax of FlashAttention. Long rows are split over sever
 programs (flash-decoding) whose partial results a second kernel combines, so that a step
 of few rows still keeps the GPU's memory system busy.
 
-The cache is the slot decoder's, one layer ``(rows, kv_heads, context, d)``. The kernels
-take no host-side decisions from tensor values: a step can be captured in a CUDA graph.
-Triton is imported lazily: machines without it (CPU wheels of PyTorch) never call here.
+The cache is the slot decoder's, one layer ``(rows, kv_heads, context, d)``, in the model's
+dtype or in FP8 (``float8_e4m3fn``, :data:`CACHE_DTYPES`): half the bytes per position, each
+key and value widened to float32 as it is loaded. The kernels take no host-side decisions
+from tensor values: a step can be captured in a CUDA graph.
+
+The tile (keys per block, warps, pipeline stages) is chosen on CUDA by Triton's autotuner
+the first time each problem (head size, keys per split, cache dtype) is met, that is in
+the engine's warm-up, and kept (:func:`tuned_tiles` reports the choices). Triton's
+interpreter (``TRITON_INTERPRET=1``, the CPU test) runs one fixed tile. Triton is imported
+lazily: machines without it (CPU wheels of PyTorch) never call here.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 
 #: Programs per step to aim for: splits are added until rows x heads x splits reaches this.
 TARGET_PROGRAMS = 2048
 MAX_SPLITS = 16
-BLOCK_N = 64
+#: A split covers whole multiples of this many positions (the largest tile's keys).
+BLOCK_N = 128
+#: The tiles the autotuner tries: (keys per block, warps, pipeline stages).
+TILES = ((32, 2, 2), (32, 4, 3), (64, 4, 2), (64, 4, 3), (64, 4, 4), (64, 8, 3), (128, 4, 3), (128, 8, 2),
+         (128, 8, 3), (128, 8, 4))
+#: The interpreter's one tile.
+INTERPRETER_TILE = (64, 4, 1)
+#: Cache dtypes the kernel reads besides the model's own.
+CACHE_DTYPES = {"float8_e4m3fn": torch.float8_e4m3fn}
 
 
 @functools.cache
@@ -33,7 +49,6 @@ def _kernels():
     import triton
     import triton.language as tl
 
-    @triton.jit
     def part(q_ptr, k_ptr, v_ptr, lengths_ptr, out_ptr, lse_ptr, q_row, q_head, k_row, k_head, k_pos,
              heads, groups, splits, chunk, scale, D: tl.constexpr, BLOCK: tl.constexpr):
         row = tl.program_id(0)
@@ -81,7 +96,25 @@ def _kernels():
         out = tl.sum(weights[:, None] * parts, axis=0) / tl.sum(weights, axis=0)
         tl.store(out_ptr + row * o_row + head * o_head + d, out.to(out_ptr.dtype.element_ty))
 
-    return part, combine
+    part = triton.jit(part)
+    tuned = None
+    if os.environ.get("TRITON_INTERPRET") != "1":   # the autotuner times configs on a GPU
+        configs = [triton.Config({"BLOCK": block}, num_warps=warps, num_stages=stages) for block, warps, stages in TILES]
+        tuned = triton.autotune(configs=configs, key=["D", "chunk"])(part)   # the tensors' dtypes join the key
+    return part, tuned, combine
+
+
+def tuned_tiles() -> dict[str, str]:
+    """The tile the autotuner chose for each problem met so far, e.g. ``"D=128 chunk=640 torch.bfloat16"``
+    -> ``"BLOCK=64 warps=4 stages=3"`` (empty before the first CUDA call, and under the interpreter)."""
+    _, tuned, _ = _kernels()
+    chosen = {}
+    for key, config in (getattr(tuned, "cache", None) or {}).items():
+        d, chunk, *dtypes = key
+        cache_dtype = dtypes[1] if len(dtypes) > 1 else "?"   # q, then the key cache
+        chosen[f"D={d} chunk={chunk} {cache_dtype}"] = (
+            f"BLOCK={config.kwargs['BLOCK']} warps={config.num_warps} stages={config.num_stages}")
+    return chosen
 
 
 def splits_for(rows: int, heads: int, context: int) -> int:
@@ -96,11 +129,11 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     """One query per row over its own cache positions.
 
     ``q`` ``(rows, heads, d)`` (last dimension contiguous); ``k_cache``, ``v_cache`` one layer
-    ``(>= rows, kv_heads, context, d)``, contiguous; ``lengths`` ``(rows,)`` int32, each at least 1:
+    ``(>= rows, kv_heads, context, d)``, contiguous, in ``q``'s dtype or FP8; ``lengths`` ``(rows,)`` int32, each at least 1:
     row ``b`` attends over positions ``0 .. lengths[b]-1`` of cache row ``b``. Returns
     ``(rows, heads * d)`` in ``q``'s dtype.
     """
-    part, combine = _kernels()
+    part, tuned, combine = _kernels()
     rows, heads, d = q.shape
     _, kv_heads, context, _ = k_cache.shape
     splits = splits_for(rows, heads, context)
@@ -108,9 +141,13 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     chunk = -(-per_split // BLOCK_N) * BLOCK_N   # whole blocks: a split never starts inside one
     parts = torch.empty(rows * heads * splits, d, dtype=torch.float32, device=q.device)
     lse = torch.empty(rows * heads * splits, dtype=torch.float32, device=q.device)
-    part[(rows, heads, splits)](q, k_cache, v_cache, lengths, parts, lse, q.stride(0), q.stride(1),
-                                k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), heads, heads // kv_heads,
-                                splits, chunk, scale, D=d, BLOCK=BLOCK_N)
+    args = (q, k_cache, v_cache, lengths, parts, lse, q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1),
+            k_cache.stride(2), heads, heads // kv_heads, splits, chunk, scale)
+    if tuned is not None:
+        tuned[(rows, heads, splits)](*args, D=d)
+    else:
+        block, warps, stages = INTERPRETER_TILE
+        part[(rows, heads, splits)](*args, D=d, BLOCK=block, num_warps=warps, num_stages=stages)
     out = torch.empty(rows, heads, d, dtype=q.dtype, device=q.device)
     combine[(rows, heads)](parts, lse, out, out.stride(0), out.stride(1), heads, splits, D=d,
                            SPLITS=max(2, 1 << (splits - 1).bit_length()))
@@ -123,8 +160,8 @@ def decode_attention_reference(q: torch.Tensor, k_cache: torch.Tensor, v_cache: 
     rows, heads, d = q.shape
     kv_heads = k_cache.shape[1]
     span = int(lengths.max())
-    keys = k_cache[:rows, :, :span].repeat_interleave(heads // kv_heads, dim=1).float()   # (rows, heads, span, d)
-    values = v_cache[:rows, :, :span].repeat_interleave(heads // kv_heads, dim=1).float()
+    keys = k_cache[:rows, :, :span].float().repeat_interleave(heads // kv_heads, dim=1)   # (rows, heads, span, d)
+    values = v_cache[:rows, :, :span].float().repeat_interleave(heads // kv_heads, dim=1)
     scores = torch.einsum("bhd,bhkd->bhk", q.float(), keys) * scale
     visible = torch.arange(span, device=q.device)[None, :] < lengths[:, None].to(q.device)
     weights = scores.masked_fill(~visible[:, None, :], float("-inf")).softmax(-1)
@@ -132,9 +169,10 @@ def decode_attention_reference(q: torch.Tensor, k_cache: torch.Tensor, v_cache: 
 
 
 def decode_kernel_problem(device: torch.device, dtype: torch.dtype, heads: int, kv_heads: int,
-                          head_dim: int) -> str | None:
+                          head_dim: int, cache_dtype: torch.dtype | None = None) -> str | None:
     """Why :func:`decode_attention` cannot serve here (None: it can): Triton must compile it for ``device``
-    and it must agree with :func:`decode_attention_reference` on rows of different lengths."""
+    and it must agree with :func:`decode_attention_reference` on rows of different lengths, over a cache
+    of ``cache_dtype`` (default ``dtype``)."""
     if device.type != "cuda":
         return "the Triton decode kernel runs on CUDA only"
     try:
@@ -142,8 +180,8 @@ def decode_kernel_problem(device: torch.device, dtype: torch.dtype, heads: int, 
         context, rows = 320, 5
         fused = torch.randn(rows, heads + 2 * kv_heads, head_dim, generator=generator).to(device, dtype)
         q = fused[:, :heads]                                  # a view, as the decoder passes it
-        k = torch.randn(rows + 1, kv_heads, context, head_dim, generator=generator).to(device, dtype)
-        v = torch.randn(rows + 1, kv_heads, context, head_dim, generator=generator).to(device, dtype)
+        k = torch.randn(rows + 1, kv_heads, context, head_dim, generator=generator).to(device, cache_dtype or dtype)
+        v = torch.randn(rows + 1, kv_heads, context, head_dim, generator=generator).to(device, cache_dtype or dtype)
         lengths = torch.tensor([1, 37, 64, 65, 320], dtype=torch.int32, device=device)
         scale = head_dim ** -0.5
         for n in (rows, 1):

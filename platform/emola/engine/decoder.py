@@ -40,6 +40,7 @@ from torch.nn import functional as F
 from transformers.activations import ACT2FN
 
 from emola.engine.graphs import ShapeGraphs
+from emola.engine.rope_kernel import rope_store
 
 
 @dataclass
@@ -159,7 +160,7 @@ class DecoderWeights:
         context: positions per request (the RoPE tables cover them).
     """
 
-    def __init__(self, language_model: nn.Module, lm_head: nn.Linear, *, context: int):
+    def __init__(self, language_model: nn.Module, lm_head: nn.Linear, *, context: int, rope_kernel: bool = False):
         config = language_model.config
         rope_type = (getattr(config, "rope_parameters", None) or {}).get("rope_type", "default")
         if rope_type == "dynamic":
@@ -187,13 +188,30 @@ class DecoderWeights:
             positions = torch.arange(context, device=self.device)[None]
             cos, sin = language_model.rotary_emb(weight[:1], positions)   # transformers' own tables (scaling incl.)
         self.cos, self.sin = cos[0], sin[0]                                 # (context, head_dim), model dtype
+        self.rope_kernel = rope_kernel
 
     # ------------------------------------------------------------------ cache
-    def _allocate_cache(self, rows: int) -> None:
-        """The KV cache both decoders use: ``k_cache``, ``v_cache`` ``(layers, rows, kv_heads, context, d)``."""
+    def _allocate_cache(self, rows: int, dtype: torch.dtype | None = None) -> None:
+        """The KV cache both decoders use: ``k_cache``, ``v_cache`` ``(layers, rows, kv_heads, context, d)``,
+        in the model's dtype or ``dtype`` (FP8: :meth:`store` rounds what it writes)."""
         shape = (len(self.layers), rows, self.kv_heads, self.context, self.head_dim)
-        self.k_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
-        self.v_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        self.cache_dtype = dtype or self.dtype
+        self.k_cache = torch.zeros(shape, dtype=self.cache_dtype, device=self.device)
+        self.v_cache = torch.zeros(shape, dtype=self.cache_dtype, device=self.device)
+        # FP8 entries are written through byte views (index_put of float8 is not on every backend)
+        self._cache_bytes = None
+        if self.cache_dtype != self.dtype and self.cache_dtype.itemsize == 1:
+            self._cache_bytes = (self.k_cache.view(torch.uint8), self.v_cache.view(torch.uint8))
+
+    def store(self, layer: int, rows: torch.Tensor, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Write keys and values ``(n, kv_heads, d)`` at ``(rows[i], positions[i])`` of ``layer``."""
+        if self._cache_bytes is None:
+            self.k_cache[layer, rows, :, positions] = k
+            self.v_cache[layer, rows, :, positions] = v
+            return
+        k_bytes, v_bytes = self._cache_bytes
+        k_bytes[layer, rows, :, positions] = k.to(self.cache_dtype).view(torch.uint8)
+        v_bytes[layer, rows, :, positions] = v.to(self.cache_dtype).view(torch.uint8)
 
     def move(self, source: int, target: int, length: int) -> None:
         """Copy the first ``length`` cached positions of row ``source`` to row ``target`` (every layer)."""
@@ -219,6 +237,17 @@ class DecoderWeights:
         qk, v = qkv.split([(h + kv) * d, kv * d], dim=-1)
         q, k = self._rope(qk.unflatten(-1, (h + kv, d)), cos, sin).split([h, kv], dim=-2)
         return q, k, v.unflatten(-1, (kv, d))
+
+    def _rotate_store(self, layer: int, qkv: torch.Tensor, positions: torch.Tensor, rows: torch.Tensor):
+        """A step's tokens ``qkv`` ``(n, (heads + 2 kv_heads) d)`` at ``positions`` ``(n,)`` -> q ``(n, heads, d)``,
+        k, v ``(n, kv_heads, d)``, k and v written to cache ``rows`` of ``layer``: one Triton kernel with
+        ``rope_kernel`` (:mod:`emola.engine.rope_kernel`), else :meth:`_qkv` and :meth:`store`."""
+        if self.rope_kernel:
+            return rope_store(qkv, self.cos, self.sin, positions, rows, self.k_cache[layer], self.v_cache[layer],
+                              self.heads, self.kv_heads)
+        q, k, v = self._qkv(qkv, self.cos[positions][:, None], self.sin[positions][:, None])
+        self.store(layer, rows, positions, k, v)
+        return q, k, v
 
     def _row_mask(self, positions: torch.Tensor, span: int, attention: str) -> torch.Tensor:
         """The additive mask ``(b, 1, 1, span)`` of rows whose query is at ``positions``: 0 up to the row's
@@ -270,8 +299,8 @@ class SlotDecoder(DecoderWeights):
 
     def __init__(self, language_model: nn.Module, lm_head: nn.Linear, *, slots: int, context: int,
                  length_bucket: int = 128, cuda_graphs: bool = True, attention: str = "matmul",
-                 prefill_bucket: int | None = None):
-        super().__init__(language_model, lm_head, context=context)
+                 prefill_bucket: int | None = None, rope_kernel: bool = False):
+        super().__init__(language_model, lm_head, context=context, rope_kernel=rope_kernel)
         self.slots = slots
         self.length_bucket = max(1, min(length_bucket, context))
         self.prefill_bucket = prefill_bucket
@@ -345,12 +374,9 @@ class SlotDecoder(DecoderWeights):
         tokens, positions = self.tokens[:batch], self.positions[:batch]
         slots = self._slot_ids[:batch]
         x = self.embed(tokens)                                              # (b, hidden)
-        cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]
         mask = self._row_mask(positions, span, self.attention)
         for index, layer in enumerate(self.layers):
-            q, k, v = self._qkv(_apply(self._rms(x, layer.norm1), layer.qkv), cos, sin)   # (b, heads, d)
-            self.k_cache[index, slots, :, positions] = k
-            self.v_cache[index, slots, :, positions] = v
+            q, _, _ = self._rotate_store(index, _apply(self._rms(x, layer.norm1), layer.qkv), positions, slots)
             keys = self.k_cache[index, :batch, :, :span]                       # (b, kv, span, d)
             values = self.v_cache[index, :batch, :, :span]
             attn = self._row_attention(q, keys, values, mask, self.attention)

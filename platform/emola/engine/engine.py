@@ -42,10 +42,11 @@ import torch
 
 from emola.config.schema import PUBLISHED_GENERATION, GenerationConfig, InferenceConfig
 from emola.engine.attention import kernel_problem
-from emola.engine.decode_kernel import decode_kernel_problem
+from emola.engine.decode_kernel import CACHE_DTYPES, decode_kernel_problem
 from emola.engine.decoder import SlotDecoder, attention_shape, prefill_rows, round_up
 from emola.engine.graphs import ShapeGraphs
 from emola.engine.packed import PackedDecoder
+from emola.engine.rope_kernel import rope_kernel_problem
 from emola.engine.sampling import next_tokens
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,8 @@ log = logging.getLogger(__name__)
 #: (8 GiB of KV cache at the emola-7b shape).
 DEFAULT_INFERENCE = InferenceConfig(device="auto", merge_lora=True, max_batch=8, max_context=2048,
                                     max_prefill_tokens=8192, length_bucket=128, cuda_graphs=True,
-                                    decode_attention="matmul", packed_prefill=False, prefill_bucket=None)
+                                    decode_attention="matmul", packed_prefill=False, kv_cache_dtype="auto",
+                                    prefill_bucket=None)
 
 
 class PromptTooLong(ValueError):
@@ -177,16 +179,19 @@ class InferenceEngine:
 
         On CUDA the packed decoder needs a variable-length kernel for the prompts (FlashAttention-2,
         else the CUTLASS one) and, for ``varlen`` rows, the Triton decode kernel, each checked against
-        its reference here; on CPU it runs the references. Without a prompt kernel the engine
-        prefills apart (the slot decoder, ``sdpa`` for ``varlen``); without the decode kernel the rows
-        attend as the slot decoder's (``sdpa``). ``self.fallback`` says what was given up and why.
+        its reference here (over an FP8 cache for ``kv_cache_dtype`` float8_e4m3fn); on CPU it runs the
+        references. Without a prompt kernel the engine prefills apart (the slot decoder, ``sdpa`` for
+        ``varlen``); without the decode kernel the rows attend as the slot decoder's (``sdpa``). Either
+        way the cache keeps the model's dtype. On CUDA both decoders rotate q and k and write the cache
+        with one Triton kernel per layer (:mod:`~emola.engine.rope_kernel`) once it passes its check, else
+        with PyTorch operations. ``self.fallback`` says what was given up and why.
         """
         language_model, head = llava.model.language_model, llava.lm_head
         self.fallback: str | None = None
         attention = "sdpa" if cfg.decode_attention == "varlen" else cfg.decode_attention
+        shape = attention_shape(llava.config.text_config)
+        dtype = head.weight.dtype
         if cfg.packed_prefill:
-            shape = attention_shape(llava.config.text_config)
-            dtype = head.weight.dtype
             kernel, problems = "reference", []
             if self.device.type == "cuda":
                 for candidate in ("flash", "efficient"):
@@ -195,21 +200,40 @@ class InferenceEngine:
                         kernel = candidate
                         break
                     problems.append(problem)
+            cache_dtype = CACHE_DTYPES.get(cfg.kv_cache_dtype)
             if kernel != "reference" or self.device.type != "cuda":
                 rows = "varlen" if cfg.decode_attention == "varlen" else "padded"
                 if rows == "varlen" and self.device.type == "cuda":
-                    problem = decode_kernel_problem(self.device, dtype, *shape)
+                    problem = decode_kernel_problem(self.device, dtype, *shape, cache_dtype=cache_dtype)
                     if problem is not None:
                         rows, self.fallback = "padded", f"{problem}; decode rows attend with sdpa"
+                        if cache_dtype is not None:
+                            cache_dtype, self.fallback = None, f"{self.fallback} over a {dtype} cache"
                         log.warning("decode_attention varlen: %s", self.fallback)
                 return PackedDecoder(language_model, head, slots=cfg.max_batch, context=self.context, rows=rows,
                                      row_attention=attention, length_bucket=cfg.length_bucket,
-                                     cuda_graphs=cfg.cuda_graphs, kernel=kernel)
+                                     cuda_graphs=cfg.cuda_graphs, kernel=kernel, cache_dtype=cache_dtype,
+                                     rope_kernel=self._rope_kernel(dtype, shape, cache_dtype))
             self.fallback = "; ".join(problems) + "; prompts prefilled apart (slot decoder)"
+            if cfg.kv_cache_dtype != "auto":
+                self.fallback += f", its cache in {dtype}"
             log.warning("packed_prefill: %s", self.fallback)
         return SlotDecoder(language_model, head, slots=cfg.max_batch, context=self.context,
                            length_bucket=cfg.length_bucket, cuda_graphs=cfg.cuda_graphs, attention=attention,
-                           prefill_bucket=cfg.prefill_bucket)
+                           prefill_bucket=cfg.prefill_bucket, rope_kernel=self._rope_kernel(dtype, shape))
+
+    def _rope_kernel(self, dtype: torch.dtype, shape: tuple[int, int, int], cache_dtype: torch.dtype | None = None
+                     ) -> bool:
+        """Whether the decoders rotate and write the cache with the Triton kernel: on CUDA, once it passes its
+        check (a failure joins ``self.fallback``)."""
+        if self.device.type != "cuda":
+            return False
+        problem = rope_kernel_problem(self.device, dtype, *shape, cache_dtype=cache_dtype)
+        if problem is not None:
+            message = f"{problem}; RoPE and cache writes in PyTorch"
+            self.fallback = f"{self.fallback}; {message}" if self.fallback else message
+            log.warning("%s", message)
+        return problem is None
 
     @classmethod
     def from_checkpoint(cls, path, cfg: InferenceConfig = DEFAULT_INFERENCE) -> "InferenceEngine":

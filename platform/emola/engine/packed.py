@@ -66,12 +66,16 @@ class PackedDecoder(DecoderWeights):
         token_step: prompt tokens are padded to a multiple of this.
         graph_tokens: steps of more tokens run eagerly (their arithmetic outweighs the kernel
             launches a graph saves, and each new size would cost a capture).
+        cache_dtype: the KV cache's dtype (default the model's); ``torch.float8_e4m3fn`` halves the bytes a
+            decode row reads (``varlen`` rows only: the kernel widens each entry as it loads it). The
+            prompts attend over their own keys before rounding: only later steps read the rounded ones.
     """
 
     def __init__(self, language_model: nn.Module, lm_head: nn.Linear, *, slots: int, context: int,
                  rows: str = "varlen", row_attention: str = "sdpa", length_bucket: int = 128,
-                 cuda_graphs: bool = True, kernel: str = "reference", token_step: int = 64, graph_tokens: int = 2048):
-        super().__init__(language_model, lm_head, context=context)
+                 cuda_graphs: bool = True, kernel: str = "reference", token_step: int = 64, graph_tokens: int = 2048,
+                 cache_dtype: torch.dtype | None = None, rope_kernel: bool = False):
+        super().__init__(language_model, lm_head, context=context, rope_kernel=rope_kernel)
         if rows not in ("varlen", "padded"):
             raise ValueError(f"packed decoder rows {rows!r}: varlen or padded")
         if row_attention not in ("matmul", "sdpa"):
@@ -82,7 +86,9 @@ class PackedDecoder(DecoderWeights):
         self.length_bucket = max(1, min(length_bucket, context))
         self.token_step = max(1, min(token_step, context // 2))   # the padding fits the scratch row
         self.graph_tokens = graph_tokens
-        self._allocate_cache(slots + 1)
+        if cache_dtype not in (None, self.dtype) and rows != "varlen":
+            raise ValueError(f"a {cache_dtype} KV cache is read by varlen rows only, not {rows!r}")
+        self._allocate_cache(slots + 1, cache_dtype)
         pin = self.device.type == "cuda"
         self._zeros: dict[int, torch.Tensor] = {}
         self._meta_host = [torch.zeros(self._meta_size(2 * (context + slots)), dtype=torch.int64, pin_memory=pin)
@@ -212,15 +218,12 @@ class PackedDecoder(DecoderWeights):
         cu = meta[at + self.slots:at + self.slots + s + 1].to(torch.int32)
         used = meta[at + self.slots + s + 1:].to(torch.int32)
         x = torch.where((ids >= 0)[:, None], self.embed(ids.clamp(min=0)), embeds)
-        cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]
         if width and self.rows == "padded":
             mask = self._row_mask(positions[:width], span, self.row_attention)
         elif width:
             lengths = (positions[:width] + 1).to(torch.int32)
         for index, layer in enumerate(self.layers):
-            q, k, v = self._qkv(_apply(self._rms(x, layer.norm1), layer.qkv), cos, sin)   # (total, heads, d)
-            self.k_cache[index, rows, :, positions] = k
-            self.v_cache[index, rows, :, positions] = v
+            q, k, v = self._rotate_store(index, _apply(self._rms(x, layer.norm1), layer.qkv), positions, rows)
             parts = []
             if width and self.rows == "padded":
                 keys, values = self.k_cache[index, :width, :, :span], self.v_cache[index, :width, :, :span]

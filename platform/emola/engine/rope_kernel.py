@@ -1,0 +1,145 @@
+"""RoPE and the KV-cache write of a decode step as one Triton kernel.
+
+Between a layer's fused q/k/v projection and its attention, the PyTorch code of
+:meth:`~emola.engine.decoder.DecoderWeights._qkv` and :meth:`~emola.engine.decoder.DecoderWeights.store`
+runs seven small kernels (the rotation's negation, concatenation, two products and a sum,
+then two indexed writes into the cache). In a decode step each moves a few hundred
+kilobytes, so their cost is launches, not bytes: ~200 per step at the ``emola-7b`` shape.
+:func:`rope_store` does the same work in one launch per layer: each program takes one
+head of one token, rotates it (q and k heads) in float32, writes q and k to fresh tensors,
+and writes k and v into the cache at the token's (cache row, position), in the cache's
+dtype (the model's, or FP8).
+
+It rounds once where the PyTorch code rounds after each operation, so its outputs may
+differ from :func:`rope_store_reference` in the last bit of the model's dtype; the engine
+checks it against the reference before use (:func:`rope_kernel_problem`).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+
+@functools.cache
+def _kernel():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def rope_store(qkv_ptr, cos_ptr, sin_ptr, positions_ptr, rows_ptr, q_ptr, k_ptr, k_cache_ptr, v_cache_ptr,
+                   qkv_token, heads, kv_heads, cache_row, cache_head, cache_pos, HALF: tl.constexpr):
+        token = tl.program_id(0)
+        head = tl.program_id(1)          # q heads, then k heads, then v heads
+        i = tl.arange(0, HALF)
+        position = tl.load(positions_ptr + token)
+        row = tl.load(rows_ptr + token)
+        source = qkv_ptr + token * qkv_token + head * 2 * HALF
+        x1 = tl.load(source + i).to(tl.float32)
+        x2 = tl.load(source + HALF + i).to(tl.float32)
+        if head < heads + kv_heads:
+            table = position * 2 * HALF
+            c1 = tl.load(cos_ptr + table + i).to(tl.float32)
+            c2 = tl.load(cos_ptr + table + HALF + i).to(tl.float32)
+            s1 = tl.load(sin_ptr + table + i).to(tl.float32)
+            s2 = tl.load(sin_ptr + table + HALF + i).to(tl.float32)
+            y1 = x1 * c1 - x2 * s1
+            y2 = x2 * c2 + x1 * s2
+            if head < heads:
+                out = q_ptr + (token * heads + head) * 2 * HALF
+                tl.store(out + i, y1.to(q_ptr.dtype.element_ty))
+                tl.store(out + HALF + i, y2.to(q_ptr.dtype.element_ty))
+            else:
+                kv = head - heads
+                out = k_ptr + (token * kv_heads + kv) * 2 * HALF
+                y1, y2 = y1.to(k_ptr.dtype.element_ty), y2.to(k_ptr.dtype.element_ty)   # the cache gets these
+                tl.store(out + i, y1)
+                tl.store(out + HALF + i, y2)
+                cache = k_cache_ptr + row * cache_row + kv * cache_head + position * cache_pos
+                tl.store(cache + i, y1.to(k_cache_ptr.dtype.element_ty))
+                tl.store(cache + HALF + i, y2.to(k_cache_ptr.dtype.element_ty))
+        else:
+            kv = head - heads - kv_heads
+            cache = v_cache_ptr + row * cache_row + kv * cache_head + position * cache_pos
+            tl.store(cache + i, x1.to(v_cache_ptr.dtype.element_ty))
+            tl.store(cache + HALF + i, x2.to(v_cache_ptr.dtype.element_ty))
+
+    return rope_store
+
+
+def _split(qkv: torch.Tensor, heads: int, kv_heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    d = qkv.shape[-1] // (heads + 2 * kv_heads)
+    q, k, v = qkv.split([heads * d, kv_heads * d, kv_heads * d], dim=-1)
+    return q.unflatten(-1, (heads, d)), k.unflatten(-1, (kv_heads, d)), v.unflatten(-1, (kv_heads, d))
+
+
+def rope_store(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor, rows: torch.Tensor,
+               k_cache: torch.Tensor, v_cache: torch.Tensor, heads: int,
+               kv_heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rotate q and k of ``qkv`` ``(n, (heads + 2 kv_heads) d)`` (contiguous) by the RoPE tables ``cos``,
+    ``sin`` ``(context, d)`` at ``positions`` ``(n,)``, and write k and v to ``k_cache``, ``v_cache`` (one layer,
+    ``(cache rows, kv_heads, context, d)``, contiguous) at ``(rows[i], positions[i])``.
+
+    Returns q ``(n, heads, d)``, k ``(n, kv_heads, d)`` (rotated, in ``qkv``'s dtype) and v (a view of ``qkv``).
+    """
+    n, width = qkv.shape
+    d = width // (heads + 2 * kv_heads)
+    q = torch.empty(n, heads, d, dtype=qkv.dtype, device=qkv.device)
+    k = torch.empty(n, kv_heads, d, dtype=qkv.dtype, device=qkv.device)
+    if n:
+        _kernel()[(n, heads + 2 * kv_heads)](qkv, cos, sin, positions, rows, q, k, k_cache, v_cache, qkv.stride(0),
+                                             heads, kv_heads, k_cache.stride(0), k_cache.stride(1),
+                                             k_cache.stride(2), HALF=d // 2)
+    return q, k, _split(qkv, heads, kv_heads)[2]
+
+
+def rope_store_reference(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor,
+                         rows: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, heads: int,
+                         kv_heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`rope_store` in PyTorch operations, rounding as transformers' Llama does (the check)."""
+    q, k, v = _split(qkv, heads, kv_heads)
+    c, s = cos[positions][:, None], sin[positions][:, None]
+
+    def rotate(x):
+        half = x.shape[-1] // 2
+        return x * c + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * s
+
+    q, k = rotate(q), rotate(k)
+    k_cache.view(torch.uint8)[rows, :, positions] = k.to(k_cache.dtype).view(torch.uint8)
+    v_cache.view(torch.uint8)[rows, :, positions] = v.to(v_cache.dtype).view(torch.uint8)
+    return q, k, v
+
+
+def rope_kernel_problem(device: torch.device, dtype: torch.dtype, heads: int, kv_heads: int, head_dim: int,
+                        cache_dtype: torch.dtype | None = None) -> str | None:
+    """Why :func:`rope_store` cannot serve here (None: it can): Triton must compile it for ``device`` and its
+    q, k and cache entries must agree with :func:`rope_store_reference`'s."""
+    if device.type != "cuda":
+        return "the Triton RoPE kernel runs on CUDA only"
+    try:
+        generator = torch.Generator(device="cpu").manual_seed(0)
+        n, context = 6, 40
+        qkv = torch.randn(n, (heads + 2 * kv_heads) * head_dim, generator=generator).to(device, dtype)
+        angles = torch.rand(context, head_dim // 2, generator=generator) * 6.3
+        cos = torch.cat([angles.cos()] * 2, dim=-1).to(device, dtype)
+        sin = torch.cat([angles.sin()] * 2, dim=-1).to(device, dtype)
+        positions = torch.tensor([0, 3, 39, 7, 7, 12], device=device)
+        rows = torch.tensor([0, 1, 2, 3, 4, 0], device=device)
+        caches = [torch.zeros(5, kv_heads, context, head_dim, dtype=cache_dtype or dtype, device=device)
+                  for _ in range(2)]
+        q, k, v = rope_store(qkv, cos, sin, positions, rows, caches[0], caches[1], heads, kv_heads)
+        want_q, want_k, _ = rope_store_reference(qkv, cos, sin, positions, rows, *[torch.zeros_like(c) for c in caches],
+                                                 heads, kv_heads)
+        # q and k: the rotation, up to the reference's extra roundings
+        error = max(float((a.float() - b.float()).abs().max() / b.float().abs().max())
+                    for a, b in ((q, want_q), (k, want_k)))
+        if not error <= 0.02:
+            return f"the Triton RoPE kernel's rotation disagrees with the reference (relative error {error:.3g})"
+        # the cache: exactly the kernel's own k and v, in the cache's dtype, at each token's row and position
+        for cache, value in zip(caches, (k, v)):
+            if not torch.equal(cache.view(torch.uint8)[rows, :, positions], value.to(cache.dtype).view(torch.uint8)):
+                return "the Triton RoPE kernel wrote the cache wrongly"
+    except Exception as err:  # noqa: BLE001 - any failure means: rotate and store another way
+        return f"the Triton RoPE kernel failed: {type(err).__name__}: {err}"[:500]
+    return None
