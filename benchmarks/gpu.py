@@ -297,6 +297,14 @@ def row_attention_profile(s: dict, rows: int, log) -> dict:
             row[f"{label}_ms_per_step"] = round(layers * mean_ms(run, 50), 3)
         reference = triton_bf16().float()
         row["fp8_error"] = round(float((triton_fp8().float() - reference).abs().max() / reference.abs().max()), 4)
+        if device == "cuda" and name == "spread":   # every tile the autotuner chooses from, in both cache dtypes
+            from emola.engine.decode_kernel import TILES
+
+            row["tiles_ms_per_step"] = {
+                label: {" ".join(map(str, tile)): round(layers * mean_ms(
+                    lambda keys=keys, values=values, tile=tile: kernel(q, keys, values, lengths_t, d ** -0.5, tile=tile),
+                    20), 3) for tile in TILES}
+                for label, keys, values in (("model", k, v), ("fp8", k8, v8))}
         out[name] = row
         log(f"decode-row attention, {rows} rows, {name} lengths (mean {row['mean_length']}, bucket {span}), ms per "
             f"step: sdpa over the bucket {row['sdpa_padded_ms_per_step']}, kernel {row['kernel_ms_per_step']}, "

@@ -79,7 +79,7 @@ def test_decode_reference_reads_each_row_up_to_its_own_length():
 
 TRITON_CHECK = """
 import torch
-from emola.engine.decode_kernel import decode_attention, decode_attention_reference, splits_for
+from emola.engine.decode_kernel import INTERPRETER_TILES, decode_attention, decode_attention_reference, splits_for
 torch.manual_seed(0)
 cases = ((4, 4, 3, 200, torch.float32), (4, 2, 2, 130, torch.float32), (2, 2, 1, 64, torch.float32),
          (4, 2, 3, 300, torch.float8_e4m3fn))                # an FP8 cache: widened as it is loaded
@@ -89,8 +89,10 @@ for heads, kv, rows, context, cache in cases:
     k, v = torch.randn(rows + 1, kv, context, 16).to(cache), torch.randn(rows + 1, kv, context, 16).to(cache)
     lengths = torch.randint(1, context + 1, (rows,), dtype=torch.int32)
     lengths[0] = context
-    error = (decode_attention(q, k, v, lengths, 0.25) - decode_attention_reference(q, k, v, lengths, 0.25)).abs().max()
-    assert error < 1e-5, (heads, kv, rows, context, float(error))
+    want = decode_attention_reference(q, k, v, lengths, 0.25)
+    for tile in INTERPRETER_TILES:   # on the CUDA cores and on the tensor cores
+        error = (decode_attention(q, k, v, lengths, 0.25, tile=tile) - want).abs().max()
+        assert error < 1e-5, (heads, kv, rows, context, tile, float(error))
     print("splits", splits_for(rows, heads, context), "error", float(error))
 """
 
@@ -170,3 +172,36 @@ def lora_model_free_decoder():
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
     model = LlamaForCausalLM(config).eval()
     return PackedDecoder(model.model, model.lm_head, slots=3, context=16, cuda_graphs=False)
+
+
+COMPILE_CHECK = """
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from emola.engine.decode_kernel import TILES, _kernels
+from emola.engine.rope_kernel import _kernel
+hopper = GPUTarget("cuda", 90, 32)
+ints = lambda *names: {name: "i32" for name in names}
+for cache in ("*bf16", "*fp8e4nv"):
+    signature = {"qkv_ptr": "*bf16", "cos_ptr": "*bf16", "sin_ptr": "*bf16", "positions_ptr": "*i64", "rows_ptr": "*i64",
+                 "q_ptr": "*bf16", "k_ptr": "*bf16", "k_cache_ptr": cache, "v_cache_ptr": cache,
+                 **ints("qkv_token", "heads", "kv_heads", "cache_row", "cache_head", "cache_pos"), "HALF": "constexpr"}
+    triton.compile(ASTSource(_kernel(), signature, constexprs={"HALF": 64}), target=hopper)
+    signature = {"q_ptr": "*bf16", "k_ptr": cache, "v_ptr": cache, "lengths_ptr": "*i32", "out_ptr": "*fp32",
+                 "lse_ptr": "*fp32", **ints("q_row", "q_head", "k_row", "k_head", "k_pos", "heads", "groups", "splits",
+                                            "chunk"), "scale": "fp32", "D": "constexpr", "BLOCK": "constexpr",
+                 "DOT": "constexpr"}
+    for block, warps, stages, dot in TILES:
+        triton.compile(ASTSource(_kernels()[0], signature, constexprs={"D": 128, "BLOCK": block, "DOT": dot}),
+                       target=hopper, options={"num_warps": warps, "num_stages": stages})
+    print("compiled", cache)
+"""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed (CPU wheels of PyTorch)")
+def test_the_triton_kernels_compile_for_a_hopper_gpu():
+    """Both kernels, every autotuned tile, over a bf16 and an FP8 cache, compiled for sm_90 without a GPU: the
+    interpreter runs kernels as Python and misses what only the compiler rejects."""
+    run = subprocess.run([sys.executable, "-c", COMPILE_CHECK], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.count("compiled") == 2

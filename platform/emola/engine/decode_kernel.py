@@ -16,10 +16,13 @@ dtype or in FP8 (``float8_e4m3fn``, :data:`CACHE_DTYPES`): half the bytes per po
 key and value widened to float32 as it is loaded. The kernels take no host-side decisions
 from tensor values: a step can be captured in a CUDA graph.
 
-The tile (keys per block, warps, pipeline stages) is chosen on CUDA by Triton's autotuner
-the first time each problem (head size, keys per split, cache dtype) is met, that is in
-the engine's warm-up, and kept (:func:`tuned_tiles` reports the choices). Triton's
-interpreter (``TRITON_INTERPRET=1``, the CPU test) runs one fixed tile. Triton is imported
+Each program works in one of two forms: on the CUDA cores (each key dotted with the query
+and the values weighted, in float32) or on the tensor cores (the query as one row of a
+16-row matrix product). The form and the tile (keys per block, warps, pipeline stages,
+:data:`TILES`) are chosen on CUDA by Triton's autotuner the first time each problem (head
+size, keys per split, dtypes) is met, that is in the engine's warm-up, and kept
+(:func:`tuned_tiles` reports the choices). Triton's interpreter (``TRITON_INTERPRET=1``,
+the CPU test) runs the tile it is given. Triton is imported
 lazily: machines without it (CPU wheels of PyTorch) never call here.
 """
 
@@ -36,10 +39,17 @@ MAX_SPLITS = 16
 #: A split covers whole multiples of this many positions (the largest tile's keys).
 BLOCK_N = 128
 #: The tiles the autotuner tries: (keys per block, warps, pipeline stages).
-TILES = ((32, 2, 2), (32, 4, 3), (64, 4, 2), (64, 4, 3), (64, 4, 4), (64, 8, 3), (128, 4, 3), (128, 8, 2),
-         (128, 8, 3), (128, 8, 4))
-#: The interpreter's one tile.
-INTERPRETER_TILE = (64, 4, 1)
+#: The tiles the autotuner tries: (keys per block, warps, pipeline stages, on the tensor cores). The CUDA-core
+#: form won at 32 rows in bf16 with small tiles, and over an FP8 cache with large ones (H200); the
+#: tensor-core form spends no CUDA-core work on the products, which bounds the FP8 form (widening, then
+#: a multiply and a sum per entry).
+TILES = ((16, 1, 2, False), (32, 1, 2, False), (32, 2, 2, False), (32, 2, 3, False), (32, 4, 3, False),
+         (64, 2, 3, False), (64, 4, 3, False), (64, 4, 4, False), (128, 4, 3, False), (128, 4, 4, False),
+         (128, 8, 3, False), (256, 8, 3, False),
+         (32, 4, 3, True), (64, 4, 2, True), (64, 4, 3, True), (64, 4, 4, True), (128, 4, 3, True),
+         (128, 8, 3, True), (128, 8, 4, True))
+#: The interpreter's tiles (both forms are tested there; the first is used).
+INTERPRETER_TILES = ((64, 4, 1, False), (32, 4, 1, True))
 #: Cache dtypes the kernel reads besides the model's own.
 CACHE_DTYPES = {"float8_e4m3fn": torch.float8_e4m3fn}
 
@@ -50,7 +60,7 @@ def _kernels():
     import triton.language as tl
 
     def part(q_ptr, k_ptr, v_ptr, lengths_ptr, out_ptr, lse_ptr, q_row, q_head, k_row, k_head, k_pos,
-             heads, groups, splits, chunk, scale, D: tl.constexpr, BLOCK: tl.constexpr):
+             heads, groups, splits, chunk, scale, D: tl.constexpr, BLOCK: tl.constexpr, DOT: tl.constexpr):
         row = tl.program_id(0)
         head = tl.program_id(1)
         split = tl.program_id(2)
@@ -58,24 +68,53 @@ def _kernels():
         start = split * chunk
         end = tl.minimum(start + chunk, length)
         d = tl.arange(0, D)
-        q = tl.load(q_ptr + row * q_row + head * q_head + d).to(tl.float32) * scale
         base = row * k_row + (head // groups) * k_head
-        best = tl.max(tl.full((BLOCK,), float("-inf"), tl.float32), axis=0)
-        total = tl.sum(tl.zeros((BLOCK,), tl.float32), axis=0)
-        acc = tl.zeros((D,), tl.float32)
-        for n in range(start, end, BLOCK):
-            keys = n + tl.arange(0, BLOCK)
-            inside = keys < end
-            offsets = base + keys[:, None] * k_pos + d[None, :]
-            k = tl.load(k_ptr + offsets, mask=inside[:, None], other=0.0).to(tl.float32)
-            scores = tl.where(inside, tl.sum(k * q[None, :], axis=1), float("-inf"))
-            new_best = tl.maximum(best, tl.max(scores, axis=0))
-            rescale = tl.exp(best - new_best)
-            p = tl.exp(scores - new_best)
-            v = tl.load(v_ptr + offsets, mask=inside[:, None], other=0.0).to(tl.float32)
-            acc = acc * rescale + tl.sum(p[:, None] * v, axis=0)
-            total = total * rescale + tl.sum(p, axis=0)
-            best = new_best
+        if DOT:
+            # On the tensor cores: the query as row 0 of a 16-row tile (the smallest a matrix product takes;
+            # rows 1-15 are zeros, their softmax harmless), keys and values widened to the query's dtype.
+            lanes = tl.arange(0, 16)
+            q16 = tl.load(q_ptr + row * q_row + head * q_head + lanes[:, None] * 0 + d[None, :],
+                          mask=lanes[:, None] == 0, other=0.0)
+            best16 = tl.full((16,), float("-inf"), tl.float32)
+            total16 = tl.zeros((16,), tl.float32)
+            acc16 = tl.zeros((16, D), tl.float32)
+            for n in range(start, end, BLOCK):
+                keys = n + tl.arange(0, BLOCK)
+                inside = keys < end
+                offsets = base + keys[:, None] * k_pos + d[None, :]
+                k = tl.load(k_ptr + offsets, mask=inside[:, None], other=0.0).to(q16.dtype)
+                scores = tl.dot(q16, tl.trans(k)) * scale                                  # (16, BLOCK)
+                scores = tl.where(inside[None, :], scores, float("-inf"))
+                new_best = tl.maximum(best16, tl.max(scores, axis=1))
+                rescale = tl.exp(best16 - new_best)
+                p = tl.exp(scores - new_best[:, None])
+                v = tl.load(v_ptr + offsets, mask=inside[:, None], other=0.0).to(q16.dtype)
+                acc16 = acc16 * rescale[:, None] + tl.dot(p.to(q16.dtype), v)
+                total16 = total16 * rescale + tl.sum(p, axis=1)
+                best16 = new_best
+            first = lanes == 0
+            acc = tl.sum(tl.where(first[:, None], acc16, 0.0), axis=0)
+            total = tl.sum(tl.where(first, total16, 0.0), axis=0)
+            best = tl.max(tl.where(first, best16, float("-inf")), axis=0)
+        else:
+            # On the CUDA cores: each key dotted with the query, the values weighted, all in float32.
+            q = tl.load(q_ptr + row * q_row + head * q_head + d).to(tl.float32) * scale
+            best = tl.max(tl.full((BLOCK,), float("-inf"), tl.float32), axis=0)
+            total = tl.sum(tl.zeros((BLOCK,), tl.float32), axis=0)
+            acc = tl.zeros((D,), tl.float32)
+            for n in range(start, end, BLOCK):
+                keys = n + tl.arange(0, BLOCK)
+                inside = keys < end
+                offsets = base + keys[:, None] * k_pos + d[None, :]
+                k = tl.load(k_ptr + offsets, mask=inside[:, None], other=0.0).to(tl.float32)
+                scores = tl.where(inside, tl.sum(k * q[None, :], axis=1), float("-inf"))
+                new_best = tl.maximum(best, tl.max(scores, axis=0))
+                rescale = tl.exp(best - new_best)
+                p = tl.exp(scores - new_best)
+                v = tl.load(v_ptr + offsets, mask=inside[:, None], other=0.0).to(tl.float32)
+                acc = acc * rescale + tl.sum(p[:, None] * v, axis=0)
+                total = total * rescale + tl.sum(p, axis=0)
+                best = new_best
         slot = (row * heads + head) * splits + split
         seen = total > 0
         tl.store(out_ptr + slot * D + d, tl.where(seen, acc / tl.where(seen, total, 1.0), 0.0))
@@ -99,7 +138,8 @@ def _kernels():
     part = triton.jit(part)
     tuned = None
     if os.environ.get("TRITON_INTERPRET") != "1":   # the autotuner times configs on a GPU
-        configs = [triton.Config({"BLOCK": block}, num_warps=warps, num_stages=stages) for block, warps, stages in TILES]
+        configs = [triton.Config({"BLOCK": block, "DOT": dot}, num_warps=warps, num_stages=stages)
+                   for block, warps, stages, dot in TILES]
         tuned = triton.autotune(configs=configs, key=["D", "chunk"])(part)   # the tensors' dtypes join the key
     return part, tuned, combine
 
@@ -113,7 +153,8 @@ def tuned_tiles() -> dict[str, str]:
         d, chunk, *dtypes = key
         cache_dtype = dtypes[1] if len(dtypes) > 1 else "?"   # q, then the key cache
         chosen[f"D={d} chunk={chunk} {cache_dtype}"] = (
-            f"BLOCK={config.kwargs['BLOCK']} warps={config.num_warps} stages={config.num_stages}")
+            f"BLOCK={config.kwargs['BLOCK']} warps={config.num_warps} stages={config.num_stages}"
+            + (" tensor cores" if config.kwargs.get("DOT") else ""))
     return chosen
 
 
@@ -125,13 +166,14 @@ def splits_for(rows: int, heads: int, context: int) -> int:
 
 
 def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, lengths: torch.Tensor,
-                     scale: float) -> torch.Tensor:
+                     scale: float, tile: tuple[int, int, int, bool] | None = None) -> torch.Tensor:
     """One query per row over its own cache positions.
 
     ``q`` ``(rows, heads, d)`` (last dimension contiguous); ``k_cache``, ``v_cache`` one layer
     ``(>= rows, kv_heads, context, d)``, contiguous, in ``q``'s dtype or FP8; ``lengths`` ``(rows,)`` int32, each at least 1:
     row ``b`` attends over positions ``0 .. lengths[b]-1`` of cache row ``b``. Returns
-    ``(rows, heads * d)`` in ``q``'s dtype.
+    ``(rows, heads * d)`` in ``q``'s dtype. ``tile``: the tile to run, one of :data:`TILES` (default: the
+    autotuner's choice on CUDA, the first of :data:`INTERPRETER_TILES` under the interpreter).
     """
     part, tuned, combine = _kernels()
     rows, heads, d = q.shape
@@ -143,11 +185,11 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     lse = torch.empty(rows * heads * splits, dtype=torch.float32, device=q.device)
     args = (q, k_cache, v_cache, lengths, parts, lse, q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1),
             k_cache.stride(2), heads, heads // kv_heads, splits, chunk, scale)
-    if tuned is not None:
+    if tuned is not None and tile is None:
         tuned[(rows, heads, splits)](*args, D=d)
     else:
-        block, warps, stages = INTERPRETER_TILE
-        part[(rows, heads, splits)](*args, D=d, BLOCK=block, num_warps=warps, num_stages=stages)
+        block, warps, stages, dot = tile or INTERPRETER_TILES[0]
+        part[(rows, heads, splits)](*args, D=d, BLOCK=block, DOT=dot, num_warps=warps, num_stages=stages)
     out = torch.empty(rows, heads, d, dtype=q.dtype, device=q.device)
     combine[(rows, heads)](parts, lse, out, out.stride(0), out.stride(1), heads, splits, D=d,
                            SPLITS=max(2, 1 << (splits - 1).bit_length()))
@@ -171,8 +213,8 @@ def decode_attention_reference(q: torch.Tensor, k_cache: torch.Tensor, v_cache: 
 def decode_kernel_problem(device: torch.device, dtype: torch.dtype, heads: int, kv_heads: int,
                           head_dim: int, cache_dtype: torch.dtype | None = None) -> str | None:
     """Why :func:`decode_attention` cannot serve here (None: it can): Triton must compile it for ``device``
-    and it must agree with :func:`decode_attention_reference` on rows of different lengths, over a cache
-    of ``cache_dtype`` (default ``dtype``)."""
+    and, in every tile the autotuner may choose, it must agree with :func:`decode_attention_reference` on
+    rows of different lengths, over a cache of ``cache_dtype`` (default ``dtype``)."""
     if device.type != "cuda":
         return "the Triton decode kernel runs on CUDA only"
     try:
@@ -185,11 +227,12 @@ def decode_kernel_problem(device: torch.device, dtype: torch.dtype, heads: int, 
         lengths = torch.tensor([1, 37, 64, 65, 320], dtype=torch.int32, device=device)
         scale = head_dim ** -0.5
         for n in (rows, 1):
-            got = decode_attention(q[:n], k, v, lengths[-n:].contiguous() if n == 1 else lengths, scale)
             want = decode_attention_reference(q[:n], k, v, lengths[-n:] if n == 1 else lengths, scale)
-            error = float((got.float() - want.float()).abs().max())
-            if not error <= 0.05:
-                return f"the Triton decode kernel disagrees with the reference (max error {error:.3g})"
+            for tile in TILES:
+                got = decode_attention(q[:n], k, v, lengths[-n:].contiguous() if n == 1 else lengths, scale, tile=tile)
+                error = float((got.float() - want.float()).abs().max())
+                if not error <= 0.05:
+                    return f"the Triton decode kernel disagrees with the reference in tile {tile} (max error {error:.3g})"
     except Exception as err:  # noqa: BLE001 - any failure means: attend another way
         return f"the Triton decode kernel failed: {type(err).__name__}: {err}"[:500]
     return None

@@ -46,24 +46,27 @@ def _kernel():
             s2 = tl.load(sin_ptr + table + HALF + i).to(tl.float32)
             y1 = x1 * c1 - x2 * s1
             y2 = x2 * c2 + x1 * s2
+            # (each branch names its own values: Triton joins the names both branches assign, so one name
+            # may not hold values of two dtypes)
             if head < heads:
-                out = q_ptr + (token * heads + head) * 2 * HALF
-                tl.store(out + i, y1.to(q_ptr.dtype.element_ty))
-                tl.store(out + HALF + i, y2.to(q_ptr.dtype.element_ty))
+                q_out = q_ptr + (token * heads + head) * 2 * HALF
+                tl.store(q_out + i, y1.to(q_ptr.dtype.element_ty))
+                tl.store(q_out + HALF + i, y2.to(q_ptr.dtype.element_ty))
             else:
-                kv = head - heads
-                out = k_ptr + (token * kv_heads + kv) * 2 * HALF
-                y1, y2 = y1.to(k_ptr.dtype.element_ty), y2.to(k_ptr.dtype.element_ty)   # the cache gets these
-                tl.store(out + i, y1)
-                tl.store(out + HALF + i, y2)
-                cache = k_cache_ptr + row * cache_row + kv * cache_head + position * cache_pos
-                tl.store(cache + i, y1.to(k_cache_ptr.dtype.element_ty))
-                tl.store(cache + HALF + i, y2.to(k_cache_ptr.dtype.element_ty))
+                k_head = head - heads
+                k1 = y1.to(k_ptr.dtype.element_ty)   # the cache gets the rounded k, as the PyTorch path stores it
+                k2 = y2.to(k_ptr.dtype.element_ty)
+                k_out = k_ptr + (token * kv_heads + k_head) * 2 * HALF
+                tl.store(k_out + i, k1)
+                tl.store(k_out + HALF + i, k2)
+                k_entry = k_cache_ptr + row * cache_row + k_head * cache_head + position * cache_pos
+                tl.store(k_entry + i, k1.to(k_cache_ptr.dtype.element_ty))
+                tl.store(k_entry + HALF + i, k2.to(k_cache_ptr.dtype.element_ty))
         else:
-            kv = head - heads - kv_heads
-            cache = v_cache_ptr + row * cache_row + kv * cache_head + position * cache_pos
-            tl.store(cache + i, x1.to(v_cache_ptr.dtype.element_ty))
-            tl.store(cache + HALF + i, x2.to(v_cache_ptr.dtype.element_ty))
+            v_head = head - heads - kv_heads
+            v_entry = v_cache_ptr + row * cache_row + v_head * cache_head + position * cache_pos
+            tl.store(v_entry + i, x1.to(v_cache_ptr.dtype.element_ty))
+            tl.store(v_entry + HALF + i, x2.to(v_cache_ptr.dtype.element_ty))
 
     return rope_store
 
