@@ -20,7 +20,8 @@ Each program works in one of two forms: on the CUDA cores (each key dotted with 
 and the values weighted, in float32) or on the tensor cores (the query as one row of a
 16-row matrix product). The form and the tile (keys per block, warps, pipeline stages,
 :data:`TILES`) are chosen on CUDA by Triton's autotuner the first time each problem (head
-size, keys per split, dtypes) is met, that is in the engine's warm-up, and kept
+size, keys per split, dtypes) is met, that is in the engine's warm-up (each tile timed from a
+CUDA graph), and kept
 (:func:`tuned_tiles` reports the choices). Triton's interpreter (``TRITON_INTERPRET=1``,
 the CPU test) runs the tile it is given. Triton is imported
 lazily: machines without it (CPU wheels of PyTorch) never call here.
@@ -140,7 +141,17 @@ def _kernels():
     if os.environ.get("TRITON_INTERPRET") != "1":   # the autotuner times configs on a GPU
         configs = [triton.Config({"BLOCK": block, "DOT": dot}, num_warps=warps, num_stages=stages)
                    for block, warps, stages, dot in TILES]
-        tuned = triton.autotune(configs=configs, key=["D", "chunk"])(part)   # the tensors' dtypes join the key
+        # Timed from CUDA graphs: a small step's kernel is shorter than its launch from Python, so timed
+        # launch by launch every tile would measure alike and the choice would be noise.
+        from triton.testing import do_bench_cudagraph
+
+        def graph_bench(kernel_call, quantiles):
+            return do_bench_cudagraph(kernel_call, rep=20, quantiles=quantiles)
+
+        try:
+            tuned = triton.autotune(configs=configs, key=["D", "chunk"], do_bench=graph_bench)(part)   # + the dtypes
+        except TypeError:   # a Triton before autotune's do_bench: launch by launch
+            tuned = triton.autotune(configs=configs, key=["D", "chunk"])(part)
     return part, tuned, combine
 
 
