@@ -32,6 +32,7 @@ from emola.metrics.rege_parsers import aus_of, emotion_of
 from emola.video import VideoLimits, VideoProblem, looks_like_video, probe
 from serve.inputs import (RequestError, b64_bytes, decode_upload, image_url_bytes, last_user_turn, video_error,
                           video_options)
+from serve.landmarks import NO_FACE_NEEDED, cached_face
 
 API_KEY_ENV = "EMOLA_API_KEY"
 OPEN_PATHS = ("/", "/healthz", "/readyz", "/static/")   # probes and the page; the page sends the key itself
@@ -130,6 +131,7 @@ class EmolaAPI:
         self.faces, self.models, self.settings = faces, models, settings
         app.state.settings = settings
         self.part_info: dict[str, dict] | None = None
+        self._known: asyncio.Future | None = None   # the face deployment's known faces, asked once
 
     # ---------------------------------------------------------------- helpers
     async def _call(self, make, what: str):
@@ -181,7 +183,24 @@ class EmolaAPI:
             return next(iter(parts))
         raise RequestError(404, "model_not_found", f"model: {model_id!r} is not one of {', '.join(ids)}")
 
+    async def _known_faces(self) -> dict:
+        """:meth:`~serve.landmarks.LandmarkDetector.known`, asked once (concurrent first requests share the call;
+        a failed call is asked again by the next request)."""
+        failed = self._known is not None and self._known.done() and (
+            self._known.cancelled() or self._known.exception() is not None)
+        if self._known is None or failed:
+            self._known = asyncio.ensure_future(self._call(self.faces.known.remote, "landmark cache"))
+        return await asyncio.shield(self._known)
+
     async def _face(self, image) -> dict:
+        """The face and prior of ``image``: answered here when the face deployment has it cached (or the models
+        need none), else detected there."""
+        started = time.perf_counter()
+        known = await self._known_faces()
+        if not known["needs_face"]:
+            return dict(NO_FACE_NEEDED)
+        if (hit := known["faces"].get(image.sha256)) is not None:
+            return cached_face(hit, known["source"], started)
         face = await self._call(lambda: self.faces.detect.remote(image.wire, image.sha256), "face detection")
         if face["status"] == "no_face":
             raise RequestError(422, "no_face", f"no face found in the image ({face['reason']})")

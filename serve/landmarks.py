@@ -5,6 +5,10 @@ The backend is the one whose prior vectors match the checkpoint's training data
 an image whose content hash is in the cache under the checkpoint's own backend key gets
 exactly the landmarks it was trained or evaluated with (FABA-Synth's annotated faces,
 which no detector finds, are served this way); other images go to the live backend.
+
+The ingress asks once for what the deployment knows without detecting (:meth:`LandmarkDetector.known`:
+whether the models need a face at all, and the cached faces) and answers those requests
+itself (:func:`cached_face`), so a known image costs no call to this deployment.
 """
 
 from __future__ import annotations
@@ -34,6 +38,17 @@ def _cached_results(cache_root: str | None, backend_key: str) -> dict[str, dict]
     return faces
 
 
+def cached_face(hit: dict, source: str, started: float) -> dict:
+    """:meth:`LandmarkDetector.detect`'s answer for a cached face ``hit`` (a row of :func:`_cached_results`)."""
+    face = {k: hit[k] for k in ("box", "score", "landmarks")}
+    return {"status": "ok", "reason": "", "face": face, "prior": hit["prior"], "source": source,
+            "ms": round(1e3 * (time.perf_counter() - started), 2)}
+
+
+#: :meth:`LandmarkDetector.detect`'s answer when the served models read no prior.
+NO_FACE_NEEDED = {"status": "ok", "reason": "", "face": None, "prior": None, "source": None, "ms": 0.0}
+
+
 @serve.deployment(name="LandmarkDetector")
 class LandmarkDetector:
     def __init__(self, checkpoints: list[str], landmarks: dict, landmark_cache: str | None):
@@ -54,20 +69,24 @@ class LandmarkDetector:
         self.cached = _cached_results(landmark_cache, config.landmark_backend) if name else {}
         self.source = {"backend": self.backend.key if self.backend else None, "cache": config.landmark_backend,
                        "cached_images": len(self.cached)}
+        self.detections = 0   # detect calls this replica answered
 
     def info(self) -> dict:
-        return self.source
+        return {**self.source, "detect_calls": self.detections}
+
+    def known(self) -> dict:
+        """What needs no detection: ``{needs_face, source, faces: {sha256: cached face}}`` (the ingress's copy)."""
+        return {"needs_face": self.backend is not None, "source": self.source["cache"], "faces": self.cached}
 
     def detect(self, image: bytes | np.ndarray, sha256: str) -> dict:
         """``image`` (:attr:`serve.inputs.DecodedImage.wire`: encoded bytes or ``(H, W, 3)`` uint8 pixels) ->
         ``{status, reason, face: {box, score, landmarks}, prior, source}``; a cached image is not decoded."""
         started = time.perf_counter()
+        self.detections += 1
         if self.backend is None:  # a model without the prior token needs no face
-            return {"status": "ok", "reason": "", "face": None, "prior": None, "source": None, "ms": 0.0}
+            return dict(NO_FACE_NEEDED)
         if hit := self.cached.get(sha256):
-            face = {k: hit[k] for k in ("box", "score", "landmarks")}
-            return {"status": "ok", "reason": "", "face": face, "prior": hit["prior"], "source": self.source["cache"],
-                    "ms": round(1e3 * (time.perf_counter() - started), 2)}
+            return cached_face(hit, self.source["cache"], started)
         result = self.backend.extract([pixels_of(image)])[0]
         ms = round(1e3 * (time.perf_counter() - started), 2)
         if result.status != "ok":

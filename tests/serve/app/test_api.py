@@ -58,6 +58,25 @@ def test_analyze_a_faba_synth_test_image(server, synth_test_images, small_pipeli
     assert body["results"]["emotion"]["batch_size"] == 2
 
 
+def test_a_cached_face_is_answered_by_the_ingress_and_others_go_to_the_detector(server, synth_test_images):
+    """A known image (FABA-Synth: in the landmark cache) costs no call to the face deployment; an unknown one does."""
+    blank = _png(np.full((96, 96, 3), 180, np.uint8))
+
+    def detect_calls(client) -> int:
+        return client.get("/readyz").json()["faces"]["detect_calls"]
+
+    with server.client() as client:
+        before = detect_calls(client)
+        for image, _ in synth_test_images[:3]:
+            response = client.post("/v1/analyze", files={"file": (image.name, image.read_bytes(), "image/jpeg")},
+                                   data={"task": "emotion"})
+            assert response.status_code == 200 and response.json()["landmark_source"] == "annotation@1-68"
+        assert detect_calls(client) == before
+        unknown = client.post("/v1/analyze", files={"file": ("blank.png", blank, "image/png")})
+        assert unknown.status_code == 422 and unknown.json()["error"]["code"] == "no_face"
+        assert detect_calls(client) == before + 1
+
+
 def test_analyze_json_base64_and_data_url(server, synth_test_images):
     image, _ = synth_test_images[1]
     with server.client() as client:
