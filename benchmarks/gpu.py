@@ -235,8 +235,9 @@ def rope_profile(engine, sizes) -> dict:
                 decoder.rope_kernel = kernel
 
                 def layers(qkv, positions, cache_rows):
+                    rope = decoder._step_rope(positions)   # once per step, as the decoders do
                     for index in range(len(decoder.layers)):
-                        q, _, _ = decoder._rotate_store(index, qkv, positions, cache_rows)
+                        q, _, _ = decoder._rotate_store(index, qkv, positions, cache_rows, rope)
                     return q
 
                 run = ShapeGraphs(layers, None) if decoder.device.type == "cuda" else layers

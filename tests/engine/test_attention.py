@@ -150,7 +150,7 @@ def test_rope_reference_equals_the_decoders_rotation_and_store(lora_model_free_d
     width = (decoder.heads + 2 * decoder.kv_heads) * decoder.head_dim
     qkv = torch.randn(n, width)
     positions, rows = torch.tensor([0, 7, 3]), torch.tensor([1, 0, 2])
-    q, k, v = decoder._rotate_store(1, qkv, positions, rows)
+    q, k, v = decoder._rotate_store(1, qkv, positions, rows, decoder._step_rope(positions))
     caches = [torch.zeros_like(decoder.k_cache[1]), torch.zeros_like(decoder.v_cache[1])]
     want = rope_store_reference(qkv, decoder.cos, decoder.sin, positions, rows, *caches, decoder.heads,
                                 decoder.kv_heads)

@@ -6,24 +6,22 @@ length bucket; PyTorch's variable-length kernels read each row's own length but 
 tiles of 64-128 queries, so one query per row wastes most of their arithmetic (measured
 slower than the masked batched kernel at the ``emola-7b`` shape). :func:`decode_attention`
 reads row ``b``'s cache positions ``0 .. lengths[b]-1`` and nothing more, one query at a
-time: the keys of a block are dotted with the query and the values weighted on the CUDA
-cores, with the online softmax of FlashAttention. Long rows are split over several
+time, with the online softmax of FlashAttention. Long rows are split over several
 programs (flash-decoding) whose partial results a second kernel combines, so that a step
 of few rows still keeps the GPU's memory system busy.
 
 The cache is the slot decoder's, one layer ``(rows, kv_heads, context, d)``, in the model's
 dtype or in FP8 (``float8_e4m3fn``, :data:`CACHE_DTYPES`): half the bytes per position, each
-key and value widened to float32 as it is loaded. The kernels take no host-side decisions
-from tensor values: a step can be captured in a CUDA graph.
+entry widened as it is loaded. The kernels take no host-side decisions from tensor values:
+a step can be captured in a CUDA graph.
 
 Each program works in one of two forms: on the CUDA cores (each key dotted with the query
-and the values weighted, in float32) or on the tensor cores (the query as one row of a
-16-row matrix product). The form and the tile (keys per block, warps, pipeline stages,
+and the values weighted, in float32) or on the tensor cores (the query as row 0 of a
+16-row matrix product). The form and the tile (keys per block, warps, pipeline stages:
 :data:`TILES`) are chosen on CUDA by Triton's autotuner the first time each problem (head
-size, keys per split, dtypes) is met, that is in the engine's warm-up (each tile timed from a
-CUDA graph), and kept
-(:func:`tuned_tiles` reports the choices). Triton's interpreter (``TRITON_INTERPRET=1``,
-the CPU test) runs the tile it is given. Triton is imported
+size, keys per split, dtypes) is met, that is in the engine's warm-up, each tile timed
+from a CUDA graph; :func:`tuned_tiles` reports the choices. Triton's interpreter
+(``TRITON_INTERPRET=1``, the CPU test) runs the tile it is given. Triton is imported
 lazily: machines without it (CPU wheels of PyTorch) never call here.
 """
 
@@ -39,11 +37,9 @@ TARGET_PROGRAMS = 2048
 MAX_SPLITS = 16
 #: A split covers whole multiples of this many positions (the largest tile's keys).
 BLOCK_N = 128
-#: The tiles the autotuner tries: (keys per block, warps, pipeline stages).
-#: The tiles the autotuner tries: (keys per block, warps, pipeline stages, on the tensor cores). The CUDA-core
-#: form won at 32 rows in bf16 with small tiles, and over an FP8 cache with large ones (H200); the
-#: tensor-core form spends no CUDA-core work on the products, which bounds the FP8 form (widening, then
-#: a multiply and a sum per entry).
+#: The tiles the autotuner tries: (keys per block, warps, pipeline stages, on the tensor cores). Chosen on an
+#: H200 at 32 rows: the tensor-core form (64 keys, 4 warps) over a bf16 cache, the CUDA-core form (64 keys,
+#: 2 warps) over FP8; at fewer rows, whose rows are split more finely, small CUDA-core tiles.
 TILES = ((16, 1, 2, False), (32, 1, 2, False), (32, 2, 2, False), (32, 2, 3, False), (32, 4, 3, False),
          (64, 2, 3, False), (64, 4, 3, False), (64, 4, 4, False), (128, 4, 3, False), (128, 4, 4, False),
          (128, 8, 3, False), (256, 8, 3, False),

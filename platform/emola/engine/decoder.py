@@ -238,14 +238,21 @@ class DecoderWeights:
         q, k = self._rope(qk.unflatten(-1, (h + kv, d)), cos, sin).split([h, kv], dim=-2)
         return q, k, v.unflatten(-1, (kv, d))
 
-    def _rotate_store(self, layer: int, qkv: torch.Tensor, positions: torch.Tensor, rows: torch.Tensor):
+    def _step_rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The RoPE tables at a step's ``positions``, gathered once for every layer: ``(n, 1, d)`` each (None with
+        ``rope_kernel``, which reads the tables itself)."""
+        return None if self.rope_kernel else (self.cos[positions][:, None], self.sin[positions][:, None])
+
+    def _rotate_store(self, layer: int, qkv: torch.Tensor, positions: torch.Tensor, rows: torch.Tensor,
+                      rope: tuple[torch.Tensor, torch.Tensor] | None):
         """A step's tokens ``qkv`` ``(n, (heads + 2 kv_heads) d)`` at ``positions`` ``(n,)`` -> q ``(n, heads, d)``,
         k, v ``(n, kv_heads, d)``, k and v written to cache ``rows`` of ``layer``: one Triton kernel with
-        ``rope_kernel`` (:mod:`emola.engine.rope_kernel`), else :meth:`_qkv` and :meth:`store`."""
-        if self.rope_kernel:
+        ``rope_kernel`` (:mod:`emola.engine.rope_kernel`), else :meth:`_qkv` with ``rope`` (:meth:`_step_rope`)
+        and :meth:`store`."""
+        if rope is None:
             return rope_store(qkv, self.cos, self.sin, positions, rows, self.k_cache[layer], self.v_cache[layer],
                               self.heads, self.kv_heads)
-        q, k, v = self._qkv(qkv, self.cos[positions][:, None], self.sin[positions][:, None])
+        q, k, v = self._qkv(qkv, *rope)
         self.store(layer, rows, positions, k, v)
         return q, k, v
 
@@ -375,8 +382,9 @@ class SlotDecoder(DecoderWeights):
         slots = self._slot_ids[:batch]
         x = self.embed(tokens)                                              # (b, hidden)
         mask = self._row_mask(positions, span, self.attention)
+        rope = self._step_rope(positions)
         for index, layer in enumerate(self.layers):
-            q, _, _ = self._rotate_store(index, _apply(self._rms(x, layer.norm1), layer.qkv), positions, slots)
+            q, _, _ = self._rotate_store(index, _apply(self._rms(x, layer.norm1), layer.qkv), positions, slots, rope)
             keys = self.k_cache[index, :batch, :, :span]                       # (b, kv, span, d)
             values = self.v_cache[index, :batch, :, :span]
             attn = self._row_attention(q, keys, values, mask, self.attention)

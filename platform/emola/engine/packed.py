@@ -218,12 +218,13 @@ class PackedDecoder(DecoderWeights):
         cu = meta[at + self.slots:at + self.slots + s + 1].to(torch.int32)
         used = meta[at + self.slots + s + 1:].to(torch.int32)
         x = torch.where((ids >= 0)[:, None], self.embed(ids.clamp(min=0)), embeds)
+        rope = self._step_rope(positions)
         if width and self.rows == "padded":
             mask = self._row_mask(positions[:width], span, self.row_attention)
         elif width:
             lengths = (positions[:width] + 1).to(torch.int32)
         for index, layer in enumerate(self.layers):
-            q, k, v = self._rotate_store(index, _apply(self._rms(x, layer.norm1), layer.qkv), positions, rows)
+            q, k, v = self._rotate_store(index, _apply(self._rms(x, layer.norm1), layer.qkv), positions, rows, rope)
             parts = []
             if width and self.rows == "padded":
                 keys, values = self.k_cache[index, :width, :, :span], self.v_cache[index, :width, :, :span]
