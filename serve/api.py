@@ -5,8 +5,7 @@ request parsing where every client mistake is a :class:`~serve.inputs.RequestErr
 (4xx, OpenAI's JSON error shape), and around every call into the face and model
 deployments (:meth:`EmolaAPI._call`): a timeout (504), a prompt too long for the model's
 context (400), every replica busy and the queue full (503 with ``Retry-After``), and a
-replica that died under the call (tried once more on another replica, then 503 with
-``Retry-After``). A replica that fails a request keeps serving the next one.
+replica that died under the call (tried up to twice more, then 503 with ``Retry-After``). A replica that fails a request keeps serving the next one.
 """
 
 
@@ -137,12 +136,15 @@ class EmolaAPI:
     async def _call(self, make, what: str):
         """Await ``make()`` (a deployment call); see the module docstring for what becomes which status.
 
-        ``make`` is called again when the replica that took the call died under it: a
-        generation is safe to repeat, and the router sends the repeat to a live replica.
+        ``make`` is called again, up to twice, when the replica that took the call died under it: a
+        generation is safe to repeat. Until Serve's router learns of the death it may pick the dead
+        replica again, so each repeat waits a moment longer.
         """
         timeout = self.settings["request_timeout_s"]
         retry = {"Retry-After": "1"}
-        for attempt in (1, 2):
+        for attempt in (1, 2, 3):
+            if attempt > 1:
+                await asyncio.sleep(0.25 * (attempt - 1))
             try:
                 return await asyncio.wait_for(make(), timeout=timeout)
             except asyncio.TimeoutError:
@@ -153,9 +155,9 @@ class EmolaAPI:
                 raise RequestError(503, "overloaded", f"{what}: every replica is busy and its queue is full; "
                                    "retry later", retry) from None
             except RayActorError:
-                if attempt == 2:
-                    raise RequestError(503, "replica_unavailable", f"{what}: the replica serving it stopped twice; "
-                                       "retry later", retry) from None
+                if attempt == 3:
+                    raise RequestError(503, "replica_unavailable", f"{what}: the replicas serving it stopped three "
+                                       "times; retry later", retry) from None
 
     def _model_id(self, part: str) -> str:
         return f"{self.settings['model_name']}-{part}" if part else self.settings["model_name"]
