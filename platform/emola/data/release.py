@@ -8,6 +8,7 @@ one :class:`RecordIssue` per bad record naming its index, its id and every reaso
 from __future__ import annotations
 
 import json
+import threading
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -146,10 +147,17 @@ def resolve_inside(root: Path, relative: str) -> Path:
     return resolved
 
 
+#: ``np.load`` parses each ``.npy`` header with ``ast.literal_eval``, and CPython 3.11's parser is not safe to
+#: enter from several threads at once ("AST constructor recursion depth mismatch", seen in the release check's
+#: thread pool): one thread at a time reads a landmark file.
+_NPY_LOCK = threading.Lock()
+
+
 def load_landmarks(path: Path) -> np.ndarray:
     """Load a landmark ``.npy`` (no pickles) as an ``(N, 2)`` float32 array of a known layout."""
     try:
-        array = np.load(path, allow_pickle=False)
+        with _NPY_LOCK:
+            array = np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise ValueError("landmark file not found") from None
     except (OSError, ValueError, EOFError) as err:
