@@ -46,14 +46,19 @@ def deployment_options(cfg: EmolaConfig, parts: dict[str, str]) -> dict[str, dic
                    "look_back_period_s": 5.0}
     # Beyond max_ongoing_requests (what one replica's engine queues and batches) and
     # max_queued_requests waiting for a replica, a call fails at once: the ingress answers 503.
+    # The ingress calls the model and face replicas over Serve's gRPC transport (serve/api.py), whose replica
+    # servers take 4 MiB per message unless told otherwise: room for the largest body the ingress accepts.
+    def grpc_limit() -> dict:
+        return {"env_vars": {"RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": str(s.max_body_bytes + 2**20)}}
+
     model = {"max_ongoing_requests": s.max_ongoing_requests, "max_queued_requests": s.max_queued_requests,
              "autoscaling_config": autoscaling,
-             "ray_actor_options": {"num_cpus": s.num_cpus, "num_gpus": s.num_gpus}}
+             "ray_actor_options": {"num_cpus": s.num_cpus, "num_gpus": s.num_gpus, "runtime_env": grpc_limit()}}
     return {
         **{model_deployment_name(part): dict(model) for part in parts},
         "LandmarkDetector": {"max_ongoing_requests": s.max_ongoing_requests, "autoscaling_config": dict(autoscaling),
                          "ray_actor_options": {"num_cpus": cfg.landmarks.cpus_per_actor,
-                                               "num_gpus": cfg.landmarks.gpus_per_actor}},
+                                               "num_gpus": cfg.landmarks.gpus_per_actor, "runtime_env": grpc_limit()}},
         # The ingress only parses and awaits: a small CPU share, many concurrent requests.
         "EmolaAPI": {"max_ongoing_requests": 4 * s.max_ongoing_requests, "num_replicas": 1,
                      "ray_actor_options": {"num_cpus": 0.1}},

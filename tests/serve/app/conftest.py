@@ -19,7 +19,7 @@ def server(readout_checkpoint, small_pipeline, tmp_path_factory):
 
     srv = local.start(tmp_path_factory.mktemp("serve"), [
         f"serve.checkpoint={readout_checkpoint}", f"serve.landmark_cache={small_pipeline['landmarks']}",
-        "serve.max_body_bytes=2000000", "serve.max_image_pixels=4000000", "serve.min_replicas=1",
+        "serve.max_body_bytes=6000000", "serve.max_image_pixels=4000000", "serve.min_replicas=1",
         "serve.max_replicas=1", "evaluate.generation.max_new_tokens=48", "video.upload_limits.max_pixels=800000"], api_key=API_KEY)
     yield srv
     srv.stop()

@@ -77,6 +77,22 @@ def test_a_cached_face_is_answered_by_the_ingress_and_others_go_to_the_detector(
         assert detect_calls(client) == before + 1
 
 
+def test_an_upload_larger_than_grpcs_default_message_reaches_the_detector(server):
+    """The ingress calls the face and model replicas over Serve's gRPC transport, whose replica servers take
+    4 MiB per message by default; the app raises that to what ``serve.max_body_bytes`` (6 MB here) lets in,
+    so a 5.9 MB upload is detected (no face in noise: 422) rather than failing the call (500)."""
+    noise = np.random.default_rng(0).integers(0, 256, (1400, 1400, 3), dtype=np.uint8)
+    data = _png(noise)
+    assert 4 * 2**20 < len(data) <= 6_000_000 and noise.nbytes > 4 * 2**20
+    with server.client() as client:
+        before = client.get("/readyz").json()["faces"]["detect_calls"]
+        response = client.post("/v1/analyze", files={"file": ("noise.png", data, "image/png")},
+                               data={"task": "emotion"})
+        assert response.status_code == 422, response.text
+        assert response.json()["error"]["code"] == "no_face"
+        assert client.get("/readyz").json()["faces"]["detect_calls"] == before + 1
+
+
 def test_analyze_json_base64_and_data_url(server, synth_test_images):
     image, _ = synth_test_images[1]
     with server.client() as client:
@@ -135,7 +151,7 @@ def test_bad_inputs_get_the_right_4xx_and_the_server_keeps_serving(server, synth
         "decompression bomb": (413, "image_too_large", {"files": {"file": ("bomb.png", _bomb_png(), "image/png")}}),
         "empty body": (400, "empty_body", {"content": b"", "headers": {"content-type": "application/json"}}),
         "empty file": (400, "image_empty", {"files": {"file": ("e.jpg", b"", "image/jpeg")}}),
-        "oversized body": (413, "body_too_large", {"files": {"file": ("big.jpg", b"\xff" * 2_100_000, "image/jpeg")}}),
+        "oversized body": (413, "body_too_large", {"files": {"file": ("big.jpg", b"\xff" * 6_100_000, "image/jpeg")}}),
         "no face": (422, "no_face", {"files": {"file": ("blank.png", blank, "image/png")}}),
         "malformed JSON": (400, "malformed_json", {"content": b'{"image": ', "headers": {"content-type": "application/json"}}),
         "bad base64": (400, "bad_base64", {"json": {"image": "***not base64***"}}),
