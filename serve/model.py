@@ -70,6 +70,7 @@ class EmolaModel:
         self.engine = InferenceEngine.from_checkpoint(self.resolved.path, InferenceConfig.model_validate(inference))
         self.processor = self.engine.processor
         self.landmarks, self.backend = landmarks, None
+        self._prompts: dict[str, tuple[int, ...]] = {}   # question -> prompt ids (tokenized once)
         self.graphs = self.engine.warm_up()   # CUDA: no request pays for graph capture
         self.engine.start()
 
@@ -85,11 +86,23 @@ class EmolaModel:
         g = item["generation"]
         p = self.processor
         return GenerationRequest(
-            prompt_ids=p.prompt_ids(item["question"]),
+            prompt_ids=self._prompt_ids(item["question"]),
             pixel_values=p.pixel_values([pixels_of(item["image"])])[0] if p.use_image else None,
             prior=np.asarray(item["prior"], np.float32) if p.use_prior else None,
             max_new_tokens=g["max_new_tokens"], temperature=g["temperature"], top_p=g["top_p"],
             seed=g.get("seed", 0))
+
+    def _prompt_ids(self, question: str) -> list[int]:
+        """The prompt of ``question``; the last 1,024 questions of up to 1,000 characters are tokenized once per
+        replica (most requests ask one of the fixed analysis questions)."""
+        ids = self._prompts.get(question)
+        if ids is None:
+            if len(question) > 1000:
+                return self.processor.prompt_ids(question)
+            if len(self._prompts) >= 1024:
+                self._prompts.pop(next(iter(self._prompts)))   # the oldest
+            ids = self._prompts[question] = tuple(self.processor.prompt_ids(question))
+        return list(ids)
 
     async def _tokens(self, request: GenerationRequest, stream: bool) -> AsyncIterator[int | _End]:
         """The request's tokens as they come (``stream``), then its :class:`_End`."""
