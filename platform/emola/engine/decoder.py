@@ -40,7 +40,7 @@ from torch.nn import functional as F
 from transformers.activations import ACT2FN
 
 from emola.engine.graphs import ShapeGraphs
-from emola.engine.rope_kernel import rope_store
+from emola.engine.rope_kernel import apply_rope, rope_store
 
 
 @dataclass
@@ -224,18 +224,12 @@ class DecoderWeights:
         rounding to the model's dtype (transformers rounds before scaling: the same in float32)."""
         return F.rms_norm(x, (x.shape[-1],), weight, self.eps)
 
-    @staticmethod
-    def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        half = x.shape[-1] // 2
-        rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-        return x * cos + rotated * sin
-
     def _qkv(self, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
         """``(..., (heads + 2 kv_heads) * d)`` -> q ``(..., heads, d)``, k, v ``(..., kv_heads, d)``,
         RoPE applied to q and k together (one set of kernels for both)."""
         d, h, kv = self.head_dim, self.heads, self.kv_heads
         qk, v = qkv.split([(h + kv) * d, kv * d], dim=-1)
-        q, k = self._rope(qk.unflatten(-1, (h + kv, d)), cos, sin).split([h, kv], dim=-2)
+        q, k = apply_rope(qk.unflatten(-1, (h + kv, d)), cos, sin).split([h, kv], dim=-2)
         return q, k, v.unflatten(-1, (kv, d))
 
     def _step_rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:

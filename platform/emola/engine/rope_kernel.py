@@ -97,18 +97,21 @@ def rope_store(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, position
     return q, k, _split(qkv, heads, kv_heads)[2]
 
 
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding of ``x`` ``(..., d)`` by ``cos``/``sin`` broadcast to it, as transformers' Llama
+    (``rotate_half``): the decoders' PyTorch path and :func:`rope_store_reference`."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
 def rope_store_reference(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor,
                          rows: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, heads: int,
                          kv_heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`rope_store` in PyTorch operations, rounding as transformers' Llama does (the check)."""
     q, k, v = _split(qkv, heads, kv_heads)
     c, s = cos[positions][:, None], sin[positions][:, None]
-
-    def rotate(x):
-        half = x.shape[-1] // 2
-        return x * c + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * s
-
-    q, k = rotate(q), rotate(k)
+    q, k = apply_rope(q, c, s), apply_rope(k, c, s)
     k_cache.view(torch.uint8)[rows, :, positions] = k.to(k_cache.dtype).view(torch.uint8)
     v_cache.view(torch.uint8)[rows, :, positions] = v.to(v_cache.dtype).view(torch.uint8)
     return q, k, v
