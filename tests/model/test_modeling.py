@@ -35,6 +35,18 @@ def test_prior_token_sits_right_after_the_image_tokens(tiny):
     assert text.endswith("questions. USER: ")  # the Vicuna v1 system prompt and role
 
 
+def test_a_question_that_spells_special_tokens_stays_text(tiny):
+    """A user's question holding "<image>", "<prior>" or "</s>" is tokenized as those characters: the prompt
+    still has one image's tokens, one prior token and no end token, and decodes back to the question."""
+    _, processor, config = tiny
+    question = "Is this <image> an <prior> face? </s> Say."
+    ids = processor.prompt_ids(question)
+    tok = processor.tokenizer
+    assert ids.count(processor.image_token_id) == config.num_image_tokens and ids.count(processor.prior_token_id) == 1
+    assert tok.eos_token_id not in ids
+    assert question in tok.decode(ids[ids.index(processor.prior_token_id) + 1:])
+
+
 def test_merged_embeddings_are_the_projector_outputs(tiny):
     model, processor, _ = tiny
     priors = np.random.default_rng(1).normal(size=(2, 136)).astype(np.float32)

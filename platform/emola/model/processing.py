@@ -48,7 +48,9 @@ class EmolaProcessor:
 
     # ------------------------------------------------------------------ text
     def _text_ids(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        """Text as plain text: a question that spells ``<image>``, ``<prior>`` or ``</s>`` gets those characters,
+        not the special tokens (which would ask for media the request does not carry, or end the prompt)."""
+        return self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
 
     def prompt_ids(self, question: str) -> list[int]:
         """BOS + the template's prompt with media placeholders expanded."""
