@@ -12,8 +12,12 @@ Inference: ms per token of one request (prompt of ~620 tokens: 40 text, 576 imag
 prior, the question), tokens/s with 8, 32 and 64 requests in flight (a closed loop: a
 finished request is replaced at once; prompts and answer lengths mixed as in FABA-Bench:
 half emotion-like answers of 48-128 tokens, half AU-like of 200-384), and the evaluate
-stage's answers/s (128 requests through ``generate``). The old path (transformers'
-``generate`` with LoRA unmerged) is timed beside it at batch 1.
+stage's answers/s (128 requests through ``generate``, with the published sampling). Each
+engine runs with its steps overlapped (``inference.overlap_steps``, the setting) and again
+with each step's tokens read before the next is launched: batch 1, 32 in flight, the
+evaluate stage; and it counts where the host waits for the device. The old path
+(transformers' ``generate`` with LoRA unmerged) is timed beside it at batch 1. A GPU run
+compares ``slot``, ``varlen`` and ``fp8`` unless ``--engines`` says otherwise.
 
 Training: the micro-batch step (micro batch 16; emotion-length samples of 697 tokens,
 AU-length 917, and a mix) with each lever on and off: sparse logits, fused AdamW,
@@ -202,11 +206,11 @@ def decode_profile(engine, sizes, span: int) -> dict:
     decoder = engine.decoder
     out = {}
     for rows in sizes:
+        decoder.tokens[:rows] = 5   # each row's last token, where the engine's sampling leaves it
         if engine.packed:
             def run():
-                decoder.step([5] * rows, [span - 1] * rows, [])
+                decoder.step(None, [span - 1] * rows, [])
         else:
-            decoder.tokens[:rows] = 5
             decoder.positions[:rows] = span - 1
 
             def run():
@@ -253,8 +257,9 @@ def mixed_profile(engine, s: dict, rows: int, span: int) -> dict:
     decoder = engine.decoder
     hidden = s["llava"].text_config.hidden_size
     prompt = torch.zeros(len(prompt_ids(s, np.random.default_rng(0))), hidden, dtype=s["dtype"], device=s["device"])
-    cases = {"decode_rows": ([5] * rows, [span - 1] * rows, []), "prompt": ([], [], [prompt]),
-             "both": ([5] * rows, [span - 1] * rows, [prompt])}
+    decoder.tokens[:rows] = 5
+    cases = {"decode_rows": (None, [span - 1] * rows, []), "prompt": (None, [], [prompt]),
+             "both": (None, [span - 1] * rows, [prompt])}
     out = {name: mean_ms(lambda case=case: decoder.step(*case), 10) for name, case in cases.items()}
     out["apart"] = round(out["decode_rows"] + out["prompt"], 3)
     return out
@@ -365,6 +370,28 @@ def engine_ms_per_token(engine, s: dict, tokens: int) -> float:
     return 1e3 * min(times[1] - times[0], times[3] - times[2]) / (tokens - 1)
 
 
+def host_syncs(engine, requests) -> dict:
+    """The calls that make the host wait for the device while ``engine.generate(requests)`` runs (PyTorch's
+    CUDA sync debug mode), by source line, against the steps run: with ``overlap_steps`` a decode step should
+    wait only where it reads the step before it (CUDA only; empty on the CPU)."""
+    if not torch.cuda.is_available():
+        return {}
+    import warnings
+    from collections import Counter
+
+    steps, prefills = engine.steps, engine.prefills
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            engine.generate(requests)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    where = Counter(f"{Path(w.filename).name}:{w.lineno}" for w in caught if "synchroniz" in str(w.message))
+    return {"steps": engine.steps - steps, "prefills": engine.prefills - prefills, "waits": sum(where.values()),
+            "by_line": dict(where.most_common(12))}
+
+
 def warm_up(engine, log) -> dict:
     """Capture the engine's graphs; a capture that fails leaves that part eager (and says so)."""
     errors = {}
@@ -397,11 +424,13 @@ ENGINES = {"varlen": {"packed_prefill": True, "decode_attention": "varlen", "pre
                    "kv_cache_dtype": "float8_e4m3fn"},
            "packed": {"packed_prefill": True, "decode_attention": "sdpa", "prefill_bucket": None},
            "slot": {"packed_prefill": False, "decode_attention": "sdpa", "prefill_bucket": 64}}
+#: What a GPU run compares unless told: the emola-7b setting first, the packed engines over each cache.
+DEFAULT_ENGINES = ("slot", "varlen", "fp8")
 
 
 def engine_run(model, s: dict, cfg, name: str, log, dry_run: bool) -> dict:
     """One engine on ``model``: graphs, where a step's time goes, batch 1, the closed loops, the evaluate stage."""
-    from emola.engine import GenerationRequest, InferenceEngine
+    from emola.engine import PUBLISHED_GENERATION, GenerationRequest, InferenceEngine
 
     result: dict = {"config": {k: getattr(cfg, k) for k in ("packed_prefill", "decode_attention", "kv_cache_dtype",
                                                            "prefill_bucket", "max_batch", "max_context",
@@ -441,30 +470,52 @@ def engine_run(model, s: dict, cfg, name: str, log, dry_run: bool) -> dict:
     for r in sample:
         r.max_new_tokens = 12
     result["sample_tokens"] = [g.token_ids for g in engine.generate(sample)]   # greedy: compared across engines
-    result["ms_per_token_batch1"] = round(engine_ms_per_token(engine, s, 64 if not dry_run else 16), 3)
-    log(f"[{name}] engine, batch 1: {result['ms_per_token_batch1']:.2f} ms/token")
+    # Each measurement with the engine's steps overlapped (the setting) and read one at a time, back to back:
+    # the second set under "without_overlap".
+    modes = [(True, result), (False, result.setdefault("without_overlap", {}))]
+    for overlap, into in modes:
+        engine.overlap = overlap
+        into["ms_per_token_batch1"] = round(engine_ms_per_token(engine, s, 64 if not dry_run else 16), 3)
+        log(f"[{name}] engine, batch 1{'' if overlap else ', steps not overlapped'}: "
+            f"{into['ms_per_token_batch1']:.2f} ms/token")
+    engine.overlap = True
+    result["host_syncs"] = host_syncs(engine, request_mix(s, 8, seed=5, engine_cls=GenerationRequest))
+    if result["host_syncs"]:
+        log(f"[{name}] the host waited for the device {result['host_syncs']['waits']} times in "
+            f"{result['host_syncs']['steps']} steps ({result['host_syncs']['prefills']} with arrivals): "
+            f"{result['host_syncs']['by_line']}")
     engine.start()
-    result["concurrent"] = []
-    for c in s["concurrency"]:
-        row = closed_loop(engine, request_mix(s, 4 * c, seed=c, engine_cls=GenerationRequest), c)
-        log(f"[{name}] {c:3d} requests in flight: {row['tokens_per_s']:8.0f} tokens/s steady "
-            f"({row['overall_tokens_per_s']:.0f} with ramp and drain; {row['requests']} requests, {row['tokens']} "
-            f"tokens, {row['seconds']} s, {row['prefills']} prefills, {row['decode_steps']} steps)")
-        result["concurrent"].append(row)
+    for overlap, into in modes:
+        into["concurrent"] = []
+    for c in s["concurrency"]:   # not overlapped: at the target's load only (the run stays within minutes)
+        for overlap, into in modes if c == s["concurrency"][1] else modes[:1]:
+            engine.overlap = overlap
+            row = closed_loop(engine, request_mix(s, 4 * c, seed=c, engine_cls=GenerationRequest), c)
+            log(f"[{name}] {c:3d} requests in flight{'' if overlap else ', not overlapped'}: "
+                f"{row['tokens_per_s']:8.0f} tokens/s steady ({row['overall_tokens_per_s']:.0f} with ramp and drain; "
+                f"{row['requests']} requests, {row['tokens']} tokens, {row['seconds']} s, {row['prefills']} prefills, "
+                f"{row['decode_steps']} steps)")
+            into["concurrent"].append(row)
     engine.stop()   # back to the offline path for the evaluate-stage run
     requests = request_mix(s, s["requests"], seed=7, engine_cls=GenerationRequest)
-    sync()
-    started = time.perf_counter()
-    outputs = engine.generate(requests)
-    sync()
-    elapsed = time.perf_counter() - started
-    result["evaluate"] = {"answers": len(outputs), "tokens": sum(len(o.token_ids) for o in outputs),
-                          "seconds": round(elapsed, 2), "answers_per_s": round(len(outputs) / elapsed, 2),
-                          "tokens_per_s": round(sum(len(o.token_ids) for o in outputs) / elapsed, 1),
-                          "max_batch": cfg.max_batch, "graphs_after": engine.decoder.graphs
-                          if engine.packed else len(engine.decoder._graphs)}
-    log(f"[{name}] evaluate stage (generate, {len(outputs)} answers, max batch {cfg.max_batch}): "
-        f"{result['evaluate']['answers_per_s']:.2f} answers/s, {result['evaluate']['tokens_per_s']:.0f} tokens/s")
+    for r in requests:   # the stage's published sampling (on CUDA, overlapped: every row through the draw)
+        r.temperature, r.top_p = PUBLISHED_GENERATION.temperature, PUBLISHED_GENERATION.top_p
+    for overlap, into in modes:
+        engine.overlap = overlap
+        sync()
+        started = time.perf_counter()
+        outputs = engine.generate(requests)
+        sync()
+        elapsed = time.perf_counter() - started
+        into["evaluate"] = {"answers": len(outputs), "tokens": sum(len(o.token_ids) for o in outputs),
+                            "seconds": round(elapsed, 2), "answers_per_s": round(len(outputs) / elapsed, 2),
+                            "tokens_per_s": round(sum(len(o.token_ids) for o in outputs) / elapsed, 1),
+                            "max_batch": cfg.max_batch, "graphs_after": engine.decoder.graphs
+                            if engine.packed else len(engine.decoder._graphs)}
+        log(f"[{name}] evaluate stage (generate, {len(outputs)} answers, max batch {cfg.max_batch}"
+            f"{'' if overlap else ', not overlapped'}): {into['evaluate']['answers_per_s']:.2f} answers/s, "
+            f"{into['evaluate']['tokens_per_s']:.0f} tokens/s")
+    engine.overlap = True
     if torch.cuda.is_available():
         result["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     if engine.packed and engine.decoder.rows == "varlen" and torch.cuda.is_available():
@@ -492,8 +543,8 @@ def inference(dry_run: bool, log, baseline: bool = True, engines: tuple[str, ...
             f"{result['hf_generate_unmerged_ms_per_token']:.1f} ms/token")
     cfg = InferenceConfig(device=s["device"], merge_lora=True, max_batch=max(s["concurrency"]),
                           max_context=s["context"], max_prefill_tokens=8192, length_bucket=128 if not dry_run else 32,
-                          cuda_graphs=True, decode_attention="sdpa", packed_prefill=False, kv_cache_dtype="auto",
-                          prefill_bucket=None)
+                          cuda_graphs=True, overlap_steps=True, decode_attention="sdpa", packed_prefill=False,
+                          kv_cache_dtype="auto", prefill_bucket=None)
     if dry_run:   # the merge alone: the same engine without merging
         unmerged = InferenceEngine(build(s, dry_run), cfg.model_copy(update={"merge_lora": False}), eos_token_id=EOS,
                                    pad_token_id=PAD)
@@ -535,11 +586,15 @@ def inference(dry_run: bool, log, baseline: bool = True, engines: tuple[str, ...
             log(f"greedy answers of {rows[0][0]} and {name}: {sum(same)} of {len(same)} identical "
                 f"(tokens agreeing before the first difference: {leading})")
     if rows:
-        log("engine   | ms/token, 1 | " + " | ".join(f"tok/s @{c}" for c in s["concurrency"]) + " | evaluate answers/s")
+        log("engine          | ms/token, 1 | " + " | ".join(f"tok/s @{c}" for c in s["concurrency"])
+            + " | evaluate answers/s")
         for name, r in rows:
-            log(f"{name:8s} | {r['ms_per_token_batch1']:11.2f} | "
-                + " | ".join(f"{row['tokens_per_s']:9.0f}" for row in r["concurrent"])
-                + f" | {r['evaluate']['answers_per_s']:.2f}")
+            for label, into in ((name, r), (f"{name}, not ovl", r.get("without_overlap"))):
+                if into:
+                    rate = {row["concurrency"]: f"{row['tokens_per_s']:9.0f}" for row in into["concurrent"]}
+                    log(f"{label:15s} | {into['ms_per_token_batch1']:11.2f} | "
+                        + " | ".join(rate.get(c, " " * 9) for c in s["concurrency"])
+                        + f" | {into['evaluate']['answers_per_s']:.2f}")
     del model
     clear()
     return result
@@ -745,7 +800,8 @@ def main() -> None:
                         help="start no new training variant after this many seconds")
     parser.add_argument("--variants", help="comma-separated training variant ids to run (default: all)")
     parser.add_argument("--no-baseline", action="store_true", help="skip timing the old generate path")
-    parser.add_argument("--engines", help=f"comma-separated inference engines to compare (default: {','.join(ENGINES)})")
+    parser.add_argument("--engines", help=f"comma-separated inference engines to compare, of {','.join(ENGINES)} "
+                                          f"(default: {','.join(DEFAULT_ENGINES)}; --dry-run: all)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/gpu.json"))
     args = parser.parse_args()
     if not args.dry_run and not torch.cuda.is_available():
@@ -773,7 +829,8 @@ def main() -> None:
 
     if args.part in ("inference", "all"):
         try:
-            engines = tuple(args.engines.split(",")) if args.engines else tuple(ENGINES)
+            engines = (tuple(args.engines.split(",")) if args.engines
+                       else tuple(ENGINES) if args.dry_run else DEFAULT_ENGINES)
 
             def partial(result: dict) -> None:
                 out["inference"] = result

@@ -29,6 +29,10 @@ def test_the_gpu_benchmark_runs_on_a_shrunken_model(tmp_path):
         assert [row["concurrency"] for row in engine["concurrent"]] == [2, 8]
         assert all(row["tokens_per_s"] > 0 for row in engine["concurrent"])
         assert engine["evaluate"]["answers"] == 24
+        other = engine["without_overlap"]   # the same measurements with steps read one at a time
+        assert other["ms_per_token_batch1"] > 0 and other["evaluate"]["answers"] == 24
+        assert [row["concurrency"] for row in other["concurrent"]] == [8] and other["concurrent"][0]["tokens_per_s"] > 0
+        assert engine["host_syncs"] == {}   # counted on CUDA only
         assert set(engine["profile"]) >= {"decode_ms", "prefill_ms", "rope_store_ms"} | ({"mixed_ms"} if engine["packed"]
                                                                                          else set())
         assert engine["profile"]["rope_store_ms"][str(1)]["torch"] > 0   # CPU: PyTorch's path only
@@ -52,3 +56,4 @@ def test_the_gpu_benchmark_runs_on_a_shrunken_model(tmp_path):
     losses = {row["id"]: row["loss"] for row in training["variants"] if row["samples"] == "emotion"}
     assert max(losses.values()) - min(losses.values()) < 0.05, losses
     assert "engine, batch 1" in run.stdout and "wrote" in run.stdout and "tok/s @8" in run.stdout
+    assert "slot, not ovl" in run.stdout

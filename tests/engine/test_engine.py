@@ -4,6 +4,7 @@ per-request sampling, limits and failures."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import threading
 import time
 
@@ -386,7 +387,128 @@ def test_a_request_whose_inputs_fail_to_embed_fails_alone(lora_model, tiny_param
     log: list[str] = []
     recorders = [_Recorder(str(i), log) for i in range(3)]
     engine._waiting.extend(zip(requests, recorders))
-    while engine._waiting or engine._active:
+    while engine.busy:
         engine._step(engine._admissible())
     assert isinstance(recorders[1].error, RuntimeError) and recorders[1].result is None
     assert [recorders[i].result.token_ids for i in (0, 2)] == [alone[0], alone[2]]
+
+
+# ------------------------------------------------------------ overlapped steps
+@pytest.mark.parametrize("attention", ATTENTIONS)
+def test_overlapped_steps_give_the_tokens_of_steps_read_one_at_a_time(lora_model, tiny_params, attention):
+    """overlap_steps launches a step before the last one's tokens are read: requests that end on their end
+    token, on their length, after one token, sampled or greedy, through few slots, get the same tokens."""
+    images, priors = _media(8, seed=6)
+    questions = [QUESTIONS[i % 4] for i in range(8)]
+    hot = PUBLISHED_GENERATION.model_copy(update={"temperature": 1.2, "top_p": 0.9, "max_new_tokens": 14})
+    outputs = {}
+    for overlap in (False, True):
+        engine = _engine(lora_model, tiny_params, max_batch=3, max_prefill_tokens=400, overlap_steps=overlap,
+                         **MODES[attention])
+        assert engine.overlap == overlap
+        requests = engine.requests(questions, images, priors, _greedy(40))
+        requests[5:] = engine.requests(questions[5:], images[5:], priors[5:], hot, seed=5)
+        for r, n in zip(requests, (40, 1, 12, 40, 3, 14, 1, 9)):
+            r.max_new_tokens = n
+        requests[2].stop_at_eos = requests[7].stop_at_eos = False
+        eos = engine.eos_token_id
+
+        def sometimes_the_end(_module, _inputs, logits):   # a rule of each row's own logits: the same in both
+            return logits + 1e4 * (logits.argmax(-1, keepdim=True) % 6 == 0) * (torch.arange(logits.shape[-1]) == eos)
+
+        hook = engine.decoder.lm_head.register_forward_hook(sometimes_the_end)
+        try:
+            generated = engine.generate(requests)
+        finally:
+            hook.remove()
+        outputs[overlap] = [(g.token_ids, g.finish_reason) for g in generated]
+        assert not engine.busy and engine.load == {"waiting": 0, "running": 0}
+    assert outputs[True] == outputs[False]
+    reasons = [reason for _, reason in outputs[True]]
+    assert "stop" in reasons and "length" in reasons   # both ends are exercised
+    assert [len(ids) for ids, _ in outputs[True]][1::5] == [1, 1]
+
+
+def test_an_overlapped_step_is_launched_before_the_last_steps_tokens_are_handed_out(lora_model, tiny_params):
+    """The order that lets the device work while the host reads: with overlap_steps, when a listener hears a
+    request's k-th token the model has already been asked for its (k+1)-th."""
+    heard: dict[bool, list[tuple[int, int]]] = {}
+    for overlap in (False, True):
+        engine = _engine(lora_model, tiny_params, overlap_steps=overlap)
+        passes = []
+        hook = engine.decoder.lm_head.register_forward_hook(lambda *_: passes.append(1))
+
+        class Count(_Recorder):
+            def on_token(self, token_id):
+                super().on_token(token_id)
+                heard[overlap].append((len(self.tokens), len(passes)))
+
+        heard[overlap] = []
+        request = engine.requests(QUESTIONS[:1], *_media(1), _greedy(6))[0]
+        request.stop_at_eos = False
+        engine._waiting.append((request, Count("one", [])))
+        try:
+            while engine.busy:
+                engine._step(engine._admissible())
+        finally:
+            hook.remove()
+    # Read one at a time, the k-th token (k > 1: the first comes from the prefill's pass, the second from the
+    # decode pass launched with it) is heard right after its own pass; overlapped, one pass later, but for the
+    # last: a request with nothing left to generate is not launched again.
+    assert heard[False] == [(1, 2)] + [(k, k) for k in range(2, 7)]
+    assert heard[True] == [(1, 3)] + [(k, k + 1) for k in range(2, 6)] + [(6, 6)]
+
+
+def test_branchless_sampling_chooses_the_same_tokens_without_asking_the_device():
+    """The draw every row goes through (no host synchronisation) against the one that branches on which rows
+    sample and which need the top-p sort: the same tokens, greedy, near-greedy and hot rows mixed."""
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(64, 500, generator=generator) * 3
+    logits[::5, 7] += 30   # rows whose top token alone holds the top-p mass
+    temperature = torch.tensor([0.0, 0.01, 0.7, 1.5] * 16)
+    top_p = torch.tensor([1.0, 0.5, 0.9, 0.95, 0.3, 1.0, 0.8, 0.5] * 8)
+    seeds, steps = torch.arange(64) * 7, torch.arange(64) % 5
+    branched = next_tokens(logits, temperature, top_p, seeds, steps)
+    branchless = next_tokens(logits, temperature, top_p, seeds, steps, branchless=True)
+    assert torch.equal(branched, branchless)
+    assert not torch.equal(branched, logits.argmax(-1))   # some rows do sample
+
+
+def test_media_that_do_not_match_the_prompts_tokens_are_refused(lora_model, tiny_params):
+    """The engine merges images and priors by counts taken on the host: a request whose media and
+    placeholder tokens disagree is refused before it is queued, naming the problem."""
+    engine = _engine(lora_model, tiny_params)
+    request = engine.requests(QUESTIONS[:1], *_media(1), _greedy(4))[0]
+    ids, image, prior = request.prompt_ids, engine.model.image_token_id, engine.model.prior_token_id
+    one_image_fewer = list(ids)
+    one_image_fewer.remove(image)
+    cases = {
+        r"prompt_ids: 2 <prior> tokens": dict(prompt_ids=ids + [prior]),
+        r"prompt_ids: \d+ <image> tokens; one image fills \d+": dict(prompt_ids=one_image_fewer),
+        r"pixel_values: given, but the prompt has no <image> tokens": dict(prompt_ids=[i for i in ids if i != image]),
+        r"prior: given, but the prompt has no <prior> token": dict(prompt_ids=[i for i in ids if i != prior]),
+    }
+    for message, change in cases.items():
+        with pytest.raises(ValueError, match=message):
+            engine.validate(dataclasses.replace(request, **change))
+    engine.validate(request)
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_a_failing_step_in_generate_leaves_the_engine_clean_for_the_next_call(lora_model, tiny_params, overlap):
+    engine = _engine(lora_model, tiny_params, overlap_steps=overlap)
+    requests = engine.requests(QUESTIONS, *_media(4, seed=7), _greedy(6))
+    calls = []
+
+    def third_pass_fails(*_):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("device lost")
+
+    hook = engine.decoder.lm_head.register_forward_hook(third_pass_fails)
+    with pytest.raises(RuntimeError, match="device lost"):
+        engine.generate(requests)
+    hook.remove()
+    assert not engine.busy
+    assert [g.token_ids for g in engine.generate(requests)] == [g.token_ids for g in
+                                                                 _engine(lora_model, tiny_params).generate(requests)]

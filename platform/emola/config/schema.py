@@ -264,6 +264,11 @@ class InferenceConfig(Section):
         ge=1, description="padded prompt tokens prefilled in one step; later arrivals start a step later")
     length_bucket: int = Field(ge=1, description="decode attention reads the cache in multiples of this many tokens")
     cuda_graphs: bool = Field(description="on CUDA, capture each decode shape once and replay it (CPU: eager)")
+    overlap_steps: bool = Field(
+        description="launch each step before reading the tokens of the one before it: the device computes while "
+                    "the host hands out tokens and prepares the next step (a request that ends on its end token "
+                    "costs one discarded row of a step); the same tokens either way; on CPU nothing runs beside "
+                    "the host")
     decode_attention: Literal["matmul", "sdpa", "varlen"] = Field(
         description="decode-step attention over the KV cache: two matrix products (exact like transformers' "
                     "eager attention) or PyTorch's fused scaled_dot_product_attention kernel, each row over the "

@@ -193,8 +193,11 @@ class DecoderWeights:
     # ------------------------------------------------------------------ cache
     def _allocate_cache(self, rows: int, dtype: torch.dtype | None = None) -> None:
         """The KV cache both decoders use: ``k_cache``, ``v_cache`` ``(layers, rows, kv_heads, context, d)``,
-        in the model's dtype or ``dtype`` (FP8: :meth:`store` rounds what it writes)."""
+        in the model's dtype or ``dtype`` (FP8: :meth:`store` rounds what it writes); and ``tokens`` ``(rows,)``,
+        each row's last token: the next decode step's input, written on the device by the engine's sampling
+        (so a step can be launched before the host has read the previous step's tokens)."""
         shape = (len(self.layers), rows, self.kv_heads, self.context, self.head_dim)
+        self.tokens = torch.zeros(rows, dtype=torch.long, device=self.device)
         self.cache_dtype = dtype or self.dtype
         self.k_cache = torch.zeros(shape, dtype=self.cache_dtype, device=self.device)
         self.v_cache = torch.zeros(shape, dtype=self.cache_dtype, device=self.device)
@@ -214,9 +217,11 @@ class DecoderWeights:
         v_bytes[layer, rows, :, positions] = v.to(self.cache_dtype).view(torch.uint8)
 
     def move(self, source: int, target: int, length: int) -> None:
-        """Copy the first ``length`` cached positions of row ``source`` to row ``target`` (every layer)."""
+        """Copy the first ``length`` cached positions of row ``source`` to row ``target`` (every layer), and its
+        last token."""
         self.k_cache[:, target, :, :length] = self.k_cache[:, source, :, :length]
         self.v_cache[:, target, :, :length] = self.v_cache[:, source, :, :length]
+        self.tokens[target] = self.tokens[source]
 
     # ------------------------------------------------------------------ pieces
     def _rms(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -307,8 +312,7 @@ class SlotDecoder(DecoderWeights):
         self.prefill_bucket = prefill_bucket
         self.scratch_slot = slots   # padding rows of a padded prefill write here (an extra cache row)
         self._allocate_cache(slots + (1 if prefill_bucket else 0))
-        # Static decode inputs and output: graphs read and write these buffers.
-        self.tokens = torch.zeros(slots, dtype=torch.long, device=self.device)
+        # Static decode inputs (``tokens``: the cache's) and output: graphs read and write these buffers.
         self.positions = torch.zeros(slots, dtype=torch.long, device=self.device)
         self.logits = torch.zeros(slots, self.lm_head.out_features, dtype=torch.float32, device=self.device)
         self._slot_ids = torch.arange(slots, device=self.device)
@@ -333,7 +337,7 @@ class SlotDecoder(DecoderWeights):
         n, length, hidden = embeds.shape
         if length > self.context:
             raise ValueError(f"a prompt of {length} tokens exceeds the {self.context}-token context")
-        lengths, slots = lengths.to(self.device), slots.to(self.device)
+        lengths, slots = lengths.to(self.device, non_blocking=True), slots.to(self.device, non_blocking=True)
         if self.prefill_bucket is None:
             return self._prefill_body(embeds.to(self.dtype), lengths, slots)
         rows, width = prefill_rows(n), min(self.context, round_up(length, self.prefill_bucket))

@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 #: Engine settings for library use (``Analyzer``) when no params are given: 8 requests of 2,048 positions
 #: (8 GiB of KV cache at the emola-7b shape).
 DEFAULT_INFERENCE = InferenceConfig(device="auto", merge_lora=True, max_batch=8, max_context=2048,
-                                    max_prefill_tokens=8192, length_bucket=128, cuda_graphs=True,
+                                    max_prefill_tokens=8192, length_bucket=128, cuda_graphs=True, overlap_steps=True,
                                     decode_attention="matmul", packed_prefill=False, kv_cache_dtype="auto",
                                     prefill_bucket=None)
 
@@ -123,14 +123,31 @@ class _Collector(Listener):
         self.done.set()
 
 
-@dataclass
+@dataclass(eq=False)
 class _Running:
     request: GenerationRequest
     listener: Listener
-    ids: list[int] = field(default_factory=list)
-    cached: int = 0          # cache positions filled (prompt, then one per fed token)
+    ids: list[int] = field(default_factory=list)   # tokens read back from the device
+    cached: int = 0          # cache positions filled, or launched to be (prompt, then one per fed token)
+    launched: int = 0        # tokens chosen on the device (ids, and those of a step not read yet)
     finish: str | None = None
+    notified: bool = False   # the listener has heard the end
     batch: int = 0           # the most rows it shared a step with
+
+    @property
+    def leaving(self) -> bool:
+        """Done, or every token it may generate already launched: it needs no further step."""
+        return self.finish is not None or self.launched >= self.request.max_new_tokens
+
+
+@dataclass
+class _Launched:
+    """A step on its way: the rows it chose a token for, in order (a slot-decoder arrival twice: its prefill's
+    token, then its decode step's), and those tokens, copied to the host once ``ready`` has happened."""
+
+    rows: list[_Running]
+    tokens: torch.Tensor
+    ready: torch.cuda.Event | None
 
 
 class InferenceEngine:
@@ -168,6 +185,8 @@ class InferenceEngine:
                               else None)
         self._waiting: deque[tuple[GenerationRequest, Listener]] = deque()
         self._active: list[_Running] = []
+        self.overlap = cfg.overlap_steps
+        self._pending: _Launched | None = None   # with overlap: the step launched last, its tokens not read yet
         self._lock = threading.Condition()
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -308,19 +327,30 @@ class InferenceEngine:
             raise ValueError("max_new_tokens must be at least 1")
         if not request.prompt_ids:
             raise ValueError("empty prompt")
+        # Media are merged by these host counts (the engine does not read counts back from the device).
         projector = self.model.prior_projector
-        if self.model.prior_token_id in request.prompt_ids:
+        priors = request.prompt_ids.count(self.model.prior_token_id) if self.model.prior_token_id is not None else 0
+        if priors:
             shape = None if request.prior is None else tuple(np.shape(request.prior))
             if projector is None or shape != (projector.linear_1.in_features,):
                 expected = None if projector is None else projector.linear_1.in_features
                 raise ValueError(f"prior: the prompt has a <prior> token and needs a vector of {expected} values, "
                                  f"got {'none' if shape is None else shape}")
-        if self.model.image_token_id in request.prompt_ids:
+            if priors != 1:
+                raise ValueError(f"prompt_ids: {priors} <prior> tokens; a prompt holds one")
+        elif request.prior is not None:
+            raise ValueError("prior: given, but the prompt has no <prior> token")
+        images = request.prompt_ids.count(self.model.image_token_id) if self.model.image_token_id is not None else 0
+        if images:
             size = self.model.base_llava.config.vision_config.image_size
             shape = None if request.pixel_values is None else tuple(request.pixel_values.shape)
             if shape != (3, size, size):
                 raise ValueError(f"pixel_values: the prompt has image tokens and needs (3, {size}, {size}), "
                                  f"got {'none' if shape is None else shape}")
+            if images != self.num_image_tokens:
+                raise ValueError(f"prompt_ids: {images} <image> tokens; one image fills {self.num_image_tokens}")
+        elif request.pixel_values is not None:
+            raise ValueError("pixel_values: given, but the prompt has no <image> tokens")
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Generated]:
         """Run ``requests`` to completion (continuous batching); results in the same order.
@@ -339,8 +369,15 @@ class InferenceEngine:
                 c.done.wait()
         else:
             self._waiting.extend((requests[i], collectors[i]) for i in order)
-            while self._waiting or self._active:
-                self._step(self._admissible())
+            try:
+                while self.busy:
+                    self._step(self._admissible())
+            except Exception as err:   # nothing of this call stays behind for the next one
+                self._fail(err)
+                for _, listener in self._waiting:
+                    listener.on_finish(None, err)
+                self._waiting.clear()
+                raise
         for c in collectors:
             if c.error is not None:
                 raise c.error
@@ -425,7 +462,12 @@ class InferenceEngine:
 
     @property
     def load(self) -> dict:
-        return {"waiting": len(self._waiting), "running": len(self._active)}
+        return {"waiting": len(self._waiting), "running": sum(not r.notified for r in self._active)}
+
+    @property
+    def busy(self) -> bool:
+        """Requests wait, run, or have tokens not read yet."""
+        return bool(self._waiting or self._active or self._pending is not None)
 
     def stop(self) -> None:
         """Stop the scheduler thread after its current step; requests not finished get :class:`EngineStopped`."""
@@ -435,17 +477,16 @@ class InferenceEngine:
         if self._thread is not None:
             self._thread.join(timeout=60)
         stopped = EngineStopped("the inference engine was stopped")
-        for running in self._active:
-            running.listener.on_finish(None, stopped)
+        self._fail(stopped)
         for _, listener in self._waiting:
             listener.on_finish(None, stopped)
-        self._active, self._thread, self._stopping = [], None, False
+        self._thread, self._stopping = None, False
         self._waiting.clear()
 
     def _serve_loop(self) -> None:
         while True:
             with self._lock:
-                while not self._waiting and not self._active and not self._stopping:
+                while not self.busy and not self._stopping:
                     self._lock.wait()
                 if self._stopping:
                     break
@@ -453,23 +494,31 @@ class InferenceEngine:
             try:
                 self._step(new)
             except Exception as err:  # noqa: BLE001 - fail the requests in flight, keep serving the next ones
-                for running in self._active:
-                    running.listener.on_finish(None, err)
-                self._active = []
+                self._fail(err)
+
+    def _fail(self, error: BaseException) -> None:
+        """Every running request, and every one a launched step holds, hears ``error``; the batch is emptied."""
+        rows = list(self._active) + (self._pending.rows if self._pending is not None else [])
+        for r in dict.fromkeys(rows):
+            if not r.notified:
+                r.notified = True
+                r.listener.on_finish(None, error)
+        self._active, self._pending = [], None
 
     # ---------------------------------------------------------- scheduling
     def _admissible(self) -> list[tuple[GenerationRequest, Listener]]:
         """Take the waiting requests that start this step: free slots, within the prefill budget."""
         new: list[tuple[GenerationRequest, Listener]] = []
         longest = total = 0
-        while self._waiting and len(self._active) + len(new) < self.cfg.max_batch:
+        staying = sum(not r.leaving for r in self._active)   # the others leave the batch before the next step
+        while self._waiting and staying + len(new) < self.cfg.max_batch:
             if self._waiting[0][1].cancelled:
                 self._waiting.popleft()[1].on_finish(None, EngineStopped("cancelled before it started"))
                 continue
             length = len(self._waiting[0][0].prompt_ids)
             # The packed decoder's step holds the running rows' tokens and the prompts' own lengths;
             # the slot decoder's prefill pads every prompt to the longest.
-            tokens = (len(self._active) + total + length if self.packed
+            tokens = (staying + total + length if self.packed
                       else max(longest, length) * (len(new) + 1))
             if new and tokens > self.cfg.max_prefill_tokens:
                 break
@@ -478,25 +527,58 @@ class InferenceEngine:
         return new
 
     def _step(self, new: list[tuple[GenerationRequest, Listener]]) -> None:
-        """One scheduling step: prefill the new arrivals, then one decode step for every running request
-        (the packed decoder: both in one pass)."""
+        """One scheduling step: launch a step for the running requests and the arrivals ``new``, then read
+        back the tokens of the step launched before it (``overlap_steps``: the device works on this step while
+        the host hands out the last one's tokens and prepares the next) or of this one."""
+        launched = self._launch(new)
+        previous, self._pending = self._pending, None
+        if previous is not None:
+            self._complete(previous)
+        if launched is not None:
+            if self.overlap:
+                self._pending = launched
+            else:
+                self._complete(launched)
+
+    @torch.no_grad()
+    def _launch(self, new: list[tuple[GenerationRequest, Listener]]) -> _Launched | None:
+        """Queue one step on the device: the slot decoder prefills the arrivals, then decodes a token for every
+        running request (the arrivals included); the packed decoder does both in one pass. Each step's
+        tokens are chosen on the device and written to the decoder's ``tokens``, where the next step reads
+        them. Returns None when there is nothing to run."""
+        self._compact()
         if self.packed:
-            self._packed_step(new)
-            return
+            return self._launch_packed(new)
+        rows: list[_Running] = []
+        chosen: list[torch.Tensor] = []
 
         def prefill(group):
-            before = len(self._active)
-            try:
-                self._prefill(group)
-            except Exception:
-                del self._active[before:]
-                raise
+            start = len(self._active)
+            embeds, lengths = self._prompt_embeds(group)
+            slots = torch.arange(start, start + len(group), device=self.device)
+            logits = self.decoder.prefill(embeds, self._to_device(lengths, torch.long), slots)
+            running = [_Running(request, listener, cached=length) for (request, listener), length in zip(group, lengths)]
+            tokens = self._choose(running, logits)
+            self.decoder.tokens[start:start + len(group)] = tokens
+            self._active.extend(running)
+            rows.extend(running)
+            chosen.append(tokens)
+            self.prefills += 1
 
         self._each_alone_on_failure(new, prefill)
-        self._retire()
+        self._compact()   # an arrival asked for one token only
         if self._active:
-            self._decode()
-            self._retire()
+            count = len(self._active)
+            self.decoder.positions[:count] = self._to_device([r.cached for r in self._active], torch.long)
+            logits = self.decoder.decode(count, max(r.cached for r in self._active) + 1)
+            for r in self._active:
+                r.cached += 1
+            tokens = self._choose(self._active, logits)
+            self.decoder.tokens[:count] = tokens
+            rows.extend(self._active)
+            chosen.append(tokens)
+            self.steps += 1
+        return self._launched(rows, chosen) if rows else None
 
     @staticmethod
     def _each_alone_on_failure(new: list[tuple[GenerationRequest, Listener]], run) -> None:
@@ -513,15 +595,26 @@ class InferenceEngine:
                 else:
                     group[0][1].on_finish(None, err)
 
+    def _to_device(self, values: Sequence, dtype: torch.dtype) -> torch.Tensor:
+        """A host list on the device, see :meth:`_upload`."""
+        return self._upload(torch.tensor(values, dtype=dtype))
+
+    def _upload(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A host tensor on the device without waiting for the device: on CUDA through pinned memory (a copy
+        from pageable memory may wait for the stream), queued behind the device's work."""
+        if self.device.type != "cuda":
+            return tensor
+        return tensor.pin_memory().to(self.device, non_blocking=True)
+
     def _media(self, requests: Sequence[GenerationRequest]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """The requests' images ``(n, 3, S, S)`` in the model's dtype and priors ``(n, prior_dim)`` float32, on the
         device (None for a model that uses neither)."""
         pixels = priors = None
         if requests[0].pixel_values is not None:
-            pixels = torch.stack([torch.as_tensor(r.pixel_values) for r in requests]).to(self.device, self.decoder.dtype)
+            pixels = self._upload(torch.stack([torch.as_tensor(r.pixel_values) for r in requests])).to(self.decoder.dtype)
         if requests[0].prior is not None:
-            priors = torch.stack([torch.as_tensor(np.asarray(r.prior), dtype=torch.float32) for r in requests])
-            priors = priors.to(self.device)
+            priors = self._upload(torch.stack([torch.as_tensor(np.asarray(r.prior), dtype=torch.float32)
+                                               for r in requests]))
         return pixels, priors
 
     @torch.no_grad()
@@ -534,10 +627,12 @@ class InferenceEngine:
             ids[i, : lengths[i]] = torch.as_tensor(request.prompt_ids, dtype=torch.long)
         pixels, priors = self._media([r for r, _ in new])
         features = self._image_features(pixels) if pixels is not None and self._image_graphs is not None else None
-        return self.model.merge_inputs(ids.to(self.device), pixels, priors, image_features=features), lengths
+        embeds = self.model.merge_inputs(self._upload(ids), pixels, priors, image_features=features,
+                                         counted=True)   # validate() counted the media tokens
+        return embeds, lengths
 
     @torch.no_grad()
-    def _packed_step(self, new: list[tuple[GenerationRequest, Listener]]) -> None:
+    def _launch_packed(self, new: list[tuple[GenerationRequest, Listener]]) -> _Launched | None:
         """One pass of the packed decoder: a token for every running request and the first token of every
         arrival. An arrival whose inputs fail to embed fails alone; a failing pass fails every row in it."""
         prompts: list[torch.Tensor] = []
@@ -551,9 +646,9 @@ class InferenceEngine:
         self._each_alone_on_failure(new, embed)
         running = [_Running(request, listener, cached=len(request.prompt_ids)) for request, listener in arrivals]
         if not self._active and not running:
-            return
+            return None
         try:
-            logits = self.decoder.step([r.ids[-1] for r in self._active], [r.cached for r in self._active], prompts)
+            logits = self.decoder.step(None, [r.cached for r in self._active], prompts)
         except Exception as err:
             for r in running:
                 r.listener.on_finish(None, err)
@@ -561,53 +656,58 @@ class InferenceEngine:
         for r in self._active:
             r.cached += 1
         self._active.extend(running)
-        self._accept(self._active, logits)
+        tokens = self._choose(self._active, logits)
+        self.decoder.tokens[:len(self._active)] = tokens
         self.steps += 1
         self.prefills += bool(running)
-        self._retire()
+        return self._launched(list(self._active), [tokens])
 
-    @torch.no_grad()
-    def _prefill(self, new: list[tuple[GenerationRequest, Listener]]) -> None:
-        start = len(self._active)
-        embeds, lengths = self._prompt_embeds(new)
-        slots = torch.arange(start, start + len(new), device=self.device)
-        logits = self.decoder.prefill(embeds, torch.tensor(lengths), slots)
-        running = [_Running(request, listener, cached=length) for (request, listener), length in zip(new, lengths)]
-        self._accept(running, logits)
-        self._active.extend(running)
-        self.prefills += 1
-
-    @torch.no_grad()
-    def _decode(self) -> None:
-        rows = len(self._active)
-        self.decoder.tokens[:rows] = torch.tensor([r.ids[-1] for r in self._active]).to(self.device)
-        self.decoder.positions[:rows] = torch.tensor([r.cached for r in self._active]).to(self.device)
-        logits = self.decoder.decode(rows, max(r.cached for r in self._active) + 1)
-        for r in self._active:
-            r.cached += 1
-        self._accept(self._active, logits)
-        self.steps += 1
-
-    def _accept(self, rows: list[_Running], logits: torch.Tensor) -> None:
-        """Choose each row's next token, hand it to the listener, mark finished rows."""
-        if all(r.request.temperature <= 0 for r in rows):   # all greedy: one kernel, one transfer
-            chosen = logits.argmax(-1).tolist()
+    def _choose(self, rows: list[_Running], logits: torch.Tensor) -> torch.Tensor:
+        """Each row's next token ``(len(rows),)``, on the device (its temperature, top-p and seed; the noise of
+        its ``launched``-th token)."""
+        if all(r.request.temperature <= 0 for r in rows):   # all greedy: one kernel
+            chosen = logits.argmax(-1)
         else:
-            chosen = self._sample(rows, logits)
-        self._record(rows, chosen)
+            chosen = next_tokens(logits, self._to_device([r.request.temperature for r in rows], torch.float32),
+                                 self._to_device([r.request.top_p for r in rows], torch.float32),
+                                 self._to_device([r.request.seed for r in rows], torch.long),
+                                 self._to_device([r.launched for r in rows], torch.long),
+                                 branchless=self.device.type == "cuda")
+        for r in rows:
+            r.launched += 1
+        return chosen
 
-    def _sample(self, rows: list[_Running], logits: torch.Tensor) -> list[int]:
-        device = logits.device
-        temperature = torch.tensor([r.request.temperature for r in rows], dtype=torch.float32, device=device)
-        top_p = torch.tensor([r.request.top_p for r in rows], dtype=torch.float32, device=device)
-        seeds = torch.tensor([r.request.seed for r in rows], dtype=torch.long, device=device)
-        steps = torch.tensor([len(r.ids) for r in rows], dtype=torch.long, device=device)
-        return next_tokens(logits, temperature, top_p, seeds, steps).tolist()
+    def _launched(self, rows: list[_Running], chosen: list[torch.Tensor]) -> _Launched:
+        """The step's tokens on their way to the host (a pinned buffer on CUDA, and an event to wait for)."""
+        tokens = torch.cat(chosen) if len(chosen) > 1 else chosen[0]
+        if self.device.type != "cuda":
+            return _Launched(rows, tokens, None)
+        host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
+        host.copy_(tokens, non_blocking=True)
+        ready = torch.cuda.Event()
+        ready.record()
+        return _Launched(rows, host, ready)
+
+    def _complete(self, launched: _Launched) -> None:
+        """Read a launched step's tokens: hand them to the listeners, finish the rows that are done."""
+        if launched.ready is not None:
+            launched.ready.synchronize()
+        self._record(launched.rows, launched.tokens.tolist())
+        for r in dict.fromkeys(launched.rows):
+            if r.finish is not None and not r.notified:
+                r.notified = True
+                r.listener.on_finish(Generated(list(r.ids), len(r.request.prompt_ids), r.finish, r.batch), None)
+        self._compact()
 
     def _record(self, rows: list[_Running], chosen: list[int]) -> None:
+        """Append each row's token and mark finished rows. A row already finished (an earlier step's end token
+        was read after this step was launched) ignores its token."""
+        live = sum(r.finish is None for r in dict.fromkeys(rows))
         for r, token in zip(rows, chosen):
+            if r.finish is not None:
+                continue
             r.ids.append(token)
-            r.batch = max(r.batch, len(rows))
+            r.batch = max(r.batch, live)
             if r.listener.cancelled:
                 r.finish = "cancelled"
                 continue
@@ -617,17 +717,14 @@ class InferenceEngine:
             elif len(r.ids) >= r.request.max_new_tokens:
                 r.finish = "length"
 
-    def _retire(self) -> None:
-        """Finish done rows and fill their slots with the highest running rows (cache moved along)."""
-        if not any(r.finish for r in self._active):
+    def _compact(self) -> None:
+        """Rows that need no further step leave the batch; the highest staying rows fill their slots (cache
+        and last token moved along, queued behind any launched step)."""
+        if not any(r.leaving for r in self._active):
             return
-        for r in self._active:
-            if r.finish:
-                r.listener.on_finish(Generated(list(r.ids), len(r.request.prompt_ids), r.finish, r.batch), None)
-        keep = [i for i, r in enumerate(self._active) if not r.finish]
-        count = len(keep)
-        holes = [i for i in range(count) if self._active[i].finish]
-        movers = [i for i in keep if i >= count]
+        count = sum(not r.leaving for r in self._active)
+        holes = [i for i in range(count) if self._active[i].leaving]
+        movers = [i for i in range(count, len(self._active)) if not self._active[i].leaving]
         slots = list(self._active)
         for hole, source in zip(holes, movers):
             self.decoder.move(source, hole, slots[source].cached)

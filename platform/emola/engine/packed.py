@@ -127,14 +127,20 @@ class PackedDecoder(DecoderWeights):
 
     # -------------------------------------------------------------------- step
     @torch.no_grad()
-    def step(self, tokens: Sequence[int], positions: Sequence[int], prompts: Sequence[torch.Tensor]) -> torch.Tensor:
-        """One pass: decode rows ``0 .. b-1`` (``tokens[i]`` at ``positions[i]``) and prompts
+    def step(self, tokens: Sequence[int] | None, positions: Sequence[int], prompts: Sequence[torch.Tensor]
+             ) -> torch.Tensor:
+        """One pass: decode rows ``0 .. b-1`` (``tokens[i]`` at ``positions[i]``; ``tokens`` None: each row's
+        last token is already in ``self.tokens``, where the engine's sampling wrote it) and prompts
         ``(L_i, hidden)`` into rows ``b .. b+n-1`` at positions ``0 .. L_i-1``.
 
         Returns ``(b + n, vocab)`` float32 logits: each decode row's next token, then each
         prompt's first answer token.
         """
-        b, n = len(tokens), len(prompts)
+        b, n = len(positions), len(prompts)
+        if tokens is not None:
+            if len(tokens) != b:
+                raise ValueError(f"{len(tokens)} tokens for {b} decode positions")
+            self.tokens[:b] = torch.as_tensor(list(tokens), dtype=torch.long).to(self.device)
         if b + n > self.slots:
             raise ValueError(f"{b} running and {n} new requests exceed the {self.slots} slots")
         lengths = [int(p.shape[0]) for p in prompts]
@@ -143,7 +149,7 @@ class PackedDecoder(DecoderWeights):
         if b and max(positions) >= self.context:
             raise ValueError(f"a decode position of {max(positions)} is outside the {self.context}-token context")
         width, total, span = self.shape(positions, lengths)
-        meta = self.describe(tokens, positions, lengths, width, total)
+        meta = self.describe(positions, lengths, width, total)
         if prompts:
             parts = [self._zero_rows(width)] + [p.to(self.device, self.dtype) for p in prompts]
             pad = total - width - sum(lengths)
@@ -167,17 +173,16 @@ class PackedDecoder(DecoderWeights):
             self._zeros[n] = torch.zeros(n, self.hidden, dtype=self.dtype, device=self.device)
         return self._zeros[n]
 
-    def describe(self, tokens: Sequence[int], positions: Sequence[int], lengths: Sequence[int], width: int,
-                 total: int) -> torch.Tensor:
+    def describe(self, positions: Sequence[int], lengths: Sequence[int], width: int, total: int) -> torch.Tensor:
         """The step's int64 description, in a (pinned, on CUDA) host buffer: per token its id (-1: take the
-        prompt embedding), position and cache row; per request the token whose logits it gets; per
-        sequence of the prompts' attention (the prompts, then the padding) its query offsets and key counts.
-        Padding decode rows write to the scratch row (and read their own rows: junk nobody uses)."""
-        b, n, slots, scratch = len(tokens), len(lengths), self.slots, self.scratch_slot
+        prompt embedding; the decode rows' ids are read from ``self.tokens``), position and cache row; per
+        request the token whose logits it gets; per sequence of the prompts' attention (the prompts, then
+        the padding) its query offsets and key counts. Padding decode rows write to the scratch row (and read
+        their own rows: junk nobody uses)."""
+        b, n, slots, scratch = len(positions), len(lengths), self.slots, self.scratch_slot
         pad_decode, pad_tail = width - b, total - width - sum(lengths)
         ids = np.full(total, -1, np.int64)
-        ids[:b] = tokens
-        ids[b:width] = 0
+        ids[:width] = 0
         scratch_positions = np.arange(pad_decode + pad_tail, dtype=np.int64) % self.context   # distinct writes
         position = np.concatenate([np.asarray(positions, np.int64), scratch_positions[:pad_decode]]
                                   + [np.arange(length, dtype=np.int64) for length in lengths]
@@ -217,6 +222,8 @@ class PackedDecoder(DecoderWeights):
         out = meta[at:at + self.slots]
         cu = meta[at + self.slots:at + self.slots + s + 1].to(torch.int32)
         used = meta[at + self.slots + s + 1:].to(torch.int32)
+        if width:   # the decode rows' last tokens (padding rows: whatever their rows hold, a valid id)
+            ids = torch.cat([self.tokens[:width], ids[width:]])
         x = torch.where((ids >= 0)[:, None], self.embed(ids.clamp(min=0)), embeds)
         rope = self._step_rope(positions)
         if width and self.rows == "padded":
@@ -267,6 +274,6 @@ class PackedDecoder(DecoderWeights):
         hidden = torch.zeros(1, self.hidden, dtype=self.dtype, device=self.device)
         for shape in sorted(steps, key=lambda key: (key[1], key[2]), reverse=True):   # largest first: one pool size
             positions, lengths = steps[shape]
-            self.step([0] * len(positions), positions, [hidden.expand(length, -1) for length in lengths])
+            self.step(None, positions, [hidden.expand(length, -1) for length in lengths])
         torch.cuda.synchronize(self.device)
         return self.graphs

@@ -45,13 +45,24 @@ def top_p_keep(probs: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
 
 
 def next_tokens(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor, seeds: torch.Tensor,
-                steps: torch.Tensor) -> torch.Tensor:
+                steps: torch.Tensor, *, branchless: bool = False) -> torch.Tensor:
     """One token id per row of ``logits`` ``(b, V)`` (float32).
 
     ``temperature``, ``top_p`` ``(b,)`` float32; ``seeds``, ``steps`` ``(b,)`` int64 (``steps``:
     how many tokens the row has generated so far). Temperature 0 is greedy.
+
+    ``branchless``: every row goes through the draw and the greedy rows are chosen after, instead of
+    asking the device which rows sample and which need the top-p sort: no host synchronisation (the
+    engine's next step can be launched before this step's tokens are read), more arithmetic. The
+    tokens are the same either way.
     """
     out = logits.argmax(-1)
+    if branchless:
+        hot = temperature > 0
+        logp = torch.log_softmax(logits / torch.where(hot, temperature, 1.0)[:, None], dim=-1)
+        race = logp - torch.log(-torch.log(uniform_noise(seeds, steps, logits.shape[-1])))
+        drawn = race.masked_fill(~top_p_keep(logp.exp(), top_p), float("-inf")).argmax(-1)
+        return torch.where(hot, drawn, out)
     sampled = temperature > 0
     if bool(sampled.any()):
         rows = sampled.nonzero().squeeze(-1)

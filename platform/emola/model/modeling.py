@@ -56,7 +56,8 @@ class EmolaForConditionalGeneration(nn.Module):
         return torch.stack(list(out.pooler_output))
 
     def merge_inputs(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
-                     prior: torch.Tensor | None = None, image_features: torch.Tensor | None = None) -> torch.Tensor:
+                     prior: torch.Tensor | None = None, image_features: torch.Tensor | None = None, *,
+                     counted: bool = False) -> torch.Tensor:
         """Token ids and media -> input embeddings ``(B, L, hidden)``.
 
         ``input_ids`` ``(B, L)`` hold, per sample, ``num_image_tokens`` ``<image>`` ids (when
@@ -66,23 +67,27 @@ class EmolaForConditionalGeneration(nn.Module):
         then given in the order their samples appear, row by row. ``image_features``
         ``(N, num_image_tokens, hidden)``, when given, are used instead of running the vision
         tower on ``pixel_values`` (the inference engine replays the tower from a CUDA graph).
+
+        ``counted``: the caller has counted the ``<image>`` and ``<prior>`` ids on the host and gives media
+        exactly when they are there (the inference engine's ``validate``). The counts are then not read back
+        from the device, so the merge does not wait for the device's queued work.
         """
         embeds = self.base_llava.get_input_embeddings()(input_ids)
         image_mask = input_ids == self.image_token_id
-        if image_mask.any():
+        if (pixel_values is not None or image_features is not None) if counted else image_mask.any():
             if pixel_values is None and image_features is None:
                 raise ValueError("input_ids hold <image> tokens but no pixel_values were given")
             features = (self.image_features(pixel_values.to(embeds.dtype)) if image_features is None
                         else image_features).to(embeds.dtype)
-            if image_mask.sum() != features.shape[0] * features.shape[1]:
+            if not counted and image_mask.sum() != features.shape[0] * features.shape[1]:
                 raise ValueError(f"{int(image_mask.sum())} <image> tokens for {features.shape[0]}x{features.shape[1]} "
                                  "image features")
             embeds = embeds.masked_scatter(image_mask.unsqueeze(-1), features)
         prior_mask = input_ids == self.prior_token_id
-        if prior_mask.any():
+        if (prior is not None and self.prior_projector is not None) if counted else prior_mask.any():
             if prior is None or self.prior_projector is None:
                 raise ValueError("input_ids hold a <prior> token but no prior (or no prior projector) was given")
-            if int(prior_mask.sum()) != prior.shape[0]:
+            if not counted and int(prior_mask.sum()) != prior.shape[0]:
                 raise ValueError(f"{int(prior_mask.sum())} <prior> tokens for {prior.shape[0]} prior vectors: "
                                  "each sample needs exactly one")
             tokens = self.prior_projector(prior.to(embeds.dtype))  # (N, hidden), in sample order
