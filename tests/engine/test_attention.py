@@ -188,8 +188,8 @@ for cache in ("*bf16", "*fp8e4nv"):
                  **ints("qkv_token", "heads", "kv_heads", "cache_row", "cache_head", "cache_pos"), "HALF": "constexpr"}
     triton.compile(ASTSource(_kernel(), signature, constexprs={"HALF": 64}), target=hopper)
     signature = {"q_ptr": "*bf16", "k_ptr": cache, "v_ptr": cache, "lengths_ptr": "*i32", "out_ptr": "*fp32",
-                 "lse_ptr": "*fp32", **ints("q_row", "q_head", "k_row", "k_head", "k_pos", "heads", "groups", "splits",
-                                            "chunk"), "scale": "fp32", "D": "constexpr", "BLOCK": "constexpr",
+                 "lse_ptr": "*fp32", **ints("q_row", "q_head", "k_row", "k_head", "k_pos", "heads", "groups", "splits"),
+                 "scale": "fp32", "D": "constexpr", "BLOCK": "constexpr",
                  "DOT": "constexpr"}
     for block, warps, stages, dot in TILES:
         triton.compile(ASTSource(_kernels()[0], signature, constexprs={"D": 128, "BLOCK": block, "DOT": dot}),

@@ -6,9 +6,9 @@ length bucket; PyTorch's variable-length kernels read each row's own length but 
 tiles of 64-128 queries, so one query per row wastes most of their arithmetic (measured
 slower than the masked batched kernel at the ``emola-7b`` shape). :func:`decode_attention`
 reads row ``b``'s cache positions ``0 .. lengths[b]-1`` and nothing more, one query at a
-time, with the online softmax of FlashAttention. Long rows are split over several
-programs (flash-decoding) whose partial results a second kernel combines, so that a step
-of few rows still keeps the GPU's memory system busy.
+time, with the online softmax of FlashAttention. Each row's keys are split over several
+programs (flash-decoding: the row's own length divided among them) whose partial results a
+second kernel combines, so that a step of few rows still keeps the GPU's memory system busy.
 
 The cache is the slot decoder's, one layer ``(rows, kv_heads, context, d)``, in the model's
 dtype or in FP8 (``float8_e4m3fn``, :data:`CACHE_DTYPES`): half the bytes per position, each
@@ -35,7 +35,8 @@ import torch
 #: Programs per step to aim for: splits are added until rows x heads x splits reaches this.
 TARGET_PROGRAMS = 2048
 MAX_SPLITS = 16
-#: A split covers whole multiples of this many positions (the largest tile's keys).
+#: Splits per row are capped at the context's blocks of this many positions (each row's own keys are shared by
+#: its splits in whole tiles).
 BLOCK_N = 128
 #: The tiles the autotuner tries: (keys per block, warps, pipeline stages, on the tensor cores). Chosen on an
 #: H200 at 32 rows: the tensor-core form (64 keys, 4 warps) over a bf16 cache, the CUDA-core form (64 keys,
@@ -57,11 +58,14 @@ def _kernels():
     import triton.language as tl
 
     def part(q_ptr, k_ptr, v_ptr, lengths_ptr, out_ptr, lse_ptr, q_row, q_head, k_row, k_head, k_pos,
-             heads, groups, splits, chunk, scale, D: tl.constexpr, BLOCK: tl.constexpr, DOT: tl.constexpr):
+             heads, groups, splits, scale, D: tl.constexpr, BLOCK: tl.constexpr, DOT: tl.constexpr):
         row = tl.program_id(0)
         head = tl.program_id(1)
         split = tl.program_id(2)
         length = tl.load(lengths_ptr + row)
+        # The row's own keys shared by its splits, in whole tiles: a row shorter than the context keeps every
+        # split busy (splits of the context left those past the row's end idle).
+        chunk = tl.cdiv(tl.cdiv(length, splits), BLOCK) * BLOCK
         start = split * chunk
         end = tl.minimum(start + chunk, length)
         d = tl.arange(0, D)
@@ -145,21 +149,21 @@ def _kernels():
             return do_bench_cudagraph(kernel_call, rep=20, quantiles=quantiles)
 
         try:
-            tuned = triton.autotune(configs=configs, key=["D", "chunk"], do_bench=graph_bench)(part)   # + the dtypes
+            tuned = triton.autotune(configs=configs, key=["D", "splits"], do_bench=graph_bench)(part)   # + the dtypes
         except TypeError:   # a Triton before autotune's do_bench: launch by launch
-            tuned = triton.autotune(configs=configs, key=["D", "chunk"])(part)
+            tuned = triton.autotune(configs=configs, key=["D", "splits"])(part)
     return part, tuned, combine
 
 
 def tuned_tiles() -> dict[str, str]:
-    """The tile the autotuner chose for each problem met so far, e.g. ``"D=128 chunk=640 torch.bfloat16"``
+    """The tile the autotuner chose for each problem met so far, e.g. ``"D=128 splits=2 torch.bfloat16"``
     -> ``"BLOCK=64 warps=4 stages=3"`` (empty before the first CUDA call, and under the interpreter)."""
     _, tuned, _ = _kernels()
     chosen = {}
     for key, config in (getattr(tuned, "cache", None) or {}).items():
-        d, chunk, *dtypes = key
+        d, splits, *dtypes = key
         cache_dtype = dtypes[1] if len(dtypes) > 1 else "?"   # q, then the key cache
-        chosen[f"D={d} chunk={chunk} {cache_dtype}"] = (
+        chosen[f"D={d} splits={splits} {cache_dtype}"] = (
             f"BLOCK={config.kwargs['BLOCK']} warps={config.num_warps} stages={config.num_stages}"
             + (" tensor cores" if config.kwargs.get("DOT") else ""))
     return chosen
@@ -186,12 +190,10 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     rows, heads, d = q.shape
     _, kv_heads, context, _ = k_cache.shape
     splits = splits_for(rows, heads, context)
-    per_split = -(-context // splits)
-    chunk = -(-per_split // BLOCK_N) * BLOCK_N   # whole blocks: a split never starts inside one
     parts = torch.empty(rows * heads * splits, d, dtype=torch.float32, device=q.device)
     lse = torch.empty(rows * heads * splits, dtype=torch.float32, device=q.device)
     args = (q, k_cache, v_cache, lengths, parts, lse, q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1),
-            k_cache.stride(2), heads, heads // kv_heads, splits, chunk, scale)
+            k_cache.stride(2), heads, heads // kv_heads, splits, scale)
     if tuned is not None and tile is None:
         tuned[(rows, heads, splits)](*args, D=d)
     else:
