@@ -672,7 +672,7 @@ class InferenceEngine:
                                  self._to_device([r.request.top_p for r in rows], torch.float32),
                                  self._to_device([r.request.seed for r in rows], torch.long),
                                  self._to_device([r.launched for r in rows], torch.long),
-                                 branchless=self.device.type == "cuda")
+                                 branchless=self.overlap and self.device.type == "cuda")   # else it waits anyway
         for r in rows:
             r.launched += 1
         return chosen
