@@ -181,8 +181,7 @@ class PackedDecoder(DecoderWeights):
         their own rows: junk nobody uses)."""
         b, n, slots, scratch = len(positions), len(lengths), self.slots, self.scratch_slot
         pad_decode, pad_tail = width - b, total - width - sum(lengths)
-        ids = np.full(total, -1, np.int64)
-        ids[:width] = 0
+        ids = np.full(total, -1, np.int64)   # the decode rows' entries are replaced by self.tokens in the pass
         scratch_positions = np.arange(pad_decode + pad_tail, dtype=np.int64) % self.context   # distinct writes
         position = np.concatenate([np.asarray(positions, np.int64), scratch_positions[:pad_decode]]
                                   + [np.arange(length, dtype=np.int64) for length in lengths]

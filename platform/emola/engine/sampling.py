@@ -44,6 +44,13 @@ def top_p_keep(probs: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
 
 
+def _draw(logp: torch.Tensor, top_p: torch.Tensor, seeds: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+    """The exponential race among each row's top-p kept tokens: ``logp`` ``(k, V)`` log-probabilities after
+    the temperature; ``top_p``, ``seeds``, ``steps`` ``(k,)``."""
+    race = logp - torch.log(-torch.log(uniform_noise(seeds, steps, logp.shape[-1])))
+    return race.masked_fill(~top_p_keep(logp.exp(), top_p), float("-inf")).argmax(-1)
+
+
 def next_tokens(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor, seeds: torch.Tensor,
                 steps: torch.Tensor, *, branchless: bool = False) -> torch.Tensor:
     """One token id per row of ``logits`` ``(b, V)`` (float32).
@@ -57,13 +64,10 @@ def next_tokens(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Te
     tokens are the same either way.
     """
     out = logits.argmax(-1)
-    if branchless:
-        hot = temperature > 0
-        logp = torch.log_softmax(logits / torch.where(hot, temperature, 1.0)[:, None], dim=-1)
-        race = logp - torch.log(-torch.log(uniform_noise(seeds, steps, logits.shape[-1])))
-        drawn = race.masked_fill(~top_p_keep(logp.exp(), top_p), float("-inf")).argmax(-1)
-        return torch.where(hot, drawn, out)
     sampled = temperature > 0
+    if branchless:
+        logp = torch.log_softmax(logits / torch.where(sampled, temperature, 1.0)[:, None], dim=-1)
+        return torch.where(sampled, _draw(logp, top_p, seeds, steps), out)
     if bool(sampled.any()):
         rows = sampled.nonzero().squeeze(-1)
         logp = torch.log_softmax(logits[rows] / temperature[rows, None], dim=-1)
@@ -72,7 +76,5 @@ def next_tokens(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Te
         open_rows = logp.max(-1).values < torch.log(top_p[rows])
         if bool(open_rows.any()):
             rows, logp = rows[open_rows], logp[open_rows]
-            keep = top_p_keep(logp.exp(), top_p[rows])
-            race = logp - torch.log(-torch.log(uniform_noise(seeds[rows], steps[rows], logits.shape[-1])))
-            out[rows] = race.masked_fill(~keep, float("-inf")).argmax(-1)
+            out[rows] = _draw(logp, top_p[rows], seeds[rows], steps[rows])
     return out
