@@ -36,6 +36,43 @@ def test_rouge_l_is_not_rouge_scores_rougeL():
     assert ours == pytest.approx(Rouge().get_scores(p, r)[0]["rouge-l"]["f"])
 
 
+def _package(prediction, reference):
+    """The package behind the scorer's published deviation: a blank text scores 0, so does one it rejects."""
+    if not prediction.strip() or not reference.strip():
+        return 0.0
+    try:
+        return Rouge(metrics=["rouge-l"]).get_scores(prediction, reference)[0]["rouge-l"]["f"]
+    except (ValueError, RecursionError):
+        return 0.0
+
+
+def test_rouge_l_equals_the_rouge_package_bit_for_bit():
+    """The scorer's own LCS against the package on descriptions, their near misses and odd tokenisations."""
+    import numpy as np
+
+    from emola.labels import EMOTION_PROTOTYPES, EMOTIONS
+    from emola.synth.descriptions import au_description, emotion_description
+
+    rng, pyrng = np.random.default_rng(0), random.Random(0)
+    texts = []
+    for _ in range(60):
+        emotion = EMOTIONS[int(rng.integers(7))]
+        texts.append(emotion_description(emotion, rng.uniform(0.3, 1), rng))
+        aus = EMOTION_PROTOTYPES[emotion] or (12,)
+        texts.append(au_description({a: 0.7 for a in aus}, aus, rng))
+    odd = "the a brow lip . , .. eye AU12 smile x y".split(" ") + ["", "", "\t", "\n"]
+    texts += [" ".join(pyrng.choice(odd) for _ in range(pyrng.randint(0, 50))) for _ in range(200)]
+    texts += ["...", " . ", "word", "a. a. a. a", "a  b\tc .d", "no period " * 120]   # one long sentence
+    pairs = [(pyrng.choice(texts), pyrng.choice(texts)) for _ in range(1500)] + list(zip(texts, texts[1:]))
+    mismatched = [(p, r) for p, r in pairs if rouge_l_f(p, r) != _package(p, r)]
+    assert not mismatched, mismatched[:3]
+
+
+def test_very_long_sentences_go_to_the_package():
+    long_a, long_b = " ".join(f"w{i}" for i in range(400)), " ".join(f"w{i}" for i in range(0, 600, 3))
+    assert rouge_l_f(long_a, long_b) == _package(long_a, long_b) > 0
+
+
 def test_empty_prediction_scores_zero_instead_of_crashing():
     assert rouge_l_f("", "a reference") == 0.0
     assert generation_score(["", "a b c"], ["x y", "a b c"]) == pytest.approx(50.0, abs=1e-6)

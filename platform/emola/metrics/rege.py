@@ -1,8 +1,8 @@
 """FABA-Bench's REGE metric: S_rege = S_re + S_ge, all in percent.
 
-- ``S_ge``: the mean over samples of ROUGE-L F computed by the ``rouge`` package 1.0.1
+- ``S_ge``: the mean over samples of ROUGE-L F as the ``rouge`` package 1.0.1 computes it
   (summary-level union LCS, sentences split on ".", whitespace tokens, no lowercasing or
-  stemming). Deviation from the published code, which crashes there: an empty prediction
+  stemming; :func:`rouge_l_f` repeats its arithmetic, faster, and is tested against it). Deviation from the published code, which crashes there: an empty prediction
   scores 0.
 - ``S_re`` for emotion: accuracy of the class parsed from each prediction
   (:func:`~emola.metrics.rege_parsers.emotion_of`) against the label.
@@ -30,21 +30,78 @@ SCORED_AUS: dict[str, tuple[int, ...]] = {**AU_LISTS, "FABA": FABA_SCORED_AUS}
 
 
 _ROUGE = None
+#: Sentence pairs longer than this (words of both) go to the ``rouge`` package itself: its
+#: recursive LCS reconstruction may raise RecursionError there, which scores the pair 0.
+_OWN_LCS_MAX_WORDS = 500
 
 
-def rouge_l_f(prediction: str, reference: str) -> float:
-    """ROUGE-L F of one pair as the ``rouge`` package computes it; 0 for an empty prediction."""
+def _sentences(text: str) -> list[list[str]]:
+    """The ``rouge`` package's tokens: sentences split on ".", whitespace runs made one space, then split on
+    " " (a sentence of spaces alone is one empty word)."""
+    return [" ".join(part.split()).split(" ") for part in text.split(".") if len(part) > 0]
+
+
+def _lcs_words(x: list[str], y: list[str]) -> set[str]:
+    """The words of the longest common subsequence of ``x`` and ``y`` that the ``rouge`` package's
+    ``_recon_lcs(x, y)`` reconstructs: the same table, the same tie-break walking back (up only where the
+    cell above is larger), in lists and a loop instead of a dict and recursion."""
+    n, m = len(x), len(y)
+    table = [[0] * (m + 1)]
+    for i in range(1, n + 1):
+        word, above, row, best = x[i - 1], table[i - 1], [0] * (m + 1), 0
+        for j in range(1, m + 1):
+            if word == y[j - 1]:
+                best = above[j - 1] + 1
+            elif above[j] > best:
+                best = above[j]
+            row[j] = best
+        table.append(row)
+    words: set[str] = set()
+    i, j = n, m
+    while i > 0 and j > 0:
+        if x[i - 1] == y[j - 1]:
+            words.add(x[i - 1])
+            i, j = i - 1, j - 1
+        elif table[i - 1][j] > table[i][j - 1]:
+            i -= 1
+        else:
+            j -= 1
+    return words
+
+
+def _package_rouge_l_f(prediction: str, reference: str) -> float:
     global _ROUGE
     if _ROUGE is None:
         from rouge import Rouge
 
         _ROUGE = Rouge(metrics=["rouge-l"])
+    return _ROUGE.get_scores(prediction, reference)[0]["rouge-l"]["f"]
+
+
+def rouge_l_f(prediction: str, reference: str) -> float:
+    """ROUGE-L F of one pair as the ``rouge`` package 1.0.1 computes it (``rouge_l_summary_level``, exclusive:
+    the union over every reference and predicted sentence of the reconstructed LCS words, as a set, over the
+    distinct words of each side); 0 for an empty prediction or one the package rejects.
+
+    The same arithmetic as the package, about 7x faster; the test suite compares the two on every kind of
+    text the scorer sees."""
     if not prediction.strip() or not reference.strip():
         return 0.0
-    try:
-        return _ROUGE.get_scores(prediction, reference)[0]["rouge-l"]["f"]
-    except (ValueError, RecursionError):  # the package rejects texts that are only punctuation
+    predicted, referenced = _sentences(prediction), _sentences(reference)
+    if not predicted or not referenced:   # only punctuation: the package raises ValueError
         return 0.0
+    try:
+        if max(map(len, predicted)) + max(map(len, referenced)) > _OWN_LCS_MAX_WORDS:
+            return _package_rouge_l_f(prediction, reference)
+    except (ValueError, RecursionError):
+        return 0.0
+    union: set[str] = set()
+    for x in referenced:
+        for y in predicted:
+            union |= _lcs_words(x, y)
+    recall = len(union) / len({w for sentence in referenced for w in sentence})
+    precision = len(union) / len({w for sentence in predicted for w in sentence})
+    return 2.0 * ((precision * recall) / (precision + recall + 1e-8))
 
 
 def _rouge_chunk(pairs: list[tuple[str, str]]) -> list[float]:
