@@ -29,9 +29,13 @@ def test_the_gpu_benchmark_runs_on_a_shrunken_model(tmp_path):
         assert [row["concurrency"] for row in engine["concurrent"]] == [2, 8]
         assert all(row["tokens_per_s"] > 0 for row in engine["concurrent"])
         assert engine["evaluate"]["answers"] == 24
-        other = engine["without_overlap"]   # the same measurements with steps read one at a time
-        assert other["ms_per_token_batch1"] > 0 and other["evaluate"]["answers"] == 24
-        assert [row["concurrency"] for row in other["concurrent"]] == [8] and other["concurrent"][0]["tokens_per_s"] > 0
+        if name == "varlen":   # the first engine: the same measurements with steps read one at a time
+            other = engine["without_overlap"]
+            assert other["ms_per_token_batch1"] > 0 and other["evaluate"]["answers"] == 24
+            assert [row["concurrency"] for row in other["concurrent"]] == [8]
+            assert other["concurrent"][0]["tokens_per_s"] > 0
+        else:
+            assert "without_overlap" not in engine, name
         assert engine["host_syncs"] == {}   # counted on CUDA only
         assert set(engine["profile"]) >= {"decode_ms", "prefill_ms", "rope_store_ms"} | ({"mixed_ms"} if engine["packed"]
                                                                                          else set())

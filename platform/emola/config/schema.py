@@ -273,8 +273,8 @@ class InferenceConfig(Section):
         description="decode-step attention over the KV cache: two matrix products (exact like transformers' "
                     "eager attention) or PyTorch's fused scaled_dot_product_attention kernel, each row over the "
                     "cache up to a length bucket; or varlen, each row over its own length through a Triton "
-                    "kernel on CUDA (needs packed_prefill; on an H200 at the emola-7b shape faster than sdpa with "
-                    "32-64 requests in flight, slower with 8)")
+                    "kernel on CUDA (needs packed_prefill; on an H200 at the emola-7b shape faster than sdpa from "
+                    "8 to 64 requests in flight, a little slower with one)")
     packed_prefill: bool = Field(
         description="arrivals' prompts go through the running requests' decode step (one pass, the decode rows "
                     "riding on the prompts' weight reads) instead of a prefill pass of their own; on CUDA it needs "
