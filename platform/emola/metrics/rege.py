@@ -2,8 +2,8 @@
 
 - ``S_ge``: the mean over samples of ROUGE-L F as the ``rouge`` package 1.0.1 computes it
   (summary-level union LCS, sentences split on ".", whitespace tokens, no lowercasing or
-  stemming; :func:`rouge_l_f` repeats its arithmetic, faster, and is tested against it). Deviation from the published code, which crashes there: an empty prediction
-  scores 0.
+  stemming; :func:`rouge_l_f` repeats its arithmetic, faster, and is tested against it).
+  Deviation from the published code, which crashes there: an empty prediction scores 0.
 - ``S_re`` for emotion: accuracy of the class parsed from each prediction
   (:func:`~emola.metrics.rege_parsers.emotion_of`) against the label.
 - ``S_re`` for AUs: unweighted mean of per-AU F1 over the data set's scored AUs; F1 is 0
