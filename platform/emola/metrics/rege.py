@@ -90,11 +90,11 @@ def rouge_l_f(prediction: str, reference: str) -> float:
     predicted, referenced = _sentences(prediction), _sentences(reference)
     if not predicted or not referenced:   # only punctuation: the package raises ValueError
         return 0.0
-    try:
-        if max(map(len, predicted)) + max(map(len, referenced)) > _OWN_LCS_MAX_WORDS:
+    if max(map(len, predicted)) + max(map(len, referenced)) > _OWN_LCS_MAX_WORDS:
+        try:
             return _package_rouge_l_f(prediction, reference)
-    except (ValueError, RecursionError):
-        return 0.0
+        except (ValueError, RecursionError):
+            return 0.0
     union: set[str] = set()
     for x in referenced:
         for y in predicted:
