@@ -1,4 +1,4 @@
-"""The README's `ray job submit` sequence, run as written against a local head node: train, evaluate, tracking,
+"""The `ray job submit` sequence of docs/ray-jobs.md (linked from the README), run as written against a local head node: train, evaluate, tracking,
 and a wrong path that fails in the driver."""
 
 from __future__ import annotations
@@ -16,21 +16,28 @@ from tests.conftest import REPO, VENV_BIN
 
 pytestmark = pytest.mark.slow
 
-# What the test adds to the README's jobs: a short run of the small pipeline's model.
+# What the test adds to the guide's jobs: a short run of the small pipeline's model.
 SHORT_TRAIN = "train.max_steps=6 train.micro_batch=4 train.checkpoint_every=1000 model.tiny.text_layers=1"
 SHORT_EVAL = "evaluate.generation.max_new_tokens=8 evaluate.batch_size=16"
 
 
-def readme_block() -> str:
-    """The README's code block that starts a head node and submits the jobs."""
-    text = (REPO / "README.md").read_text()
+GUIDE = REPO / "docs" / "ray-jobs.md"
+
+
+def test_the_readme_links_the_guide():
+    assert "(docs/ray-jobs.md)" in (REPO / "README.md").read_text()
+
+
+def guide_block() -> str:
+    """The guide's code block that starts a head node and submits the jobs."""
+    text = GUIDE.read_text()
     blocks = re.findall(r"```bash\n(.*?)```", text, re.DOTALL)
     (block,) = [b for b in blocks if "ray get-auth-token --generate" in b and "ray job submit" in b]
     return block
 
 
-def test_the_readme_ray_job_submit_sequence(small_pipeline, tmp_path):
-    block = readme_block()
+def test_the_guide_ray_job_submit_sequence(small_pipeline, tmp_path):
+    block = guide_block()
     paths = {"$PWD/data/manifests": small_pipeline["manifests"], "$PWD/data/landmarks": small_pipeline["landmarks"],
              "$PWD/runs/ray": tmp_path / "runs", "$PWD/models/emola": tmp_path / "model",
              "$PWD/reports": tmp_path / "reports", "$PWD/mlflow.db": tmp_path / "mlflow.db"}
