@@ -50,6 +50,7 @@ def _dvc(clone, *args):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)   # the whole pipeline: 17-20 min on 2 cores (training 1,600 steps), then a no-op repro
 def test_dvc_repro_on_a_fresh_clone(fresh_clone):
     started = time.perf_counter()
     out = _dvc(fresh_clone, "repro")

@@ -10,7 +10,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from emola.config import load_config
-from emola.evaluate.job import run_evaluation
+from emola.evaluate.job import MODEL, PRIOR_OFF, run_evaluation, score, score_variants
 from tests.conftest import REPO, copy_as_task_part
 
 pytestmark = pytest.mark.slow
@@ -39,6 +39,8 @@ def test_evaluation_reports_tracks_and_registers(small_pipeline, tiny_checkpoint
 
     cfg = _evaluation_params(small_pipeline, tmp_path, register_as="emola-e2e", max_new_tokens=12)
     summary = run_evaluation(cfg, checkpoint=checkpoint, repo_root=tmp_path, log=print)
+    assert list(summary["phases"]) == ["generate", "score", "report", "track"]
+    assert sum(summary["phases"].values()) <= summary["seconds"] + 0.5
 
     metrics = json.loads((tmp_path / "reports/metrics.json").read_text())
     assert set(metrics) == {"emotion", "au"}
@@ -122,3 +124,34 @@ def _add_readout_head(part):
     torch.manual_seed(0)
     model.readout = ReadoutHead(model.base_llava.config.text_config.hidden_size)
     save_checkpoint(model, processor, config, part)
+
+
+def test_scoring_by_variant_and_task_equals_scoring_each_variant_whole():
+    """One Ray task per (variant, task) gives each variant what scoring its records together gives, the extras
+    (per class, per AU, rouge-score) for the evaluated model only."""
+    emotions = ["happiness", "sadness", "neutral", "anger"]
+    texts = ["The person looks happy, with a broad smile and raised cheeks.",
+             "The brows are drawn together and lowered; the lips press into a thin line. It reads as anger.",
+             "A neutral face: the mouth rests closed and the eyes are open at rest.",
+             "The inner brows rise and the lip corners are pulled down, which suggests sadness."]
+    aus = ["1, 4, 15", "6, 12", "4, 7, 23", "1, 2, 26"]
+
+    def records(shift: int) -> list[dict]:
+        out = []
+        for i in range(12):
+            out.append({"task": "emotion", "prediction": texts[(i + shift) % 4], "reference": texts[i % 4],
+                        "label": emotions[i % 4]})
+            out.append({"task": "au", "prediction": f"AU{aus[(i + shift) % 4].split(', ')[0]} is active. "
+                        + texts[(i + shift) % 4], "reference": texts[i % 4], "label": aus[i % 4]})
+        return out
+
+    predictions = {"untrained": records(3), MODEL: records(0), PRIOR_OFF: records(1), "emotion_only":
+                   [r for r in records(2) if r["task"] == "emotion"]}
+    scored = score_variants(predictions, "FABA")
+    assert list(scored) == list(predictions)
+    for name, records_ in predictions.items():
+        whole = score(records_, "FABA", extras=name == MODEL)
+        assert list(scored[name]) == list(whole)
+        assert {t: r.to_dict() for t, r in scored[name].items()} == {t: r.to_dict() for t, r in whole.items()}
+        assert all(bool(r.extras) == (name == MODEL) for r in scored[name].values())
+    assert list(scored["emotion_only"]) == ["emotion"]

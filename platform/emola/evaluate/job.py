@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from emola import preflight
@@ -25,7 +27,18 @@ from emola.model.configuration import EmolaModelConfig
 from emola.model.reference import model_parts, training_info
 
 
+TASKS = ("emotion", "au")  # REGE's tasks, in the order reports list them
 MODEL, PRIOR_OFF = "model", "prior_off"  # variant names: the evaluated model, its prior-token ablation
+
+
+@contextmanager
+def timed(phases: dict[str, float], name: str) -> Iterator[None]:
+    """Add the seconds the block takes to ``phases[name]``."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        phases[name] = round(phases.get(name, 0.0) + time.perf_counter() - started, 1)
 
 
 def check_baseline_name(name: str) -> None:
@@ -38,7 +51,7 @@ def score(records: list[dict], dataset: str, extras: bool = True) -> dict[str, o
     """REGE per task present in ``records`` (``extras``: also the per-class and per-AU details and rouge-score's
     numbers, which the reports keep for the evaluated model only)."""
     results = {}
-    for task in ("emotion", "au"):
+    for task in TASKS:
         task_records = [r for r in records if r["task"] == task]
         if task_records:
             results[task] = rege(task, [r["prediction"] for r in task_records], [r["reference"] for r in task_records],
@@ -51,23 +64,42 @@ def six_numbers(results: dict) -> dict:
             for task, r in results.items()}
 
 
-def evaluate_variants(variants: list[Variant], cfg: EmolaConfig, rows: list[ManifestRow]) -> dict[str, tuple[list[dict], dict]]:
-    """Predictions and REGE of every variant, generated in one pass (``emola.evaluate.replicas``).
+def score_variants(predictions: dict[str, list[dict]], dataset: str) -> dict[str, dict]:
+    """REGE of every variant's prediction records (``score``; only ``MODEL`` gets the extras).
 
-    A variant made of one checkpoint per task is scored on its parts' records together.
+    Scoring is pure Python (ROUGE's longest common subsequences): one Ray task per variant and task, so the
+    work spreads over every CPU. The evaluated model's go first: only they add rouge-score's numbers, the
+    longest tasks. (Ray tasks, not a fork of this process: it holds Ray's and torch's threads.)
     """
     import ray
 
     from emola.runtime import init_ray
 
-    predictions = predict_variants(variants, cfg, rows)
-    names = list(predictions)
-    # Scoring is pure Python (ROUGE's longest common subsequences): one Ray task per variant, so the
-    # variants score on every CPU at once. (Not a fork of this process: it holds Ray's and torch's threads.)
     init_ray()
     remote_score = ray.remote(num_cpus=1, max_retries=0)(score)
-    scores = ray.get([remote_score.remote(predictions[n], cfg.evaluate.dataset, n == MODEL) for n in names])
-    return {name: (predictions[name], result) for name, result in zip(names, scores)}
+    jobs = [(name, task) for name in sorted(predictions, key=lambda n: n != MODEL) for task in TASKS
+            if any(r["task"] == task for r in predictions[name])]
+    refs = [remote_score.remote([r for r in predictions[name] if r["task"] == task], dataset, name == MODEL)
+            for name, task in jobs]
+    results: dict[str, dict] = {name: {} for name in predictions}
+    for (name, task), result in zip(jobs, ray.get(refs)):
+        results[name].update(result)
+    return results
+
+
+def evaluate_variants(variants: list[Variant], cfg: EmolaConfig, rows: list[ManifestRow],
+                      phases: dict[str, float] | None = None) -> dict[str, tuple[list[dict], dict]]:
+    """Predictions and REGE of every variant, generated in one pass (``emola.evaluate.replicas``).
+
+    A variant made of one checkpoint per task is scored on its parts' records together.
+    ``phases`` receives the seconds of generation (``generate``) and of scoring (``score``).
+    """
+    phases = {} if phases is None else phases
+    with timed(phases, "generate"):
+        predictions = predict_variants(variants, cfg, rows)
+    with timed(phases, "score"):
+        results = score_variants(predictions, cfg.evaluate.dataset)
+    return {name: (records, results[name]) for name, records in predictions.items()}
 
 
 def variants_to_score(parts: list[Path], trainings: dict[str, dict], cfg: EmolaConfig,
@@ -199,12 +231,12 @@ def run_evaluation(cfg: EmolaConfig, *, checkpoint: Path | str | None = None,
     """
     from emola import tracking
 
-    started = time.perf_counter()
+    started, phases = time.perf_counter(), {}
     checkpoint = Path(checkpoint or cfg.train.output)
     manifest, rows, parts = check_inputs(cfg, checkpoint)
     test_set = hashlib.sha256(manifest.read_bytes()).hexdigest()[:16]
     trainings = {part.name: training_info(part) for part in parts}
-    evaluated = evaluate_variants(variants_to_score(parts, trainings, cfg, baselines, log), cfg, rows)
+    evaluated = evaluate_variants(variants_to_score(parts, trainings, cfg, baselines, log), cfg, rows, phases)
     records, results = evaluated.pop(MODEL)
     metrics = six_numbers(results)
     log(f"evaluate: {checkpoint}: " + "; ".join(f"{t} S_re {m['S_re']:.1f} S_ge {m['S_ge']:.1f} S_rege {m['S_rege']:.1f}"
@@ -218,10 +250,15 @@ def run_evaluation(cfg: EmolaConfig, *, checkpoint: Path | str | None = None,
         log(f"evaluate: {name}{' (prior-token ablation: one mean prior for every image)' if name == PRIOR_OFF else ''}: {m}")
 
     uri = tracking.configure(repo_root)
-    train_runs, train_loss = training_history(uri, trainings)
-    write_reports(Path(cfg.evaluate.reports), records, metrics, results, baseline_metrics, train_loss, head or None)
-    eval_run = track(cfg, checkpoint, parts, test_set, train_runs, records, metrics, results, baseline_metrics,
-                     train_loss)
-    registry = register_parts(uri, cfg, parts, metrics, test_set, train_runs, eval_run, log) if register else None
+    with timed(phases, "report"):
+        train_runs, train_loss = training_history(uri, trainings)
+        write_reports(Path(cfg.evaluate.reports), records, metrics, results, baseline_metrics, train_loss,
+                      head or None)
+    with timed(phases, "track"):
+        eval_run = track(cfg, checkpoint, parts, test_set, train_runs, records, metrics, results, baseline_metrics,
+                         train_loss)
+        registry = register_parts(uri, cfg, parts, metrics, test_set, train_runs, eval_run, log) if register else None
+    seconds = round(time.perf_counter() - started, 1)
+    log(f"evaluate: {seconds} s (" + ", ".join(f"{name} {s} s" for name, s in phases.items()) + ")")
     return {"metrics": metrics, "baselines": baseline_metrics, "eval_run_id": eval_run, "registry": registry,
-            "seconds": round(time.perf_counter() - started, 1)}
+            "seconds": seconds, "phases": phases}
