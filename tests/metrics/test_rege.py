@@ -7,7 +7,7 @@ import random
 import pytest
 from rouge import Rouge
 
-from emola.metrics.rege import au_recognition, generation_score, rege, rouge_l_f
+from emola.metrics.rege import au_recognition, generation_score, rege, rouge_l_f, rouge_score_extras, rouge_score_f
 
 
 def _random_texts(n, seed):
@@ -66,6 +66,44 @@ def test_rouge_l_equals_the_rouge_package_bit_for_bit():
     pairs = [(pyrng.choice(texts), pyrng.choice(texts)) for _ in range(1500)] + list(zip(texts, texts[1:]))
     mismatched = [(p, r) for p, r in pairs if rouge_l_f(p, r) != _package(p, r)]
     assert not mismatched, mismatched[:3]
+
+
+def _scoring_corpus() -> list[tuple[str, str]]:
+    """Descriptions as the scorer sees them, their near misses, odd tokenisations and several-line texts."""
+    import numpy as np
+
+    from emola.labels import EMOTION_PROTOTYPES, EMOTIONS
+    from emola.synth.descriptions import au_description, emotion_description
+
+    rng, pyrng = np.random.default_rng(1), random.Random(1)
+    texts = []
+    for _ in range(60):
+        emotion = EMOTIONS[int(rng.integers(7))]
+        texts.append(emotion_description(emotion, rng.uniform(0.3, 1), rng))
+        aus = EMOTION_PROTOTYPES[emotion] or (12,)
+        texts.append(au_description({a: 0.7 for a in aus}, aus, rng))
+    odd = "the a The BROW brow lip . , .. eye AU12 au12 smile x y café naïve İ 3rd 12 -".split(" ") + ["", "\t", "\n"]
+    texts += [" ".join(pyrng.choice(odd) for _ in range(pyrng.randint(0, 60))) for _ in range(200)]
+    texts += ["", "...", "\n\n", "word", "a a a a", "x\ny\nx y", "no line break " * 150]
+    return [(pyrng.choice(texts), pyrng.choice(texts)) for _ in range(1500)] + list(zip(texts, texts[1:]))
+
+
+def test_rouge_score_numbers_equal_the_rouge_score_package_bit_for_bit():
+    """Our rouge1/2/L/Lsum against ``rouge-score``'s ``RougeScorer`` (the extras the reports keep)."""
+    from rouge_score import rouge_scorer
+
+    package = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL", "rougeLsum"])
+    pairs = _scoring_corpus()
+    assert sum("\n" in p or "\n" in r for p, r in pairs) > 100   # several-line texts are in the corpus
+    mismatched = [(r, p) for r, p in pairs
+                  if rouge_score_f(r, p) != {k: s.fmeasure for k, s in package.score(r, p).items()}]
+    assert not mismatched, mismatched[:3]
+    predictions, references = [p for _, p in pairs], [r for r, _ in pairs]
+    totals = dict.fromkeys(("rouge1", "rouge2", "rougeL", "rougeLsum"), 0.0)
+    for r, p in pairs:
+        for key, score in package.score(r, p).items():
+            totals[key] += score.fmeasure
+    assert rouge_score_extras(predictions, references) == {k: 100.0 * v / len(pairs) for k, v in totals.items()}
 
 
 def test_very_long_sentences_go_to_the_package():
