@@ -46,46 +46,39 @@ def _package(prediction, reference):
         return 0.0
 
 
-def test_rouge_l_equals_the_rouge_package_bit_for_bit():
-    """The scorer's own LCS against the package on descriptions, their near misses and odd tokenisations."""
+def _text_pairs(seed: int, odd: list[str], most_odd_words: int, extra: list[str]) -> list[tuple[str, str]]:
+    """Descriptions as the scorer sees them, random texts of ``odd`` tokens and ``extra`` texts, paired at random
+    and each with the next."""
     import numpy as np
 
     from emola.labels import EMOTION_PROTOTYPES, EMOTIONS
     from emola.synth.descriptions import au_description, emotion_description
 
-    rng, pyrng = np.random.default_rng(0), random.Random(0)
+    rng, pyrng = np.random.default_rng(seed), random.Random(seed)
     texts = []
     for _ in range(60):
         emotion = EMOTIONS[int(rng.integers(7))]
         texts.append(emotion_description(emotion, rng.uniform(0.3, 1), rng))
         aus = EMOTION_PROTOTYPES[emotion] or (12,)
         texts.append(au_description({a: 0.7 for a in aus}, aus, rng))
+    texts += [" ".join(pyrng.choice(odd) for _ in range(pyrng.randint(0, most_odd_words))) for _ in range(200)]
+    texts += extra
+    return [(pyrng.choice(texts), pyrng.choice(texts)) for _ in range(1500)] + list(zip(texts, texts[1:]))
+
+
+def test_rouge_l_equals_the_rouge_package_bit_for_bit():
+    """The scorer's own LCS against the package on descriptions, their near misses and odd tokenisations."""
     odd = "the a brow lip . , .. eye AU12 smile x y".split(" ") + ["", "", "\t", "\n"]
-    texts += [" ".join(pyrng.choice(odd) for _ in range(pyrng.randint(0, 50))) for _ in range(200)]
-    texts += ["...", " . ", "word", "a. a. a. a", "a  b\tc .d", "no period " * 120]   # one long sentence
-    pairs = [(pyrng.choice(texts), pyrng.choice(texts)) for _ in range(1500)] + list(zip(texts, texts[1:]))
+    pairs = _text_pairs(0, odd, 50, ["...", " . ", "word", "a. a. a. a", "a  b\tc .d",
+                                     "no period " * 120])   # one long sentence
     mismatched = [(p, r) for p, r in pairs if rouge_l_f(p, r) != _package(p, r)]
     assert not mismatched, mismatched[:3]
 
 
 def _scoring_corpus() -> list[tuple[str, str]]:
-    """Descriptions as the scorer sees them, their near misses, odd tokenisations and several-line texts."""
-    import numpy as np
-
-    from emola.labels import EMOTION_PROTOTYPES, EMOTIONS
-    from emola.synth.descriptions import au_description, emotion_description
-
-    rng, pyrng = np.random.default_rng(1), random.Random(1)
-    texts = []
-    for _ in range(60):
-        emotion = EMOTIONS[int(rng.integers(7))]
-        texts.append(emotion_description(emotion, rng.uniform(0.3, 1), rng))
-        aus = EMOTION_PROTOTYPES[emotion] or (12,)
-        texts.append(au_description({a: 0.7 for a in aus}, aus, rng))
+    """Descriptions, near misses, odd tokenisations (case, accents, digits) and several-line texts."""
     odd = "the a The BROW brow lip . , .. eye AU12 au12 smile x y café naïve İ 3rd 12 -".split(" ") + ["", "\t", "\n"]
-    texts += [" ".join(pyrng.choice(odd) for _ in range(pyrng.randint(0, 60))) for _ in range(200)]
-    texts += ["", "...", "\n\n", "word", "a a a a", "x\ny\nx y", "no line break " * 150]
-    return [(pyrng.choice(texts), pyrng.choice(texts)) for _ in range(1500)] + list(zip(texts, texts[1:]))
+    return _text_pairs(1, odd, 60, ["", "...", "\n\n", "word", "a a a a", "x\ny\nx y", "no line break " * 150])
 
 
 def test_rouge_score_numbers_equal_the_rouge_score_package_bit_for_bit():
