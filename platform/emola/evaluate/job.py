@@ -77,12 +77,11 @@ def score_variants(predictions: dict[str, list[dict]], dataset: str) -> dict[str
 
     init_ray()
     remote_score = ray.remote(num_cpus=1, max_retries=0)(score)
-    jobs = [(name, task) for name in sorted(predictions, key=lambda n: n != MODEL) for task in TASKS
-            if any(r["task"] == task for r in predictions[name])]
-    refs = [remote_score.remote([r for r in predictions[name] if r["task"] == task], dataset, name == MODEL)
-            for name, task in jobs]
+    groups = {(name, task): [r for r in predictions[name] if r["task"] == task]
+              for name in sorted(predictions, key=lambda n: n != MODEL) for task in TASKS}
+    jobs = {key: remote_score.remote(records, dataset, key[0] == MODEL) for key, records in groups.items() if records}
     results: dict[str, dict] = {name: {} for name in predictions}
-    for (name, task), result in zip(jobs, ray.get(refs)):
+    for (name, _), result in zip(jobs, ray.get(list(jobs.values()))):
         results[name].update(result)
     return results
 
