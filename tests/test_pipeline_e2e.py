@@ -108,7 +108,8 @@ def test_dvc_repro_on_a_fresh_clone(fresh_clone):
     assert again.count("didn't change, skipping") == len(stages) and "Data and pipelines are up to date" in again
     assert "up to date" in _dvc(fresh_clone, "status")
     # Bytecode is not source: compiling the stages' code (as importing it from this folder does) changes no stage.
-    subprocess.run([str(VENV_BIN / "python"), "-m", "compileall", "-q", "platform", "jobs"], cwd=fresh_clone, check=True)
+    subprocess.run([str(VENV_BIN / "python"), "-m", "compileall", "-q", "platform", "jobs"], cwd=fresh_clone,
+                   check=True)
     assert list((fresh_clone / "platform/emola/config").glob("__pycache__/*.pyc"))
     assert "up to date" in _dvc(fresh_clone, "status")
     metrics = _dvc(fresh_clone, "metrics", "show")

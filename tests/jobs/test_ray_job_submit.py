@@ -1,5 +1,5 @@
-"""The `ray job submit` sequence of docs/ray-jobs.md (linked from the README), run as written against a local head node: train, evaluate, tracking,
-and a wrong path that fails in the driver."""
+"""The `ray job submit` sequence of docs/ray-jobs.md (linked from the README), run as written against a local
+head node: train, evaluate, tracking, and a wrong path that fails in the driver."""
 
 from __future__ import annotations
 

@@ -77,7 +77,8 @@ def test_rouge_l_equals_the_rouge_package_bit_for_bit():
 
 def _scoring_corpus() -> list[tuple[str, str]]:
     """Descriptions, near misses, odd tokenisations (case, accents, digits) and several-line texts."""
-    odd = "the a The BROW brow lip . , .. eye AU12 au12 smile x y café naïve İ 3rd 12 -".split(" ") + ["", "\t", "\n"]
+    odd = "the a The BROW brow lip . , .. eye AU12 au12 smile x y café naïve İ 3rd 12 -".split(" ")
+    odd += ["", "\t", "\n"]
     return _text_pairs(1, odd, 60, ["", "...", "\n\n", "word", "a a a a", "x\ny\nx y", "no line break " * 150])
 
 
