@@ -1,17 +1,21 @@
 """The HTTP ingress: the native ``/v1/analyze``, OpenAI-compatible chat completions, health, and the demo page.
 
-Guards, in order: the body size cap (413) and the API key (401) in a middleware, then
-request parsing where every client mistake is a :class:`~serve.inputs.RequestError`
-(4xx, OpenAI's JSON error shape), and around every call into the face and model
-deployments (:meth:`EmolaAPI._call`): a timeout (504), a prompt too long for the model's
-context (400), every replica busy and the queue full (503 with ``Retry-After``), and a
-replica that died under the call (tried up to twice more, then 503 with ``Retry-After``). A replica that fails a request keeps serving the next one.
+Guards, in order: the body size cap on the bytes received (413) and the API key (401) in a
+middleware, then request parsing where every client mistake is a
+:class:`~serve.inputs.RequestError` (4xx, OpenAI's JSON error shape), and around every call
+into the face and model deployments (:meth:`EmolaAPI._call`): a timeout (504), a prompt too
+long for the model's context (400), every replica busy and the queue full (503 with
+``Retry-After``), and a replica that died under the call (repeated at most once, and never
+when the request is the likely cause: 500 or 503). A replica that fails a request keeps
+serving the next one. Anything unexpected is a 500 naming an incident id; tracebacks and
+exception text stay in the replica's log.
 """
 
 
 import asyncio
 import hmac
 import json
+import logging
 import os
 import time
 import uuid
@@ -34,6 +38,7 @@ from serve.inputs import (RequestError, b64_bytes, decode_upload, image_url_byte
                           video_options)
 from serve.landmarks import NO_FACE_NEEDED, cached_face
 
+logger = logging.getLogger("ray.serve")
 API_KEY_ENV = "EMOLA_API_KEY"
 OPEN_PATHS = ("/", "/healthz", "/readyz", "/static/")   # probes and the page; the page sends the key itself
 PAGE = Path(__file__).parent / "static" / "index.html"
@@ -77,8 +82,21 @@ async def _http_error(_: Request, err: StarletteHTTPException) -> JSONResponse:
     return _error(RequestError(err.status_code, "http_error", str(err.detail)))
 
 
+@app.exception_handler(Exception)
+async def _internal_error(request: Request, err: Exception) -> JSONResponse:
+    """Anything unexpected: a 500 with an id to quote; the traceback goes to the replica's log, never to the client."""
+    incident = uuid.uuid4().hex[:12]
+    logger.error("internal error %s on %s %s", incident, request.method, request.url.path, exc_info=err)
+    return _error(RequestError(500, "internal_error", f"internal error (incident {incident})"))
+
+
 class Guards:
     """The body size cap (413) and the API key (401), before any route runs.
+
+    The cap holds on the bytes actually received, whatever the headers say: a declared
+    ``Content-Length`` over the cap is refused at once, and every body (chunked ones have no
+    length to check) is counted as the route reads it; the read that passes the cap raises
+    :class:`BodyTooLarge` (a 413) before the chunk is buffered anywhere.
 
     A plain ASGI middleware: Starlette's ``BaseHTTPMiddleware`` (``@app.middleware``) runs each
     request through a task group and two memory streams, a tenth of the ingress's CPU time
@@ -89,10 +107,34 @@ class Guards:
         self.app = app
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and (error := _guard(scope)) is not None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if (error := _guard(scope)) is not None:
             await _error(error)(scope, receive, send)
             return
-        await self.app(scope, receive, send)
+        await self.app(scope, _capped(receive, scope["app"].state.settings["max_body_bytes"]), send)
+
+
+class BodyTooLarge(RequestError):
+    def __init__(self, cap: int):
+        super().__init__(413, "body_too_large", f"request body exceeds the cap of {cap} bytes")
+
+
+def _capped(receive, cap: int):
+    """``receive`` that counts body bytes and raises :class:`BodyTooLarge` past ``cap``."""
+    size = 0
+
+    async def capped_receive():
+        nonlocal size
+        message = await receive()
+        if message["type"] == "http.request":
+            size += len(message.get("body", b""))
+            if size > cap:
+                raise BodyTooLarge(cap)
+        return message
+
+    return capped_receive
 
 
 def _guard(scope) -> RequestError | None:
@@ -101,34 +143,38 @@ def _guard(scope) -> RequestError | None:
     headers = Headers(scope=scope)
     length = headers.get("content-length")
     if length is not None:
-        if not length.isdigit():
+        if not length.isdigit() or len(length) > 20:
             return RequestError(400, "bad_content_length", "Content-Length is not a number")
         if int(length) > settings["max_body_bytes"]:
             return RequestError(413, "body_too_large",
                                 f"request body of {length} bytes exceeds the cap of {settings['max_body_bytes']}")
-    path = scope["path"]
-    if path not in OPEN_PATHS and not path.startswith("/static/"):
-        expected = os.environ.get(API_KEY_ENV)
-        if expected:
-            given = headers.get("authorization", "")
-            token = given[7:] if given.lower().startswith("bearer ") else ""
-            # Constant-time: a wrong key takes as long to reject as an almost-right one.
-            if not hmac.compare_digest(token.encode(), expected.encode()):
-                return RequestError(401, "invalid_api_key",
-                                    "missing or wrong API key: send Authorization: Bearer <key>")
+    if _needs_key(scope["path"]) and not _has_key(headers):
+        return RequestError(401, "invalid_api_key", "missing or wrong API key: send Authorization: Bearer <key>")
     return None
+
+
+def _needs_key(path: str) -> bool:
+    return path not in OPEN_PATHS and not path.startswith("/static/")
+
+
+def _has_key(headers: Headers) -> bool:
+    """Whether the request carries the API key (always true when the server has none)."""
+    expected = os.environ.get(API_KEY_ENV)
+    if not expected:
+        return True
+    given = headers.get("authorization", "")
+    token = given[7:] if given.lower().startswith("bearer ") else ""
+    # Constant-time: a wrong key takes as long to reject as an almost-right one.
+    return hmac.compare_digest(token.encode(), expected.encode())
 
 
 app.add_middleware(Guards)
 
 
-async def _body(request: Request, cap: int) -> bytes:
-    """The body, read up to ``cap`` bytes (chunked uploads have no Content-Length to check)."""
-    chunks, size = [], 0
+async def _body(request: Request) -> bytes:
+    """The body; :class:`Guards` caps what is read (chunked uploads have no Content-Length to check)."""
+    chunks = []
     async for chunk in request.stream():
-        size += len(chunk)
-        if size > cap:
-            raise RequestError(413, "body_too_large", f"request body exceeds the cap of {cap} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -140,6 +186,8 @@ def _json(body: bytes) -> dict:
         data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise RequestError(400, "malformed_json", f"malformed JSON: {err}") from None
+    except (ValueError, RecursionError):   # an integer of thousands of digits, nesting past Python's stack
+        raise RequestError(400, "malformed_json", "malformed JSON: a number too long or nesting too deep") from None
     if not isinstance(data, dict):
         raise RequestError(400, "malformed_json", "the JSON body must be an object")
     return data
@@ -162,21 +210,29 @@ class EmolaAPI:
         self.generators = {part: handle.options(_by_reference=False) for part, handle in models.items()}
         app.state.settings = settings
         self.part_info: dict[str, dict] | None = None
+        self._in_flight: dict[str, dict[str, int]] = {}   # deployment call kind -> request id -> open calls
         self._known: asyncio.Future | None = None   # the face deployment's known faces, asked once
 
     # ---------------------------------------------------------------- helpers
-    async def _call(self, make, what: str):
+    async def _call(self, make, what: str, request: str = ""):
         """Await ``make()`` (a deployment call); see the module docstring for what becomes which status.
 
-        ``make`` is called again, up to twice, when the replica that took the call died under it: a
-        generation is safe to repeat. Until Serve's router learns of the death it may pick the dead
-        replica again, so each repeat waits a moment longer.
+        A replica that died under the call is survived at most once per request: ``make`` is called
+        again only when other requests were in flight to the same deployment when it died (the
+        death may be theirs, or the node's). A request that was alone there is the likely cause,
+        and so is one whose repeat died too: neither is sent again (a poison request takes down at
+        most two replicas, not every replica it is retried on), and the answer says so. Until
+        Serve's router learns of the death it may pick the dead replica again, so the repeat waits
+        a moment first.
         """
         timeout = self.settings["request_timeout_s"]
         retry = {"Retry-After": "1"}
-        for attempt in (1, 2, 3):
+        flight = self._in_flight.setdefault(what, {})
+        for attempt in (1, 2):
             if attempt > 1:
-                await asyncio.sleep(0.25 * (attempt - 1))
+                await asyncio.sleep(0.25)
+            flight[request] = flight.get(request, 0) + 1
+            others = len(flight) - 1   # other requests with a call to this deployment open now
             try:
                 return await asyncio.wait_for(make(), timeout=timeout)
             except asyncio.TimeoutError:
@@ -187,9 +243,21 @@ class EmolaAPI:
                 raise RequestError(503, "overloaded", f"{what}: every replica is busy and its queue is full; "
                                    "retry later", retry) from None
             except RayActorError:
-                if attempt == 3:
-                    raise RequestError(503, "replica_unavailable", f"{what}: the replicas serving it stopped three "
-                                       "times; retry later", retry) from None
+                others = max(others, len(flight) - 1)
+                logger.warning("%s: a replica died under request %s (attempt %d, %d other requests in flight)",
+                               what, request, attempt, others)
+                if attempt == 2:
+                    raise RequestError(503, "replica_unavailable", f"{what}: the replica serving this request "
+                                       "stopped, and so did the one it was repeated on; it is not repeated "
+                                       "again", retry) from None
+                if others == 0:
+                    raise RequestError(500, "replica_crashed", f"{what}: the replica serving this request stopped "
+                                       "while it was the only request there; it is the likely cause and is not "
+                                       "repeated") from None
+            finally:
+                flight[request] -= 1
+                if not flight[request]:
+                    del flight[request]
 
     def _model_id(self, part: str) -> str:
         return f"{self.settings['model_name']}-{part}" if part else self.settings["model_name"]
@@ -215,7 +283,7 @@ class EmolaAPI:
             return ids[model_id]
         if len(parts) == 1:
             return next(iter(parts))
-        raise RequestError(404, "model_not_found", f"model: {model_id!r} is not one of {', '.join(ids)}")
+        raise RequestError(404, "model_not_found", f"model: {str(model_id)[:80]!r} is not one of {', '.join(ids)}")
 
     async def _known_faces(self) -> dict:
         """:meth:`~serve.landmarks.LandmarkDetector.known`, asked once (concurrent first requests share the call;
@@ -226,7 +294,7 @@ class EmolaAPI:
             self._known = asyncio.ensure_future(self._call(self.faces.known.remote, "landmark cache"))
         return await asyncio.shield(self._known)
 
-    async def _face(self, image) -> dict:
+    async def _face(self, image, rid: str) -> dict:
         """The face and prior of ``image``: answered here when the face deployment has it cached (or the models
         need none), else detected there."""
         started = time.perf_counter()
@@ -235,7 +303,7 @@ class EmolaAPI:
             return dict(NO_FACE_NEEDED)
         if (hit := known["faces"].get(image.sha256)) is not None:
             return cached_face(hit, known["source"], started)
-        face = await self._call(lambda: self.detector.detect.remote(image.wire, image.sha256), "face detection")
+        face = await self._call(lambda: self.detector.detect.remote(image.wire, image.sha256), "face detection", rid)
         if face["status"] == "no_face":
             raise RequestError(422, "no_face", f"no face found in the image ({face['reason']})")
         if face["status"] != "ok":
@@ -268,13 +336,21 @@ class EmolaAPI:
         return {"status": "ok"}
 
     @app.get("/readyz")
-    async def readyz(self):
+    async def readyz(self, request: Request):
+        """``ready`` or ``not_ready`` to anyone (a probe needs no key); what is served and why it is not ready only
+        with the API key: checkpoint paths, run ids and exception text are not for anonymous callers."""
         try:
             infos = await asyncio.wait_for(asyncio.gather(*[m.info.remote() for m in self.generators.values()]),
                                            timeout=5)
             faces = await asyncio.wait_for(self.detector.info.remote(), timeout=5)
-        except Exception as err:  # noqa: BLE001 - not ready, whatever the reason; the probe says why
-            return JSONResponse({"status": "not_ready", "reason": f"{type(err).__name__}: {err}"}, status_code=503)
+        except Exception as err:  # noqa: BLE001 - not ready, whatever the reason; the probe says why to the key holder
+            logger.warning("not ready: %s: %s", type(err).__name__, err)
+            body = {"status": "not_ready"}
+            if _has_key(request.headers):
+                body["reason"] = f"{type(err).__name__}: {err}"
+            return JSONResponse(body, status_code=503)
+        if not _has_key(request.headers):
+            return {"status": "ready"}
         return {"status": "ready", "model": infos[0], "models": dict(zip(self.models, infos)), "faces": faces}
 
     @app.get("/v1/models")
@@ -292,15 +368,16 @@ class EmolaAPI:
         JSON key, a ``video/*`` upload, or bytes that start like a video container) goes to
         :meth:`_analyze_video`."""
         started = time.perf_counter()
+        rid = uuid.uuid4().hex
         data, task, video_fields = await self._analysis_request(request)
         if video_fields is not None:
-            return await self._analyze_video(data, video_fields, started)
+            return await self._analyze_video(data, video_fields, started, rid)
         t0 = time.perf_counter()
         image = decode_upload(data, self.settings["max_image_pixels"])
         t1 = time.perf_counter()
-        face = await self._face(image)
+        face = await self._face(image, rid)
         tasks = ["emotion", "au"] if task == "both" else [task]
-        results, generate_ms = await self._describe(tasks, image, face)
+        results, generate_ms = await self._describe(tasks, image, face, rid)
         return {
             "id": f"analyze-{uuid.uuid4().hex[:16]}", "model": self.settings["model_name"],
             "model_version": results[tasks[0]]["model_version"],   # each result names its own model too
@@ -318,7 +395,7 @@ class EmolaAPI:
         video the request's fields (its options), else None."""
         kind = request.headers.get("content-type", "")
         if kind.startswith("multipart/form-data"):
-            form = await request.form(max_part_size=self.settings["max_body_bytes"])
+            form = await request.form(max_files=4, max_fields=16, max_part_size=self.settings["max_body_bytes"])
             upload = form.get("video") or form.get("file") or form.get("image")
             if upload is None or isinstance(upload, str):
                 raise RequestError(400, "missing_file", "multipart body without a 'file' (or 'video') part")
@@ -327,7 +404,7 @@ class EmolaAPI:
             is_video = (form.get("video") is not None or (upload.content_type or "").startswith("video/")
                         or looks_like_video(data))
         else:
-            payload = _json(await _body(request, self.settings["max_body_bytes"]))
+            payload = _json(await _body(request))
             media = payload.get("video", payload.get("image"))
             if not isinstance(media, str) or not media:
                 raise RequestError(400, "missing_image", "JSON body needs 'image' (or 'video'): base64 bytes or a "
@@ -340,10 +417,10 @@ class EmolaAPI:
             task, fields = payload.get("task", "both"), payload
             is_video = "video" in payload or looks_like_video(data)
         if task not in TASKS:
-            raise RequestError(400, "invalid_task", f"task: {task!r} is not one of {', '.join(TASKS)}")
+            raise RequestError(400, "invalid_task", f"task: {str(task)[:40]!r} is not one of {', '.join(TASKS)}")
         return data, task, (fields if is_video else None)
 
-    async def _analyze_video(self, data: bytes, fields: dict, started: float) -> dict:
+    async def _analyze_video(self, data: bytes, fields: dict, started: float, rid: str) -> dict:
         """Named steps: the options, the upload's limits (probed here, 4xx before any model work), the part
         with a readout head, per-frame analysis on its replica, answer."""
         video = self.settings["video"]
@@ -365,7 +442,7 @@ class EmolaAPI:
         part = parts[0]
         generation = self._generation()
         out = await self._call(lambda: self.models[part].analyze_video.remote(
-            data, {**options, "limits": video["limits"], "generation": generation}), "video analysis")
+            data, {**options, "limits": video["limits"], "generation": generation}), "video analysis", rid)
         if "error" in out:
             raise video_error(out["error"]["code"], out["error"]["message"])
         rows = out["rows"]
@@ -384,14 +461,14 @@ class EmolaAPI:
                            "total": round(1e3 * (time.perf_counter() - started), 2)},
         }
 
-    async def _describe(self, tasks: list[str], image, face: dict) -> tuple[dict, float]:
+    async def _describe(self, tasks: list[str], image, face: dict, rid: str) -> tuple[dict, float]:
         """Each task's description from its model (concurrently), with the emotion or AUs parsed from it."""
         parts = [await self._part_for_task(t) for t in tasks]
         generation = self._generation()
         outputs = await asyncio.gather(*[
             self._call(lambda part=part, t=t: self.generators[part].generate.remote(
                 {"question": EVAL_QUESTIONS[t], "image": image.wire, "prior": face["prior"], "generation": generation}),
-                "generation")
+                "generation", rid)
             for t, part in zip(tasks, parts)])
         infos = await self._parts()
         results = {}
@@ -406,7 +483,8 @@ class EmolaAPI:
 
     @app.post("/v1/chat/completions")
     async def chat(self, request: Request):
-        payload = _json(await _body(request, self.settings["max_body_bytes"]))
+        rid = uuid.uuid4().hex
+        payload = _json(await _body(request))
         messages = payload.get("messages")
         if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
             raise RequestError(400, "invalid_messages", "messages: a non-empty list of message objects")
@@ -419,7 +497,7 @@ class EmolaAPI:
         data = image_url_bytes(turn.image_url, allow_remote=self.settings["allow_remote_images"],
                                max_bytes=self.settings["max_body_bytes"], timeout_s=self.settings["request_timeout_s"])
         image = decode_upload(data, self.settings["max_image_pixels"], "image_url")
-        face = await self._face(image)
+        face = await self._face(image, rid)
         item = {"question": turn.question, "image": image.wire, "prior": face["prior"], "generation": generation}
         completion_id, created, model = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time()), self._model_id(part)
         if payload.get("stream"):
@@ -428,10 +506,10 @@ class EmolaAPI:
                 await pieces.__anext__()   # accepted: a prompt too long for the context raises here, before any byte
                 return pieces
 
-            pieces = await self._call(open_stream, "generation")
+            pieces = await self._call(open_stream, "generation", rid)
             return StreamingResponse(self._chat_stream(pieces, completion_id, created, model),
                                      media_type="text/event-stream")
-        out = await self._call(lambda: self.generators[part].generate.remote(item), "generation")
+        out = await self._call(lambda: self.generators[part].generate.remote(item), "generation", rid)
         return {"id": completion_id, "object": "chat.completion", "created": created, "model": model,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": out["text"]},
                              "finish_reason": out["finish_reason"]}],
@@ -452,7 +530,10 @@ class EmolaAPI:
                     continue
                 yield chunk({"content": piece})
         except Exception as err:  # noqa: BLE001 - the status line is sent; report in-band like OpenAI does
-            yield f"data: {json.dumps({'error': {'message': f'generation failed: {err}', 'code': 'stream_failed'}})}\n\n"
+            incident = uuid.uuid4().hex[:12]
+            logger.error("stream %s failed (incident %s)", completion_id, incident, exc_info=err)
+            message = f"generation failed (incident {incident})"
+            yield f"data: {json.dumps({'error': {'message': message, 'code': 'stream_failed'}})}\n\n"
             return
         yield chunk({}, finish["finish_reason"])
         yield "data: [DONE]\n\n"

@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 
 from emola.config import EmolaConfig, load_config
-from emola.model.reference import serving_parts
+from emola.model.reference import pin_reference, serving_parts
 
 REPO = Path(__file__).resolve().parents[1]
 APP_NAME = "emola"
@@ -87,7 +87,9 @@ def build_app(args: dict | None = None):
         params = REPO / params   # replicas on a cluster need not start in the repository
     cfg = load_config(params, list(args.get("overrides") or []))
     s = cfg.serve
-    parts = serving_parts(s.checkpoint)
+    # An alias is resolved here, once per deployment: every replica, started now or by autoscaling later, loads
+    # that version, whatever the alias points to by then.
+    parts = {part: pin_reference(reference) for part, reference in serving_parts(s.checkpoint).items()}
     options = deployment_options(cfg, parts)
     faces = LandmarkDetector.options(**options["LandmarkDetector"]).bind(
         list(parts.values()), cfg.landmarks.model_dump(), s.landmark_cache)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from emola.imaging import ImageProblem, decode_base64, decode_image, sha256_bytes
+from emola.video.decode import FPS_RANGE
 
 #: ImageProblem codes -> HTTP status. A too-large image is 413 like a too-large body.
 _IMAGE_STATUS = {"empty": 400, "not_image": 415, "corrupt": 422, "too_large": 413, "missing": 400}
@@ -109,7 +110,7 @@ def _fetch(url: str, max_bytes: int, timeout_s: float) -> bytes:
 
 
 #: VideoProblem codes -> HTTP status, as for images.
-VIDEO_STATUS = {"empty": 400, "missing": 400, "not_video": 415, "corrupt": 422, "too_large": 413}
+VIDEO_STATUS = {"empty": 400, "missing": 400, "not_video": 415, "corrupt": 422, "too_large": 413, "cancelled": 499}
 
 
 def video_error(code: str, message: str) -> RequestError:
@@ -120,7 +121,8 @@ def video_error(code: str, message: str) -> RequestError:
 def video_options(fields, defaults: dict) -> dict:
     """``fps``, ``smoothing`` and ``describe`` of a video request (form fields or JSON), over ``defaults``.
 
-    Strings from a form are parsed; each value is checked: ``fps`` a number in (0, 60]
+    Strings from a form are parsed; each value is checked: ``fps`` a number in
+    :data:`~emola.video.FPS_RANGE` (0.1 to 60)
     (or null/"all": every frame), ``smoothing`` an integer from 1 to 31, ``describe`` a boolean.
     """
     options = dict(defaults)
@@ -132,8 +134,10 @@ def video_options(fields, defaults: dict) -> dict:
                 value = float(fps)
             except (TypeError, ValueError):
                 value = float("nan")
-            if isinstance(fps, bool) or not 0 < value <= 60:
-                raise RequestError(400, "invalid_fps", f"fps: a number in (0, 60], or 'all'; got {fps!r}")
+            low, high = FPS_RANGE
+            if isinstance(fps, bool) or not low <= value <= high:
+                raise RequestError(400, "invalid_fps", f"fps: a number from {low:g} to {high:g}, or 'all'; "
+                                                       f"got {str(fps)[:40]!r}")
             options["fps"] = value
     if (smoothing := fields.get("smoothing")) is not None and smoothing != "":
         try:
@@ -141,13 +145,13 @@ def video_options(fields, defaults: dict) -> dict:
         except (TypeError, ValueError):
             value = -1
         if not 1 <= value <= 31:
-            raise RequestError(400, "invalid_smoothing", f"smoothing: an integer from 1 to 31; got {smoothing!r}")
+            raise RequestError(400, "invalid_smoothing", f"smoothing: an integer from 1 to 31; got {str(smoothing)[:40]!r}")
         options["smoothing"] = value
     if (describe := fields.get("describe")) is not None and describe != "":
         flags = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
         value = describe if isinstance(describe, bool) else flags.get(str(describe).lower())
         if value is None:
-            raise RequestError(400, "invalid_describe", f"describe: true or false; got {describe!r}")
+            raise RequestError(400, "invalid_describe", f"describe: true or false; got {str(describe)[:40]!r}")
         options["describe"] = value
     return options
 

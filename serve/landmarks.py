@@ -6,6 +6,10 @@ an image whose content hash is in the cache under the checkpoint's own backend k
 exactly the landmarks it was trained or evaluated with (FABA-Synth's annotated faces,
 which no detector finds, are served this way); other images go to the live backend.
 
+Every answer names the same ``source``, the landmark prior the models read (the checkpoint's
+backend key), whether the face came from the cache or the live backend: a response does not
+tell a client whether its image is in the cache (the training or test set).
+
 The ingress asks once for what the deployment knows without detecting (:meth:`LandmarkDetector.known`:
 whether the models need a face at all, and the cached faces) and answers those requests
 itself (:func:`cached_face`), so a known image costs no call to this deployment.
@@ -91,8 +95,8 @@ class LandmarkDetector:
         ms = round(1e3 * (time.perf_counter() - started), 2)
         if result.status != "ok":
             return {"status": result.status, "reason": result.reason, "face": None, "prior": None,
-                    "source": self.backend.key, "ms": ms}
+                    "source": self.source["cache"], "ms": ms}
         face = result.faces[0].to_dict()
         face["landmarks"] = face.pop("points")
-        return {"status": "ok", "reason": "", "face": face, "prior": result.prior.tolist(), "source": self.backend.key,
+        return {"status": "ok", "reason": "", "face": face, "prior": result.prior.tolist(), "source": self.source["cache"],
                 "ms": ms}

@@ -12,7 +12,8 @@ A prompt too long for the model's context is refused before it is queued
 gives up (client gone, timeout) is cancelled in the engine too.
 
 ``analyze_video`` runs :func:`emola.video_analysis.analyze_video` on an uploaded video in a
-worker thread (the replica keeps serving meanwhile): the readout head on every sampled
+worker thread (the replica keeps serving meanwhile; a caller that gives up stops it at the
+next frame): the readout head on every sampled
 frame, and the descriptions at key moments through the same engine, batched with the
 other requests. It needs the checkpoint's readout head and a landmark backend, built
 on the first video.
@@ -21,6 +22,7 @@ on the first video.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import asdict
@@ -71,6 +73,7 @@ class EmolaModel:
         self.processor = self.engine.processor
         self.landmarks, self.backend = landmarks, None
         self._prompts: dict[str, tuple[int, ...]] = {}   # question -> prompt ids (tokenized once)
+        self.videos = {"running": 0, "cancelled": 0}       # video analyses in their threads now; given up by callers
         self.graphs = self.engine.warm_up()   # CUDA: no request pays for graph capture
         self.engine.start()
 
@@ -78,7 +81,7 @@ class EmolaModel:
         return {**self.resolved.describe(), "profile": self.config.profile, "base": self.config.base,
                 "vision": self.config.vision, "prior": self.config.prior, "landmark_backend": self.config.landmark_backend,
                 "template": self.config.template, "tasks": self.config.tasks, "engine": self.engine.load,
-                "readout": self.config.readout is not None}
+                "readout": self.config.readout is not None, "videos": dict(self.videos)}
 
     def _request(self, item: dict) -> GenerationRequest:
         """An engine request from ``question``, ``image`` (:attr:`serve.inputs.DecodedImage.wire`), ``prior`` and
@@ -162,9 +165,18 @@ class EmolaModel:
 
         ``options``: :class:`~emola.video_analysis.VideoOptions` fields, ``limits`` as a dict, and
         ``generation`` (the descriptions' decoding)."""
-        return await asyncio.to_thread(self._analyze_video, data, options)
+        cancel = threading.Event()
+        self.videos["running"] += 1
+        try:
+            return await asyncio.to_thread(self._analyze_video, data, options, cancel)
+        except asyncio.CancelledError:
+            self.videos["cancelled"] += 1
+            raise
+        finally:
+            cancel.set()   # the caller gave up (client gone, timeout): the thread stops at its next frame
+            self.videos["running"] -= 1
 
-    def _analyze_video(self, data: bytes, options: dict) -> dict:
+    def _analyze_video(self, data: bytes, options: dict, cancel: threading.Event) -> dict:
         from emola.analyzer import Analyzer
         from emola.config.schema import GenerationConfig
         from emola.video import VideoLimits, VideoProblem
@@ -178,7 +190,7 @@ class EmolaModel:
         limits = VideoLimits(**options.pop("limits"))
         analyzer = Analyzer(self.engine, self.config, self._backend(), generation)
         try:
-            rows = analyze_video(analyzer, data, VideoOptions(**options, limits=limits))
+            rows = analyze_video(analyzer, data, VideoOptions(**options, limits=limits), cancel=cancel)
         except VideoProblem as err:
             return {"error": {"code": err.code, "message": str(err)}}
         return {"rows": [row.to_row() for row in rows], "ms": round(1e3 * (time.perf_counter() - started), 2)}

@@ -48,20 +48,30 @@ def registry(tiny_checkpoint, synth_release, tmp_path_factory):
     mlflow.set_tracking_uri(previous or "")
 
 
+@pytest.fixture
+def image_root(synth_release, monkeypatch):
+    """Paths are taken only under a configured root: the small release's folder, for these tests."""
+    from emola.pyfunc import ROOT_ENV
+
+    monkeypatch.setenv(ROOT_ENV, str(synth_release))
+    return synth_release
+
+
 def _faces(real_photos, synth_release) -> pd.DataFrame:
-    """Good rows in every accepted form: a path, raw bytes, base64, a data URL; both tasks; a free question."""
+    """Good rows in every accepted form: raw bytes, base64, a data URL, a path under the image root; both tasks; a
+    free question."""
     hopper, astronaut = real_photos["grace_hopper"], real_photos["astronaut"]
-    synth = sorted((synth_release / "images/test").iterdir())[:4]
+    synth = [f"images/test/{p.name}" for p in sorted((synth_release / "images/test").iterdir())[:4]]
     b64 = base64.b64encode(astronaut.read_bytes()).decode()
     return pd.DataFrame({
-        "image": [str(hopper), astronaut.read_bytes(), b64, f"data:image/png;base64,{b64}", str(real_photos["t1"]),
-                  *map(str, synth)],
+        "image": [hopper.read_bytes(), astronaut.read_bytes(), b64, f"data:image/png;base64,{b64}",
+                  real_photos["t1"].read_bytes(), *synth],
         "task": ["emotion", "emotion", "au", "emotion", "emotion", *["emotion"] * len(synth)],
         "question": [None, None, None, None, "Is this person calm?", *[None] * len(synth)],
     })
 
 
-def test_pyfunc_champion_answers_like_the_analyzer(registry, tiny_checkpoint, real_photos, synth_release):
+def test_pyfunc_champion_answers_like_the_analyzer(registry, tiny_checkpoint, real_photos, synth_release, image_root):
     import mlflow
 
     model = mlflow.pyfunc.load_model("models:/emola@champion")
@@ -72,29 +82,86 @@ def test_pyfunc_champion_answers_like_the_analyzer(registry, tiny_checkpoint, re
     analyzer = Analyzer.from_checkpoint(tiny_checkpoint, generation=GenerationConfig(**GREEDY))
     emotion_rows = [i for i in range(len(frame)) if frame.task[i] == "emotion" and frame.question[i] is None]
     images = [frame.image[i] if isinstance(frame.image[i], bytes) else frame.image[i] for i in emotion_rows]
-    images = [base64.b64decode(x.split(",", 1)[1]) if isinstance(x, str) and x.startswith("data:") else x for x in images]
+    images = [base64.b64decode(x.split(",", 1)[1]) if isinstance(x, str) and x.startswith("data:") else
+              synth_release / x if isinstance(x, str) else x for x in images]
     expected = analyzer.analyze_many(images, "emotion")
     assert [out.emotion[i] for i in emotion_rows] == [r.emotion for r in expected]
     assert [out.description[i] for i in emotion_rows] == [r.description for r in expected]
     assert (out.status[:5] == "ok").all() and out.emotion[0] in {"happiness", "sadness", "surprise", "anger",
                                                                    "neutral", "disgust", "fear"}
     assert isinstance(out.aus[2], str) and pd.isna(out.emotion[2])            # the AU row: AU codes, no emotion
+    assert list(out.image[5:]) == list(frame.image[5:]) and out.image[:5].isna().all()   # a path row names its path
     free = analyzer.analyze(real_photos["t1"], question="Is this person calm?")
     assert out.description[4] == free.description
 
 
-def test_bad_rows_come_back_as_rows_with_a_status(registry, real_photos, tmp_path):
+def test_bad_rows_come_back_as_rows_with_a_status(registry, real_photos, image_root):
     import mlflow
 
-    (tmp_path / "notes.txt").write_text("not a picture")
+    (image_root / "notes.txt").write_text("not a picture")
     model = mlflow.pyfunc.load_model("models:/emola@champion")
     out = model.predict(pd.DataFrame({
-        "image": ["bm90IGFuIGltYWdl", str(tmp_path / "notes.txt"), str(tmp_path / "gone.jpg"), "%%%", None,
-                  str(real_photos["tom_hanks"])],
+        "image": ["bm90IGFuIGltYWdl", "notes.txt", "gone.jpg", "%%%", None, base64.b64encode(
+            real_photos["tom_hanks"].read_bytes()).decode()],
         "task": ["emotion", "emotion", "emotion", "emotion", "emotion", "pose"]}), params=GREEDY)
     assert list(out.status) == ["unreadable", "unreadable", "missing", "bad_input", "bad_input", "bad_input"], out
     assert all(out.reason[i] for i in range(len(out))) and out.description.isna().all()
     assert "row 5" in out.reason[5] and "pose" in out.reason[5]
+
+
+def test_a_cell_never_opens_a_server_path_outside_the_image_root(registry, real_photos, image_root, monkeypatch,
+                                                                   tmp_path):
+    """Without a root no path is opened: each answer is the same once the files are gone (no existence oracle);
+    with one, nothing outside it (``..``, absolute paths, links) is read; images over the byte cap are refused."""
+    import mlflow
+
+    from emola.pyfunc import MAX_BYTES_ENV, ROOT_ENV
+
+    secret = tmp_path / "outside"
+    secret.mkdir()
+    face = secret / "face.jpg"
+    face.write_bytes(real_photos["grace_hopper"].read_bytes())
+    (secret / "notes.txt").write_text("private")
+    (image_root / "link.jpg").unlink(missing_ok=True)
+    (image_root / "link.jpg").symlink_to(face)
+    probes = [str(face), str(secret / "notes.txt"), str(secret / "gone.jpg"), "/etc/passwd", str(secret)]
+
+    monkeypatch.delenv(ROOT_ENV)
+    model = mlflow.pyfunc.load_model("models:/emola@champion")
+    out = model.predict(pd.DataFrame({"image": probes}), params=GREEDY)
+    assert "ok" not in set(out.status) and out.description.isna().all(), out
+    import shutil
+
+    shutil.rmtree(secret)
+    gone = model.predict(pd.DataFrame({"image": probes}), params=GREEDY)
+    assert list(gone.status) == list(out.status) and list(gone.reason) == list(out.reason)
+    secret.mkdir()
+    face.write_bytes(real_photos["grace_hopper"].read_bytes())
+
+    monkeypatch.setenv(ROOT_ENV, str(image_root))
+    monkeypatch.setenv(MAX_BYTES_ENV, "40000")
+    model = mlflow.pyfunc.load_model("models:/emola@champion")
+    escapes = [str(face), f"../{secret.name}/face.jpg", "link.jpg", "/etc/passwd"]
+    big = base64.b64encode(real_photos["grace_hopper"].read_bytes()).decode()   # 60 kB: over the cap
+    out = model.predict(pd.DataFrame({"image": [*escapes, big, "images/test/000000.jpg"]}), params=GREEDY)
+    assert set(out.status[:3]) == {"missing"} and out.status[3] in ("missing", "unreadable"), out   # never "ok"
+    assert out.description[:4].isna().all()
+    assert out.status[4] == "too_large" and out.status[5] in ("ok", "no_face")   # read and analysed
+
+
+def test_concurrent_predicts_share_the_engine_safely(registry, real_photos):
+    """MLflow's server calls predict from several threads: each gets its own rows, as one call alone would."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import mlflow
+
+    model = mlflow.pyfunc.load_model("models:/emola@champion")
+    frames = [pd.DataFrame({"image": [real_photos[name].read_bytes()], "task": [task]})
+              for name in ("grace_hopper", "astronaut", "tom_hanks") for task in ("emotion", "au")]
+    alone = [model.predict(f, params=GREEDY).description[0] for f in frames]
+    with ThreadPoolExecutor(6) as pool:
+        together = list(pool.map(lambda f: model.predict(f, params=GREEDY).description[0], frames * 2))
+    assert together == alone * 2
 
 
 def test_the_signature_and_example_are_logged_and_both_kinds_of_version_resolve(registry, tiny_checkpoint, tmp_path):
@@ -141,7 +208,7 @@ def _post(url: str, body: dict) -> tuple[int, dict]:
 
 
 @pytest.mark.slow
-def test_mlflow_models_serve_answers_a_good_and_a_bad_row(registry, real_photos, tmp_path):
+def test_mlflow_models_serve_answers_a_good_and_a_bad_row_and_opens_no_path(registry, real_photos, tmp_path):
     port = _free_port()
     # `mlflow models serve` starts `uvicorn` by name: the venv's bin on PATH, as in an activated venv.
     env = {**os.environ, "MLFLOW_TRACKING_URI": registry["uri"], "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"}
@@ -167,6 +234,22 @@ def test_mlflow_models_serve_answers_a_good_and_a_bad_row(registry, real_photos,
         assert status == 200, body
         rows = body["predictions"]
         assert [r["status"] for r in rows] == ["ok", "unreadable"] and rows[0]["emotion"] and rows[1]["reason"]
+        # A path names nothing on the server: an existing file answers as a missing one does.
+        status, body = _post(f"http://127.0.0.1:{port}/invocations", {"dataframe_records": [
+            {"image": str(real_photos["grace_hopper"])}, {"image": str(tmp_path / "gone.jpg")}], "params": GREEDY})
+        assert status == 200 and [r["status"] for r in body["predictions"]] == ["bad_input"] * 2, body
+        # Malformed input: an error without a stack trace.
+        status, body = _post(f"http://127.0.0.1:{port}/invocations", {"dataframe_records": [{"task": "emotion"}]})
+        assert status == 400 and "stack_trace" not in body and "Traceback" not in json.dumps(body), body
+        # Concurrent callers (MLflow runs predict in threads) each get their own answer.
+        from concurrent.futures import ThreadPoolExecutor
+
+        faces = [base64.b64encode(real_photos[n].read_bytes()).decode() for n in ("grace_hopper", "astronaut")] * 3
+        with ThreadPoolExecutor(6) as pool:
+            answers = list(pool.map(lambda image: _post(f"http://127.0.0.1:{port}/invocations", {
+                "dataframe_records": [{"image": image}], "params": GREEDY}), faces))
+        assert all(s == 200 for s, _ in answers)
+        assert len({a[1]["predictions"][0]["description"] for a in answers[0::2]}) == 1
         # The server keeps serving after a bad batch.
         status, body = _post(f"http://127.0.0.1:{port}/invocations", {"dataframe_records": [{"image": good}],
                                                                       "params": GREEDY})

@@ -27,8 +27,9 @@ frame is held in memory meanwhile). A frame without a face gives one row with ``
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -60,7 +61,7 @@ class VideoOptions:
         caps = limits or cfg.limits
         values = dict(fps=cfg.fps, smoothing=cfg.smoothing, describe=cfg.describe, task=cfg.task, min_iou=cfg.min_iou,
                       max_gap=cfg.max_gap, margin=cfg.margin,
-                      limits=VideoLimits(caps.max_bytes, caps.max_duration_s, caps.max_frames, caps.max_pixels))
+                      limits=VideoLimits(**caps.model_dump()))
         return cls(**{**values, **changes})
 
 
@@ -123,9 +124,13 @@ def crop_box(box, width: int, height: int, margin: float) -> tuple[int, int, int
 
 
 def analyze_video(analyzer, source: Path | str | bytes, options: VideoOptions = VideoOptions(),
-                  annotations: Mapping[int, np.ndarray] | None = None) -> list[FrameRow]:
+                  annotations: Mapping[int, np.ndarray] | None = None,
+                  cancel: threading.Event | None = None) -> list[FrameRow]:
     """The rows of ``source`` (a path or the file's bytes), by frame then face (module docstring);
     ``annotations``: the landmarks ``(N, 2)`` of the one face of each decoded frame, by frame index.
+    At most ``options.limits.max_faces`` faces per frame (the largest) and ``max_descriptions``
+    descriptions (the strongest key moments) are analysed; ``cancel`` set stops the work at the
+    next frame (:class:`~emola.video.VideoProblem` ``cancelled``).
 
     Raises :class:`~emola.video.VideoProblem` for a video that cannot be used and
     ``ValueError`` when the model has no readout head.
@@ -140,7 +145,7 @@ def analyze_video(analyzer, source: Path | str | bytes, options: VideoOptions = 
     tracker = FaceTracker(options.min_iou, options.max_gap)
     rows: list[FrameRow] = []
     pending: list[tuple[FrameRow, Image.Image, np.ndarray | None]] = []
-    for frame in sample_frames(source, options.fps, options.limits):
+    for frame in sample_frames(source, options.fps, options.limits, cancel):
         if annotations is not None:
             points = annotations.get(frame.index)
             found = AnnotationBackend(len(points)).extract([frame.image], annotations=[points])[0] \
@@ -154,6 +159,7 @@ def analyze_video(analyzer, source: Path | str | bytes, options: VideoOptions = 
         if found.status != "ok":
             rows.append(FrameRow(frame.index, frame.time_ms, None, found.status, found.reason))
             continue
+        found = _largest(found, options.limits.max_faces)
         ids = tracker.update([face.box for face in found.faces])
         crops = [crop_box(face.box, frame.image.shape[1], frame.image.shape[0], options.margin) for face in found.faces]
         images = [frame.image[t:b, left:right] for left, t, right, b in crops]
@@ -173,8 +179,17 @@ def analyze_video(analyzer, source: Path | str | bytes, options: VideoOptions = 
     _read_out(analyzer, pending)
     _smooth_and_mark(rows, options)
     if options.describe:
-        _describe(analyzer, source, rows, options)
+        _describe(analyzer, source, rows, options, cancel)
     return rows
+
+
+def _largest(found, count: int):
+    """``found`` with its ``count`` largest faces (by box area), in their order."""
+    if len(found.faces) <= count:
+        return found
+    area = [(f.box[2] - f.box[0]) * (f.box[3] - f.box[1]) for f in found.faces]
+    keep = sorted(sorted(range(len(area)), key=lambda i: -area[i])[:count])
+    return replace(found, faces=[found.faces[i] for i in keep])
 
 
 def _read_out(analyzer, pending) -> None:
@@ -204,13 +219,15 @@ def _smooth_and_mark(rows: list[FrameRow], options: VideoOptions) -> None:
             timeline[index].key_moment = True
 
 
-def _describe(analyzer, source, rows: list[FrameRow], options: VideoOptions) -> None:
-    keys = {(r.frame, r.face_id): r for r in rows if r.key_moment}
+def _describe(analyzer, source, rows: list[FrameRow], options: VideoOptions,
+              cancel: threading.Event | None = None) -> None:
+    moments = sorted((r for r in rows if r.key_moment), key=lambda r: -max(r.emotions.values()))
+    keys = {(r.frame, r.face_id): r for r in moments[:options.limits.max_descriptions]}
     if not keys:
         return
     wanted = {frame for frame, _ in keys}
     crops, priors, targets = [], [], []
-    for frame in sample_frames(source, options.fps, options.limits):
+    for frame in sample_frames(source, options.fps, options.limits, cancel):
         if frame.index not in wanted:
             continue
         for (index, _), row in keys.items():

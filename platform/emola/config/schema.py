@@ -333,12 +333,17 @@ class ServeConfig(Section):
 
 # -------------------------------------------------------------------------- video
 class VideoLimitsConfig(Section):
-    """Caps on one video, checked before decoding (bytes, duration, resolution) and while decoding (frames)."""
+    """Caps on one video: before decoding (bytes, stated duration and resolution), on what is decoded, and on the
+    analysis."""
 
     max_bytes: int = Field(ge=1)
-    max_duration_s: float = Field(gt=0)
+    max_duration_s: float = Field(gt=0, description="stated duration, and the presentation time decoding may reach")
     max_frames: int = Field(ge=1, description="sampled frames")
-    max_pixels: int = Field(ge=1, description="width x height of a frame")
+    max_pixels: int = Field(ge=1, description="width x height of every decoded frame, whatever the header says")
+    max_decoded_frames: int = Field(ge=1, description="frames decoded, sampled or not")
+    max_decode_s: float = Field(gt=0, description="wall time of one decoding pass")
+    max_faces: int = Field(ge=1, description="faces analysed per frame: the largest")
+    max_descriptions: int = Field(ge=0, description="descriptions generated per video: the strongest key moments")
 
 
 class ClipsConfig(Section):
@@ -357,7 +362,7 @@ class VideoConfig(Section):
     input: str = Field(description="folder of videos the video stage analyses")
     reports: str = Field(description="the stage's per-video tables and file report")
     metrics: str = Field(description="the stage's scores of the readout head on labelled clips")
-    fps: float | None = Field(gt=0, description="frames sampled per second; null: every frame")
+    fps: float | None = Field(ge=0.1, le=60, description="frames sampled per second, 0.1 to 60; null: every frame")
     smoothing: int = Field(ge=1, description="centered window over sampled frames (1: none)")
     describe: bool = Field(description="generate a description at each key moment")
     task: Task = Field(description="the question asked at key moments")

@@ -209,7 +209,7 @@ def register_parts(uri: str, cfg: EmolaConfig, parts: list[Path], metrics: dict,
         total = sum(m["S_rege"] for task, m in metrics.items() if task in tasks)
         name = cfg.evaluate.register_as if len(parts) == 1 else f"{cfg.evaluate.register_as}-{part.name}"
         registered[part.name] = entry = register_and_maybe_promote(
-            client, name, train_runs[part.name], total, test_set, {"eval_run_id": eval_run})
+            client, name, train_runs[part.name], total, test_set, {"eval_run_id": eval_run}, checkpoint=part)
         log(f"evaluate: registered {entry['name']} v{entry['version']}: "
             f"{'now champion' if entry['champion'] else 'not promoted'} ({entry['reason']})")
     return next(iter(registered.values()), None) if len(parts) == 1 else registered

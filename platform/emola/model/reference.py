@@ -31,6 +31,7 @@ class ResolvedCheckpoint:
     registry_name: str | None = None
     registry_version: int | None = None
     training: dict = field(default_factory=dict)   # training.json of the checkpoint, when present
+    checkpoint_sha256: str | None = None           # of a registered version's files, checked when loaded
 
     def describe(self) -> dict:
         """JSON-ready identity of the model: what ``/v1/models`` and responses report."""
@@ -44,6 +45,27 @@ class ResolvedCheckpoint:
 
 CHECKPOINT_ARTIFACT = "checkpoint"  # the artifact key of the checkpoint folder in a logged MLflow model
 TRAINING_FILE = "training.json"   # written by the training driver beside an exported checkpoint
+CHECKPOINT_SHA_TAG = "checkpoint_sha256"   # a registered version's tag: checkpoint_sha256 of the files evaluated
+
+
+class CheckpointMismatch(ValueError):
+    """A registered version whose files are not the ones that were evaluated and registered."""
+
+
+def checkpoint_sha256(path: Path | str) -> str:
+    """One SHA-256 over every file of the checkpoint folder ``path``: each file's path relative to it and its
+    bytes' SHA-256, in path order (bytecode folders skipped). Equal files give equal digests wherever they lie."""
+    import hashlib
+
+    path = Path(path)
+    total = hashlib.sha256()
+    for file in sorted(f for f in path.rglob("*") if f.is_file() and "__pycache__" not in f.parts):
+        digest = hashlib.sha256()
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(2**20), b""):
+                digest.update(block)
+        total.update(f"{file.relative_to(path).as_posix()}\0{digest.hexdigest()}\n".encode())
+    return total.hexdigest()
 
 
 def training_info(path: Path | str) -> dict:
@@ -122,6 +144,20 @@ def run_model_source(client, run_id: str, artifact_path: str = "model") -> tuple
     return f"runs:/{run_id}/{artifact_path}", None
 
 
+def pin_reference(reference: str, tracking_uri: str | None = None) -> str:
+    """``models:/NAME@ALIAS`` as the version the alias points to now (``models:/NAME/VERSION``); anything else as it
+    is. A deployment pins once, so that every replica, started now or later, loads the same version."""
+    match = _REGISTRY.match(reference)
+    if not match or not match["alias"]:
+        return reference
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri or mlflow.get_tracking_uri()
+    found = MlflowClient(tracking_uri=uri, registry_uri=uri).get_model_version_by_alias(match["name"], match["alias"])
+    return f"models:/{match['name']}/{found.version}"
+
+
 def is_mlflow_uri(reference: str) -> bool:
     return reference.startswith(_MLFLOW_SCHEMES)
 
@@ -129,9 +165,11 @@ def is_mlflow_uri(reference: str) -> bool:
 def resolve_checkpoint(reference: str, tracking_uri: str | None = None) -> ResolvedCheckpoint:
     """The local checkpoint folder of ``reference`` (downloading MLflow artifacts when needed).
 
-    Raises ``FileNotFoundError`` naming the reference when it is not an EmoLA checkpoint.
+    Raises ``FileNotFoundError`` naming the reference when it is not an EmoLA checkpoint, and
+    :class:`CheckpointMismatch` when a registered version's files are not those it recorded
+    (:data:`CHECKPOINT_SHA_TAG`): replaced or damaged since it was evaluated.
     """
-    name = version = None
+    name = version = expected = None
     if is_mlflow_uri(reference):
         import mlflow
         from mlflow.tracking import MlflowClient
@@ -146,6 +184,7 @@ def resolve_checkpoint(reference: str, tracking_uri: str | None = None) -> Resol
             found = (client.get_model_version_by_alias(name, match["alias"]) if match["alias"]
                      else client.get_model_version(name, match["version"]))
             version, artifact_uri = int(found.version), found.source
+            expected = (found.tags or {}).get(CHECKPOINT_SHA_TAG)
         if logged := _LOGGED_MODEL.match(artifact_uri):   # by its artifact location: in this tracking store
             artifact_uri = client.get_logged_model(logged["id"]).artifact_location
         path = Path(mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri, tracking_uri=uri))
@@ -155,4 +194,7 @@ def resolve_checkpoint(reference: str, tracking_uri: str | None = None) -> Resol
     if not (path / CONFIG_FILE).is_file():
         raise FileNotFoundError(f"{reference}: not an EmoLA checkpoint ({CONFIG_FILE} missing under {path}); "
                                 "train one with `dvc repro train` or pass a checkpoint folder or models:/NAME@ALIAS")
-    return ResolvedCheckpoint(reference, path, name, version, training_info(path))
+    if expected is not None and (actual := checkpoint_sha256(path)) != expected:
+        raise CheckpointMismatch(f"{reference}: version {version}'s files are not those it was registered with "
+                                 f"(checkpoint_sha256 {actual[:12]}, recorded {expected[:12]}); refusing to load it")
+    return ResolvedCheckpoint(reference, path, name, version, training_info(path), expected)

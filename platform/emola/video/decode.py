@@ -7,14 +7,25 @@ with its decoded frame index and its presentation time in milliseconds, rotated 
 by the stream's display matrix (phone recordings store it instead of rotated pixels).
 
 Every problem is a :class:`VideoProblem` whose ``code`` says what kind it is: ``missing``,
-``empty``, ``not_video`` (not a container FFmpeg reads, or one without a video stream:
-audio only), ``corrupt`` (a stream that fails to decode, a truncated file) and
-``too_large`` (over :class:`VideoLimits`), so callers can answer 4xx or a per-file status.
+``empty``, ``not_video`` (not one of the allowed containers, or one without a video stream:
+audio only), ``corrupt`` (a stream that fails to decode, a truncated file), ``too_large``
+(over :class:`VideoLimits`) and ``cancelled`` (the caller gave up), so callers can answer
+4xx or a per-file status.
+
+Hostile input: a file is opened only as one of :data:`CONTAINERS` (MP4/MOV, Matroska/WebM,
+AVI), named explicitly from its first bytes; FFmpeg never guesses the format, so no playlist
+(ffconcat, HLS, DASH, SDP), image sequence, raw stream or protocol is reachable from a file's
+content, and MOV's external data references stay off. The work is bounded on what is
+actually decoded: the pixels of every frame (FFmpeg's decoder refuses a frame over the cap
+before allocating it, whatever the header said), the frames decoded (not only those kept),
+the presentation time reached and the wall time spent decoding.
 """
 
 from __future__ import annotations
 
 import io
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +35,17 @@ import numpy as np
 
 #: File suffixes taken for videos (any case) by the CLI and the video job.
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
+
+#: The containers a video may be: name -> FFmpeg demuxer. Nothing else is opened.
+CONTAINERS = {"mp4": "mov", "matroska": "matroska", "avi": "avi"}
+#: Demuxer options: MOV's data references (``dref``: media in other files) stay unresolved, and no
+#: protocol is allowed for any nested open, so a file's content cannot name another file or URL.
+_DEMUXER_OPTIONS = {"enable_drefs": "0", "use_absolute_path": "0", "protocol_whitelist": "none"}
+#: At most this many streams in a file (a container of thousands of streams is refused unread).
+MAX_STREAMS = 16
+#: Frames sampled per second: the range a request or the params may ask for (None: every frame); below
+#: the lower end nothing is sampled (a frame per 10 s), above the upper one nothing more is.
+FPS_RANGE = (0.1, 60.0)
 
 
 class VideoProblem(ValueError):
@@ -36,12 +58,18 @@ class VideoProblem(ValueError):
 
 @dataclass(frozen=True)
 class VideoLimits:
-    """Caps checked before decoding (bytes, duration, resolution) and while decoding (frames)."""
+    """Caps on one video: checked before decoding (bytes, stated duration and resolution) and on what is
+    decoded (every frame's pixels, frames decoded and sampled, time reached, wall time), and on the analysis
+    (faces per frame, descriptions per video)."""
 
     max_bytes: int = 200 * 2**20
     max_duration_s: float = 600.0
     max_frames: int = 20_000          # sampled frames
-    max_pixels: int = 3840 * 2160     # per frame
+    max_pixels: int = 3840 * 2160     # per frame, every decoded frame
+    max_decoded_frames: int = 40_000  # frames decoded, sampled or not
+    max_decode_s: float = 1200.0      # wall time of one pass over the video
+    max_faces: int = 16               # faces analysed per frame (the largest)
+    max_descriptions: int = 64        # descriptions generated per video (the strongest key moments)
 
 
 @dataclass(frozen=True)
@@ -82,38 +110,55 @@ def _open(source: Path | bytes, limits: VideoLimits):
         raise VideoProblem(f"{name}: empty file", "empty")
     if size > limits.max_bytes:
         raise VideoProblem(f"{name}: {size} bytes, over the limit of {limits.max_bytes}", "too_large")
+    kind = container_format(source)
+    if kind is None:
+        raise VideoProblem(f"{name}: not a video in an allowed container ({', '.join(CONTAINERS)})", "not_video")
+    handle = io.BytesIO(bytes(source)) if isinstance(source, bytes | bytearray) else open(source, "rb")
     try:
-        container = av.open(io.BytesIO(bytes(source)) if isinstance(source, bytes | bytearray) else str(source))
-    except av.error.InvalidDataError as err:
-        if _container_signature(source):
-            raise VideoProblem(f"{name}: a video container that cannot be read: truncated or damaged ({err})",
-                               "corrupt") from None
-        raise VideoProblem(f"{name}: not a video FFmpeg can read ({err})", "not_video") from None
+        container = av.open(handle, format=CONTAINERS[kind], container_options=dict(_DEMUXER_OPTIONS))
     except av.error.EOFError:
+        handle.close()
         raise VideoProblem(f"{name}: the file ends before its first frame (truncated, or no frames)", "corrupt") from None
     except av.error.FFmpegError as err:
-        raise VideoProblem(f"{name}: cannot be opened ({err})", "corrupt") from None
+        handle.close()
+        raise VideoProblem(f"{name}: a {kind} file that cannot be read: truncated or damaged ({_reason(err)})",
+                           "corrupt") from None
+    if len(container.streams) > MAX_STREAMS:
+        container.close()
+        raise VideoProblem(f"{name}: {len(container.streams)} streams, over the limit of {MAX_STREAMS}", "too_large")
     if not container.streams.video:
         kinds = sorted({s.type for s in container.streams}) or ["no"]
         container.close()
         raise VideoProblem(f"{name}: no video stream ({', '.join(kinds)} streams only)", "not_video")
+    # The decoder refuses any frame over the pixel cap before allocating it, whatever the header said.
+    container.streams.video[0].codec_context.options = {"max_pixels": str(limits.max_pixels)}
     return container, name
 
 
-def looks_like_video(source: Path | bytes) -> bool:
-    """Whether the first bytes are those of a video container (MP4/MOV, Matroska/WebM, AVI, FLV, Ogg)."""
-    return _container_signature(source)
+def _reason(err) -> str:
+    """FFmpeg's words for ``err``, without the file name PyAV appends (here always a stream, ``'<none>'``)."""
+    return str(getattr(err, "strerror", None) or err)
 
 
-def _container_signature(source: Path | bytes) -> bool:
-    """Whether the first bytes are those of a video container (MP4/MOV, Matroska/WebM, AVI, FLV, Ogg)."""
+def container_format(source: Path | bytes) -> str | None:
+    """Which of :data:`CONTAINERS` the first bytes are (None: none of them)."""
     if isinstance(source, bytes | bytearray):
         head = bytes(source[:12])
     else:
         with open(source, "rb") as handle:
             head = handle.read(12)
-    return (head[4:8] == b"ftyp" or head.startswith((b"\x1a\x45\xdf\xa3", b"FLV", b"OggS"))
-            or (head.startswith(b"RIFF") and head[8:12] == b"AVI "))
+    if head[4:8] == b"ftyp":
+        return "mp4"
+    if head.startswith(b"\x1a\x45\xdf\xa3"):
+        return "matroska"
+    if head.startswith(b"RIFF") and head[8:12] == b"AVI ":
+        return "avi"
+    return None
+
+
+def looks_like_video(source: Path | bytes) -> bool:
+    """Whether the first bytes are those of an allowed video container (MP4/MOV, Matroska/WebM, AVI)."""
+    return container_format(source) is not None
 
 
 def _rotation(frame) -> int:
@@ -143,19 +188,36 @@ def probe(source: Path | bytes, limits: VideoLimits = VideoLimits()) -> VideoInf
     container, name = _open(source, limits)
     try:
         stream = container.streams.video[0]
-        rotation = 0
+        _check(_info(container, stream, name), limits, name)   # the stated size: refused before any decoding
         try:
             first = next(iter(container.decode(stream)), None)
         except av.error.FFmpegError as err:
-            raise VideoProblem(f"{name}: the first frame does not decode ({err})", "corrupt") from None
+            raise VideoProblem(f"{name}: the first frame does not decode ({_decode_reason(err, limits)})",
+                               "corrupt") from None
         if first is None:
             raise VideoProblem(f"{name}: no frame could be decoded (truncated or empty stream)", "corrupt")
-        rotation = _rotation(first)
-        info = _info(container, stream, name, rotation)
+        _check_frame(first, limits, name, 0)
+        info = _info(container, stream, name, _rotation(first))
     finally:
         container.close()
     _check(info, limits, name)
     return info
+
+
+def _decode_reason(err, limits: VideoLimits) -> str:
+    """FFmpeg's reason; its decoder's "invalid argument" is mostly a frame over ``max_pixels``, so say so."""
+    import av
+
+    if isinstance(err, av.error.ArgumentError):
+        return f"invalid data, or a frame over the limit of {limits.max_pixels} pixels"
+    return _reason(err)
+
+
+def _check_frame(frame, limits: VideoLimits, name: str, index: int) -> None:
+    """A decoded frame over the pixel cap is refused, whatever the stream's header said."""
+    if frame.width * frame.height > limits.max_pixels:
+        raise VideoProblem(f"{name}: frame {index} is {frame.width}x{frame.height}, over the limit of "
+                           f"{limits.max_pixels} pixels", "too_large")
 
 
 def _check(info: VideoInfo, limits: VideoLimits, name: str) -> None:
@@ -173,20 +235,23 @@ def upright(image: np.ndarray, rotation: int) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(image, k=turns)) if turns else image
 
 
-def sample_frames(source: Path | bytes, fps: float | None = None, limits: VideoLimits = VideoLimits()
-                  ) -> Iterator[Frame]:
+def sample_frames(source: Path | bytes, fps: float | None = None, limits: VideoLimits = VideoLimits(),
+                  cancel: threading.Event | None = None) -> Iterator[Frame]:
     """Decode ``source`` and yield its frames at ``fps`` (None: every frame), upright, in order.
 
     Frame ``i`` is kept when its presentation time reaches the next sampling instant
     ``k / fps`` (k = 0, 1, ...); instants that fall between frames are not repeated.
     Raises :class:`VideoProblem` for a file that cannot be used, before the first frame
     when the container says so, or where decoding fails (a truncated file: ``corrupt``,
-    naming the last good frame) or zero frames decode.
+    naming the last good frame) or zero frames decode; ``too_large`` as soon as a decoded
+    frame, the frames decoded or sampled, the time reached or the wall time passes
+    ``limits``; ``cancelled`` at the first frame after ``cancel`` is set.
     """
     import av
 
-    if fps is not None and fps <= 0:
-        raise ValueError(f"fps must be positive, got {fps}")
+    if fps is not None and not fps >= FPS_RANGE[0]:   # above the video's own rate: every frame
+        raise ValueError(f"fps must be at least {FPS_RANGE[0]} (or None: every frame), got {fps}")
+    started = time.monotonic()
     container, name = _open(source, limits)
     kept = decoded = 0
     try:
@@ -199,9 +264,12 @@ def sample_frames(source: Path | bytes, fps: float | None = None, limits: VideoL
         try:
             for frame in container.decode(stream):
                 decoded += 1
+                _check_budget(frame, decoded, started, limits, name, cancel)
                 seconds = frame.time if frame.time is not None else (decoded - 1) / (info.average_fps or 25.0)
                 start = seconds if start is None else start
                 seconds -= start   # times from the first frame: some containers start at an offset
+                if seconds > limits.max_duration_s:
+                    raise VideoProblem(f"{name}: frames past {limits.max_duration_s:.0f} s, the limit", "too_large")
                 if fps is not None and seconds + 1e-6 < next_time:
                     continue
                 if fps is not None:
@@ -213,8 +281,21 @@ def sample_frames(source: Path | bytes, fps: float | None = None, limits: VideoL
                 yield Frame(index=decoded - 1, time_ms=round(seconds * 1000.0, 3),
                             image=upright(frame.to_ndarray(format="rgb24"), _rotation(frame)))
         except av.error.FFmpegError as err:
-            raise VideoProblem(f"{name}: decoding failed after {decoded} frames ({err})", "corrupt") from None
+            raise VideoProblem(f"{name}: decoding failed after {decoded} frames ({_decode_reason(err, limits)})",
+                               "corrupt") from None
         if decoded == 0:
             raise VideoProblem(f"{name}: no frame could be decoded (truncated or empty stream)", "corrupt")
     finally:
         container.close()
+
+
+def _check_budget(frame, decoded: int, started: float, limits: VideoLimits, name: str,
+                  cancel: threading.Event | None) -> None:
+    """What every decoded frame is checked against: the caller's cancel, its pixels, the frames and time spent."""
+    if cancel is not None and cancel.is_set():
+        raise VideoProblem(f"{name}: cancelled after {decoded} frames (the caller is gone)", "cancelled")
+    _check_frame(frame, limits, name, decoded - 1)
+    if decoded > limits.max_decoded_frames:
+        raise VideoProblem(f"{name}: more than {limits.max_decoded_frames} decoded frames", "too_large")
+    if time.monotonic() - started > limits.max_decode_s:
+        raise VideoProblem(f"{name}: decoding took longer than {limits.max_decode_s:.0f} s", "too_large")

@@ -30,10 +30,12 @@ def _png(array: np.ndarray) -> bytes:
 def test_health_readiness_and_models(server):
     with server.client(key=None) as open_client:
         assert open_client.get("/healthz").json() == {"status": "ok"}
-        ready = open_client.get("/readyz").json()
+        assert open_client.get("/readyz").json() == {"status": "ready"}   # no paths, run ids or state without the key
+        assert open_client.get("/readyz", headers={"Authorization": "Bearer wrong"}).json() == {"status": "ready"}
+    with server.client() as client:
+        ready = client.get("/readyz").json()
         assert ready["status"] == "ready" and ready["model"]["profile"] == "tiny"
         assert ready["faces"]["cached_images"] > 0   # FABA-Synth landmarks come from the cache
-    with server.client() as client:
         models = client.get("/v1/models").json()
         assert [m["id"] for m in models["data"]] == ["emola-tiny"]
 
