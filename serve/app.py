@@ -77,9 +77,16 @@ def video_settings(cfg: EmolaConfig) -> dict:
 
 def build_app(args: dict | None = None):
     """The application for ``serve run``: ``args`` = ``{params: FILE, overrides: [KEY=VALUE, ...]}``."""
+    from serve.model import EmolaModel
+
+    return make_app(args, EmolaModel)
+
+
+def make_app(args: dict | None, EmolaModel):
+    """:func:`build_app` with another model deployment ``EmolaModel`` (the fault tests use one that crashes on
+    demand)."""
     from serve.api import EmolaAPI
     from serve.landmarks import LandmarkDetector
-    from serve.model import EmolaModel
 
     args = dict(args or {})
     params = Path(args.get("params", "params.yaml"))

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import httpx
 
+from emola import http_guard
+from emola.config import load_config
 from serve.app import render, serve_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,13 +54,20 @@ class LocalServer:
         subprocess.run([str(BIN / "ray"), "stop", "--force"], capture_output=True)
 
 
-def start(workdir: Path, overrides: list[str], api_key: str | None = None, timeout: float = 240) -> LocalServer:
-    """``serve run`` with ``overrides`` on a free port of 127.0.0.1; returns once ``/readyz`` answers 200."""
+def start(workdir: Path, overrides: list[str], api_key: str | None = None, timeout: float = 240,
+          import_path: str | None = None) -> LocalServer:
+    """``serve run`` with ``overrides`` on a free port of 127.0.0.1; returns once ``/readyz`` answers 200.
+    ``import_path``: another application builder (tests)."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     config = serve_config(REPO / "params.yaml", [f"serve.port={port}", *overrides])
+    if import_path:
+        config["applications"][0]["import_path"] = import_path
     (workdir / "config.yaml").write_text(render(config))
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # Serve's proxy caps request bodies as it reads them (emola.http_guard), at serve.max_body_bytes.
+    cap = load_config(REPO / "params.yaml", [f"serve.port={port}", *overrides]).serve.max_body_bytes
+    env = dict(os.environ, PYTHONUNBUFFERED="1", RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=http_guard.CALLBACK,
+               **{http_guard.MAX_BODY_ENV: str(cap)})
     env.pop("RAY_ADDRESS", None)
     env.pop("EMOLA_API_KEY", None)
     if api_key:

@@ -16,7 +16,7 @@ from tests.conftest import REPO
 #: Bottom to top; a module may import its own layer and those below (docs/architecture.md).
 LAYERS: list[tuple[str, ...]] = [
     ("emola.labels", "emola.fileio", "emola.imaging", "emola.config", "emola.runtime", "emola.tracking",
-     "emola.video"),
+     "emola.video", "emola.http_guard"),
     ("emola.synth", "emola.deploy"),
     ("emola.data", "emola.metrics"),
     ("emola.landmarks", "emola.preflight"),

@@ -1,4 +1,5 @@
-"""Serving under overload and faults over real HTTP: 503 with Retry-After, and a killed model replica.
+"""Serving under overload and faults over real HTTP: 503 with Retry-After, a killed model replica, and a request
+that kills its replica (not repeated onto the next one).
 
 Outside tests/serve/app on purpose (like test_routing.py): its server runs with two
 model replicas and small queues, and two local `serve run` instances would share one Ray.
@@ -6,6 +7,7 @@ model replicas and small queues, and two local `serve run` instances would share
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 import threading
@@ -28,7 +30,8 @@ def server(tiny_checkpoint, small_pipeline, tmp_path_factory):
     from serve import local
 
     srv = local.start(tmp_path_factory.mktemp("serve-engine"), [
-        f"serve.checkpoint={tiny_checkpoint}", f"serve.landmark_cache={small_pipeline['landmarks']}", *LIMITS])
+        f"serve.checkpoint={tiny_checkpoint}", f"serve.landmark_cache={small_pipeline['landmarks']}", *LIMITS],
+        import_path="tests.serve.poison:build_app")   # the real application; its model dies on one question
     yield srv
     srv.stop()
 
@@ -117,3 +120,42 @@ def test_a_killed_replica_loses_no_request_and_comes_back(server, face):
             assert ok.headers.get("retry-after"), ok.text
             time.sleep(float(ok.headers["retry-after"]))
     assert ok.status_code == 200, ok.text
+
+
+def _wait_for_replicas(count: int, exclude: set[int], seconds: float = 120) -> None:
+    deadline = time.time() + seconds
+    while time.time() < deadline and len([p for p in _replica_processes() if p.pid not in exclude]) < count:
+        time.sleep(1)
+    assert len([p for p in _replica_processes() if p.pid not in exclude]) == count
+
+
+def _ready(server, face: bytes) -> None:
+    """Both replicas loaded and answering (a new replica may still be loading its checkpoint)."""
+    with server.client() as client:
+        deadline = time.time() + 90
+        while client.post("/v1/analyze", files={"file": ("f.jpg", face, "image/jpeg")},
+                          data={"task": "emotion"}).status_code != 200:
+            assert time.time() < deadline
+            time.sleep(1)
+
+
+def test_a_request_that_kills_its_replica_is_not_repeated_onto_the_next(server, face):
+    """Alone on the deployment it is the likely cause: one replica dies, the answer says so (500), no repeat."""
+    from tests.serve.poison import POISON
+
+    _wait_for_replicas(2, set())
+    _ready(server, face)
+    before = {p.pid for p in _replica_processes()}
+    messages = [{"role": "user", "content": [
+        {"type": "text", "text": f"{POISON}: what emotion is this?"},
+        {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64," + base64.b64encode(face).decode()}}]}]
+    with server.client() as client:
+        started = time.time()
+        response = client.post("/v1/chat/completions", json={"model": "emola-tiny", "messages": messages})
+        assert response.status_code == 500 and response.json()["error"]["code"] == "replica_crashed", response.text
+        assert "likely cause" in response.json()["error"]["message"] and time.time() - started < 30
+        time.sleep(2)
+        alive = {p.pid for p in _replica_processes()}
+        assert len(before - alive) == 1, (before, alive)   # one replica died, not two or three
+        _wait_for_replicas(2, before - alive)
+        _ready(server, face)

@@ -10,7 +10,8 @@ import yaml
 
 def register(commands: argparse._SubParsersAction) -> None:
     group = commands.add_parser("k8s", help="Kubernetes manifests").add_subparsers(dest="action", required=True)
-    validate = group.add_parser("validate", help="validate every manifest of an overlay (KubeRay CRDs, Kubernetes schemas)")
+    validate = group.add_parser("validate", help="validate every manifest of an overlay (KubeRay CRDs, Kubernetes schemas, "
+                                                 "the platform's security rules)")
     validate.add_argument("overlay", nargs="+", help="kustomization folders, e.g. k8s/overlays/dev")
     validate.set_defaults(handler=_validate)
     build = group.add_parser("build", help="print the manifests of an overlay")
@@ -21,6 +22,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 def _validate(args: argparse.Namespace) -> int:
     from emola.deploy.kustomize import KustomizeError, build
     from emola.deploy.schema import manifest_errors
+    from emola.deploy.security import security_errors
 
     failed = 0
     for overlay in args.overlay:
@@ -30,7 +32,7 @@ def _validate(args: argparse.Namespace) -> int:
             print(f"{overlay}: {err}", file=sys.stderr)
             failed += 1
             continue
-        errors = [e for d in docs for e in manifest_errors(d)]
+        errors = [e for d in docs for e in manifest_errors(d)] + security_errors(docs)
         for error in errors:
             print(f"{overlay}: {error}", file=sys.stderr)
         failed += bool(errors)

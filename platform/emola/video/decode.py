@@ -115,23 +115,28 @@ def _open(source: Path | bytes, limits: VideoLimits):
         raise VideoProblem(f"{name}: not a video in an allowed container ({', '.join(CONTAINERS)})", "not_video")
     handle = io.BytesIO(bytes(source)) if isinstance(source, bytes | bytearray) else open(source, "rb")
     try:
-        container = av.open(handle, format=CONTAINERS[kind], container_options=dict(_DEMUXER_OPTIONS))
+        container = av.open(handle, format=CONTAINERS[kind], container_options=dict(_DEMUXER_OPTIONS),
+                            metadata_errors="replace")
     except av.error.EOFError:
         handle.close()
         raise VideoProblem(f"{name}: the file ends before its first frame (truncated, or no frames)", "corrupt") from None
-    except av.error.FFmpegError as err:
+    except (av.error.FFmpegError, UnicodeDecodeError) as err:
         handle.close()
         raise VideoProblem(f"{name}: a {kind} file that cannot be read: truncated or damaged ({_reason(err)})",
                            "corrupt") from None
-    if len(container.streams) > MAX_STREAMS:
+    if (streams := len(container.streams)) > MAX_STREAMS:
         container.close()
-        raise VideoProblem(f"{name}: {len(container.streams)} streams, over the limit of {MAX_STREAMS}", "too_large")
+        raise VideoProblem(f"{name}: {streams} streams, over the limit of {MAX_STREAMS}", "too_large")
     if not container.streams.video:
         kinds = sorted({s.type for s in container.streams}) or ["no"]
         container.close()
         raise VideoProblem(f"{name}: no video stream ({', '.join(kinds)} streams only)", "not_video")
+    context = container.streams.video[0].codec_context
+    if context is None:
+        container.close()
+        raise VideoProblem(f"{name}: a video stream in a codec FFmpeg cannot decode", "not_video")
     # The decoder refuses any frame over the pixel cap before allocating it, whatever the header said.
-    container.streams.video[0].codec_context.options = {"max_pixels": str(limits.max_pixels)}
+    context.options = {"max_pixels": str(limits.max_pixels)}
     return container, name
 
 

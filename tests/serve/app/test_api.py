@@ -234,3 +234,19 @@ def test_bad_videos_get_their_4xx_and_the_server_keeps_serving(server, recording
         ok = client.post("/v1/analyze", files={"video": ("g.mp4", good, "application/octet-stream")},
                          data={"fps": "2", "describe": "false"})
         assert ok.status_code == 200 and ok.json()["frames"] == 4, ok.text
+
+
+def test_a_real_photo_goes_through_the_detector_over_http(server, real_photos):
+    """Not in the landmark cache: detection, landmarks and the prior on the face deployment, then both tasks; the
+    response does not say whether an image was cached (its landmark source reads the same)."""
+    photo = real_photos["grace_hopper"].read_bytes()
+    with server.client() as client:
+        before = client.get("/readyz").json()["faces"]["detect_calls"]
+        response = client.post("/v1/analyze", files={"file": ("hopper.jpg", photo, "image/jpeg")},
+                               data={"task": "both"})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert len(body["face"]["landmarks"]) == 68 and body["face"]["score"] > 0
+        assert body["emotion"] in EMOTIONS and body["aus"] is not None
+        assert body["landmark_source"] == "annotation@1-68"   # the prior the model reads, as for a cached image
+        assert client.get("/readyz").json()["faces"]["detect_calls"] == before + 1
