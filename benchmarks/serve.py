@@ -9,7 +9,12 @@ requests per client (at least 48), so the throughput is that of a full load: wit
 requests than a few per client, a level measures mostly its first wave and its tail.
 Then a server allowed 1 to 2 model replicas is loaded with 16
 clients and its replica processes are counted every second: up under load, down after.
-Needs a trained checkpoint and the landmark cache of ``dvc repro`` (FABA-Synth test images).
+Needs a trained checkpoint and the landmark cache of ``dvc repro``.
+
+``--images cached`` (the default) sends FABA-Synth test images, whose faces the landmark cache
+answers; ``--images photos`` sends real photographs that ship inside installed packages
+(scikit-image's astronaut, matplotlib's Grace Hopper, InsightFace's samples), which take the
+path a user's photo takes: detection, landmarks and the prior on the face deployment.
 """
 
 from __future__ import annotations
@@ -89,9 +94,30 @@ def requests_for(args, clients: int) -> int:
     return args.requests or max(48, args.requests_per_client * clients)
 
 
+def real_photos() -> list[bytes]:
+    """JPEGs of the face photos inside installed packages: none is in the landmark cache."""
+    import io
+
+    import insightface
+    import matplotlib
+    import skimage.data
+    from PIL import Image
+
+    def jpeg(image: Image.Image) -> bytes:
+        out = io.BytesIO()
+        image.convert("RGB").save(out, "JPEG", quality=92)
+        return out.getvalue()
+
+    samples = Path(insightface.__file__).parent / "data/images"
+    return [jpeg(Image.fromarray(skimage.data.astronaut())),
+            (Path(matplotlib.__file__).parent / "mpl-data/sample_data/grace_hopper.jpg").read_bytes(),
+            jpeg(Image.open(samples / "Tom_Hanks_54745.png")), (samples / "t1.jpg").read_bytes()]
+
+
 def batching(args, images: list[bytes], work: Path) -> dict:
     results = {}
-    for name, size in (("batching_off", 1), ("batching_on", 64)):
+    settings = [s for s in (("batching_off", 1), ("batching_on", 64)) if args.batching in ("both", s[0][9:])]
+    for name, size in settings:
         server = local.start(work / name, [*_common(args), f"inference.max_batch={size}", "serve.min_replicas=1",
                                            "serve.max_replicas=1", "serve.max_ongoing_requests=64"])
         try:
@@ -102,7 +128,7 @@ def batching(args, images: list[bytes], work: Path) -> dict:
         for row in results[name]:
             print(f"{name:13s} clients {row['clients']:3d}: {row['throughput_rps']:6.2f} req/s  "
                   f"p50 {row['p50_ms']:8.0f} ms  p99 {row['p99_ms']:8.0f} ms  errors {row['errors']}", flush=True)
-    for off, on in zip(results["batching_off"], results["batching_on"]):
+    for off, on in zip(results.get("batching_off", []), results.get("batching_on", [])):
         print(f"clients {off['clients']:3d}: batching on/off throughput x{on['throughput_rps'] / off['throughput_rps']:.2f}, "
               f"p50 x{on['p50_ms'] / off['p50_ms']:.2f}, p99 x{on['p99_ms'] / off['p99_ms']:.2f}")
     return results
@@ -146,16 +172,22 @@ def main() -> None:
     parser.add_argument("--cooldown", type=int, default=45)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--no-autoscaling", action="store_true", help="measure batching only")
+    parser.add_argument("--images", choices=["cached", "photos"], default="cached",
+                        help="FABA-Synth test images (landmark cache) or real photos (the detector path)")
+    parser.add_argument("--batching", choices=["both", "on", "off"], default="both", help="which settings to measure")
     parser.add_argument("--out", default="benchmarks/results/serve.json")
     args = parser.parse_args()
     args.checkpoint, args.landmarks = str(Path(args.checkpoint).resolve()), str(Path(args.landmarks).resolve())
 
     from emola.data.manifest import read_manifest
 
-    rows = [r for r in read_manifest(Path(args.manifest)) if r.task == "emotion"][:32]
-    images = [r.image_path().read_bytes() for r in rows]
+    if args.images == "photos":
+        images = real_photos()
+    else:
+        rows = [r for r in read_manifest(Path(args.manifest)) if r.task == "emotion"][:32]
+        images = [r.image_path().read_bytes() for r in rows]
     with tempfile.TemporaryDirectory() as work:
-        result = {"batching": batching(args, images, Path(work))}
+        result = {"images": args.images, "batching": batching(args, images, Path(work))}
         if not args.no_autoscaling:
             result["autoscaling"] = autoscaling(args, images, Path(work))
     write_results("serve", result, args.out)

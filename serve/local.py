@@ -17,8 +17,7 @@ from pathlib import Path
 
 import httpx
 
-from emola import http_guard
-from emola.config import load_config
+from emola.cli.serve_commands import guard_env
 from serve.app import render, serve_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,10 +63,8 @@ def start(workdir: Path, overrides: list[str], api_key: str | None = None, timeo
     if import_path:
         config["applications"][0]["import_path"] = import_path
     (workdir / "config.yaml").write_text(render(config))
-    # Serve's proxy caps request bodies as it reads them (emola.http_guard), at serve.max_body_bytes.
-    cap = load_config(REPO / "params.yaml", [f"serve.port={port}", *overrides]).serve.max_body_bytes
-    env = dict(os.environ, PYTHONUNBUFFERED="1", RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=http_guard.CALLBACK,
-               **{http_guard.MAX_BODY_ENV: str(cap)})
+    # As `emola serve` runs it: Serve's proxy caps request bodies as it reads them, at serve.max_body_bytes.
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **guard_env(workdir / "config.yaml"))
     env.pop("RAY_ADDRESS", None)
     env.pop("EMOLA_API_KEY", None)
     if api_key:

@@ -22,6 +22,12 @@ class _Crashing(EmolaModel.func_or_class):
             os._exit(1)   # what a decoder crash or an out-of-memory kill does to the replica
         return await super().generate(item)
 
+    async def stream(self, item: dict):
+        async for piece in super().stream(item):
+            yield piece
+            if POISON in item["question"] and not isinstance(piece, dict):
+                os._exit(1)   # dies mid-stream, after the first text piece went out
+
 
 CrashingModel = serve.deployment(name="EmolaModel")(_Crashing)
 

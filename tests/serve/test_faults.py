@@ -8,6 +8,7 @@ model replicas and small queues, and two local `serve run` instances would share
 from __future__ import annotations
 
 import base64
+import json
 import os
 import signal
 import threading
@@ -139,16 +140,21 @@ def _ready(server, face: bytes) -> None:
             time.sleep(1)
 
 
-def test_a_request_that_kills_its_replica_is_not_repeated_onto_the_next(server, face):
-    """Alone on the deployment it is the likely cause: one replica dies, the answer says so (500), no repeat."""
+def _poisoned(server, face: bytes) -> tuple[set[int], list[dict]]:
+    """Both replicas up and answering; their pids, and a chat turn whose question kills the replica answering it."""
     from tests.serve.poison import POISON
 
     _wait_for_replicas(2, set())
     _ready(server, face)
-    before = {p.pid for p in _replica_processes()}
     messages = [{"role": "user", "content": [
-        {"type": "text", "text": f"{POISON}: what emotion is this?"},
+        {"type": "text", "text": f"{POISON}: what emotion is this face?"},
         {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64," + base64.b64encode(face).decode()}}]}]
+    return {p.pid for p in _replica_processes()}, messages
+
+
+def test_a_request_that_kills_its_replica_is_not_repeated_onto_the_next(server, face):
+    """Alone on the deployment it is the likely cause: one replica dies, the answer says so (500), no repeat."""
+    before, messages = _poisoned(server, face)
     with server.client() as client:
         started = time.time()
         response = client.post("/v1/chat/completions", json={"model": "emola-tiny", "messages": messages})
@@ -159,3 +165,18 @@ def test_a_request_that_kills_its_replica_is_not_repeated_onto_the_next(server, 
         assert len(before - alive) == 1, (before, alive)   # one replica died, not two or three
         _wait_for_replicas(2, before - alive)
         _ready(server, face)
+
+
+def test_a_replica_dying_mid_stream_ends_the_stream_without_exception_text(server, face):
+    """The status line is out, so the error is in-band: it names an incident, never the exception or a trace."""
+    before, messages = _poisoned(server, face)
+    with server.client() as client:
+        with client.stream("POST", "/v1/chat/completions", json={"model": "emola-tiny", "messages": messages,
+                                                                  "stream": True}) as response:
+            assert response.status_code == 200
+            events = [line for line in response.iter_lines() if line.startswith("data: ")]
+    error = next(json.loads(e[6:]) for e in events if '"error"' in e)["error"]
+    assert error["code"] == "stream_failed" and "incident" in error["message"], error
+    assert "Error" not in error["message"] and "Traceback" not in error["message"] and "pid" not in error["message"]
+    time.sleep(2)
+    _wait_for_replicas(2, before - {p.pid for p in _replica_processes()})

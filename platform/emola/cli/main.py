@@ -8,9 +8,10 @@ from collections.abc import Sequence
 
 from emola import __version__
 from emola.cli import (data_commands, k8s_commands, landmarks_commands, metrics_commands, model_commands,
-                       params_commands)
+                       params_commands, serve_commands)
 
-COMMAND_GROUPS = (data_commands, landmarks_commands, metrics_commands, model_commands, params_commands, k8s_commands)
+COMMAND_GROUPS = (data_commands, landmarks_commands, metrics_commands, model_commands, params_commands, k8s_commands,
+                  serve_commands)
 
 
 def build_parser() -> argparse.ArgumentParser:

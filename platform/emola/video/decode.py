@@ -152,7 +152,7 @@ def container_format(source: Path | bytes) -> str | None:
     else:
         with open(source, "rb") as handle:
             head = handle.read(12)
-    if head[4:8] == b"ftyp":
+    if head[4:8] in (b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip"):   # QuickTime may start without ftyp
         return "mp4"
     if head.startswith(b"\x1a\x45\xdf\xa3"):
         return "matroska"
