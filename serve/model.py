@@ -71,7 +71,7 @@ class EmolaModel:
         self.config = EmolaModelConfig.load(self.resolved.path)
         self.engine = InferenceEngine.from_checkpoint(self.resolved.path, InferenceConfig.model_validate(inference))
         self.processor = self.engine.processor
-        self.landmarks, self.backend = landmarks, None
+        self.landmarks, self.backend, self._backend_lock = landmarks, None, threading.Lock()
         self._prompts: dict[str, tuple[int, ...]] = {}   # question -> prompt ids (tokenized once)
         self.videos = {"running": 0, "cancelled": 0}       # video analyses in their threads now; given up by callers
         self.graphs = self.engine.warm_up()   # CUDA: no request pays for graph capture
@@ -196,13 +196,16 @@ class EmolaModel:
         return {"rows": [row.to_row() for row in rows], "ms": round(1e3 * (time.perf_counter() - started), 2)}
 
     def _backend(self):
-        """The landmark backend matching the checkpoint's priors (None for a model without the prior token)."""
-        if self.backend is None:
-            from emola.config.schema import LandmarksConfig
-            from emola.landmarks.registry import build_backend, inference_backend_name
+        """The landmark backend matching the checkpoint's priors (None for a model without the prior token), built
+        once and used by one video thread at a time (:class:`serve.landmarks.SerialBackend`)."""
+        with self._backend_lock:
+            if self.backend is None:
+                from emola.config.schema import LandmarksConfig
+                from emola.landmarks.registry import build_backend, inference_backend_name
+                from serve.landmarks import SerialBackend
 
-            name = inference_backend_name(self.config.prior, self.config.landmark_backend, self.config.prior_dim)
-            if name:
-                cfg = LandmarksConfig.model_validate(self.landmarks) if self.landmarks else None
-                self.backend = build_backend(cfg, name=name)
+                name = inference_backend_name(self.config.prior, self.config.landmark_backend, self.config.prior_dim)
+                if name:
+                    cfg = LandmarksConfig.model_validate(self.landmarks) if self.landmarks else None
+                    self.backend = SerialBackend(build_backend(cfg, name=name))
         return self.backend

@@ -174,3 +174,30 @@ def test_a_caller_that_leaves_stops_the_video_analysis(server, recording, tmp_pa
         after = videos(client)
         assert after["running"] == 0 and after["cancelled"] == before["cancelled"] + 1, after
         _still_serving(client, synth_test_images)
+
+
+def test_concurrent_photos_through_the_detector_do_not_crash_the_face_deployment(server, real_photos):
+    """dlib is not thread-safe and Serve runs the face deployment's calls in threads: 16 uncached photos at once
+    used to crash it (SIGSEGV) and answer 503. Each is answered, by the same replica."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    photos = [real_photos[name].read_bytes() for name in ("grace_hopper", "astronaut", "t1")]
+
+    def face_pids() -> set[int]:
+        found = set()
+        for proc in psutil.process_iter(["cmdline"]):
+            try:
+                if any("ServeReplica:emola:LandmarkDetector" in part for part in proc.info["cmdline"] or []):
+                    found.add(proc.pid)
+            except psutil.Error:
+                continue
+        return found
+
+    before = face_pids()
+    with server.client(timeout=120) as client:
+        with ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(lambda i: client.post(
+                "/v1/analyze", files={"file": ("p.jpg", photos[i % len(photos)], "image/jpeg")},
+                data={"task": "emotion"}), range(16)))
+    assert [a.status_code for a in answers] == [200] * 16, [a.text[:200] for a in answers if a.status_code != 200]
+    assert face_pids() == before
