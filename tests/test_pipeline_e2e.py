@@ -142,7 +142,8 @@ def _check_the_registered_champion(clone):
     try:
         model = mlflow.pyfunc.load_model("models:/emola@champion")
         assert mlflow.models.get_model_info("models:/emola@champion").signature is not None
-        out = model.predict(pd.DataFrame({"image": [str(f) for f in faces]}), params=greedy)
+        # Bytes, as a caller sends them: a served model opens no path unless an image root is configured.
+        out = model.predict(pd.DataFrame({"image": [f.read_bytes() for f in faces]}), params=greedy)
     finally:
         mlflow.set_tracking_uri(previous)
     expected = Analyzer.from_checkpoint(clone / "models/emola", generation=GenerationConfig(**greedy)).analyze_many(faces)
