@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -74,13 +73,7 @@ async def _load(url: str, images: list[bytes], clients: int, requests: int) -> d
 
 
 def _replicas() -> int:
-    count = 0
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            count += any("ServeReplica:emola:EmolaModel" in part for part in proc.info["cmdline"] or [])
-        except psutil.Error:
-            continue
-    return count
+    return len(local.replica_processes("EmolaModel"))
 
 
 def _common(args) -> list[str]:

@@ -171,14 +171,6 @@ def _has_key(headers: Headers) -> bool:
 app.add_middleware(Guards)
 
 
-async def _body(request: Request) -> bytes:
-    """The body; :class:`Guards` caps what is read (chunked uploads have no Content-Length to check)."""
-    chunks = []
-    async for chunk in request.stream():
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def _json(body: bytes) -> dict:
     if not body:
         raise RequestError(400, "empty_body", "empty request body: send JSON")
@@ -404,7 +396,7 @@ class EmolaAPI:
             is_video = (form.get("video") is not None or (upload.content_type or "").startswith("video/")
                         or looks_like_video(data))
         else:
-            payload = _json(await _body(request))
+            payload = _json(await request.body())   # Guards caps what is read
             media = payload.get("video", payload.get("image"))
             if not isinstance(media, str) or not media:
                 raise RequestError(400, "missing_image", "JSON body needs 'image' (or 'video'): base64 bytes or a "
@@ -484,7 +476,7 @@ class EmolaAPI:
     @app.post("/v1/chat/completions")
     async def chat(self, request: Request):
         rid = uuid.uuid4().hex
-        payload = _json(await _body(request))
+        payload = _json(await request.body())   # Guards caps what is read
         messages = payload.get("messages")
         if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
             raise RequestError(400, "invalid_messages", "messages: a non-empty list of message objects")

@@ -17,7 +17,6 @@ itself (:func:`cached_face`), so a known image costs no call to this deployment.
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 
@@ -25,30 +24,6 @@ import numpy as np
 from ray import serve
 
 from serve.inputs import pixels_of
-
-
-class SerialBackend:
-    """A landmark backend that one thread at a time may use.
-
-    Serve runs a deployment's plain (not ``async``) methods in a pool of threads, so concurrent
-    requests call the backend at once, and dlib's detector and shape predictor are not
-    thread-safe: two photos detected together crash the replica (SIGSEGV). Every call into the
-    backend here takes one lock; throughput comes from more replicas, not threads.
-    """
-
-    def __init__(self, backend):
-        self._backend, self._lock = backend, threading.Lock()
-
-    def __getattr__(self, name):
-        return getattr(self._backend, name)
-
-    def extract(self, *args, **kwargs):
-        with self._lock:
-            return self._backend.extract(*args, **kwargs)
-
-    def face_prior(self, *args, **kwargs):
-        with self._lock:
-            return self._backend.face_prior(*args, **kwargs)
 
 
 def _cached_results(cache_root: str | None, backend_key: str) -> dict[str, dict]:
@@ -94,7 +69,7 @@ class LandmarkDetector:
                              + ", ".join(f"{r}: {c.prior} {c.landmark_backend}" for r, c in configs.items()))
         config = next(iter(configs.values()))
         name = inference_backend_name(config.prior, config.landmark_backend, config.prior_dim)
-        self.backend = SerialBackend(build_backend(LandmarksConfig.model_validate(landmarks), name=name)) if name else None
+        self.backend = build_backend(LandmarksConfig.model_validate(landmarks), name=name) if name else None
         self.cached = _cached_results(landmark_cache, config.landmark_backend) if name else {}
         self.source = {"backend": self.backend.key if self.backend else None, "cache": config.landmark_backend,
                        "cached_images": len(self.cached)}
@@ -123,5 +98,5 @@ class LandmarkDetector:
                     "source": self.source["cache"], "ms": ms}
         face = result.faces[0].to_dict()
         face["landmarks"] = face.pop("points")
-        return {"status": "ok", "reason": "", "face": face, "prior": result.prior.tolist(), "source": self.source["cache"],
-                "ms": ms}
+        return {"status": "ok", "reason": "", "face": face, "prior": result.prior.tolist(),
+                "source": self.source["cache"], "ms": ms}

@@ -24,6 +24,20 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
+def replica_processes(deployment: str = "EmolaModel") -> list:
+    """The local processes of ``deployment``'s replicas (application ``emola``), as psutil processes."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if any(f"ServeReplica:emola:{deployment}" in part for part in proc.info["cmdline"] or []):
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

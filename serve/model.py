@@ -71,7 +71,8 @@ class EmolaModel:
         self.config = EmolaModelConfig.load(self.resolved.path)
         self.engine = InferenceEngine.from_checkpoint(self.resolved.path, InferenceConfig.model_validate(inference))
         self.processor = self.engine.processor
-        self.landmarks, self.backend, self._backend_lock = landmarks, None, threading.Lock()
+        self.landmarks, self.backend = landmarks, None
+        self._lock = threading.Lock()   # the backend, built once; the video counters, updated from threads
         self._prompts: dict[str, tuple[int, ...]] = {}   # question -> prompt ids (tokenized once)
         self.videos = {"running": 0, "cancelled": 0}       # video analyses in their threads now; given up by callers
         self.graphs = self.engine.warm_up()   # CUDA: no request pays for graph capture
@@ -166,7 +167,6 @@ class EmolaModel:
         ``options``: :class:`~emola.video_analysis.VideoOptions` fields, ``limits`` as a dict, and
         ``generation`` (the descriptions' decoding)."""
         cancel = threading.Event()
-        self.videos["running"] += 1
         try:
             return await asyncio.to_thread(self._analyze_video, data, options, cancel)
         except asyncio.CancelledError:
@@ -174,9 +174,18 @@ class EmolaModel:
             raise
         finally:
             cancel.set()   # the caller gave up (client gone, timeout): the thread stops at its next frame
-            self.videos["running"] -= 1
 
     def _analyze_video(self, data: bytes, options: dict, cancel: threading.Event) -> dict:
+        """:meth:`analyze_video` in its thread, counted in ``videos["running"]`` until the thread itself ends."""
+        with self._lock:
+            self.videos["running"] += 1
+        try:
+            return self._analysis(data, options, cancel)
+        finally:
+            with self._lock:
+                self.videos["running"] -= 1
+
+    def _analysis(self, data: bytes, options: dict, cancel: threading.Event) -> dict:
         from emola.analyzer import Analyzer
         from emola.config.schema import GenerationConfig
         from emola.video import VideoLimits, VideoProblem
@@ -197,15 +206,14 @@ class EmolaModel:
 
     def _backend(self):
         """The landmark backend matching the checkpoint's priors (None for a model without the prior token), built
-        once and used by one video thread at a time (:class:`serve.landmarks.SerialBackend`)."""
-        with self._backend_lock:
+        once however many video threads ask at the same time."""
+        with self._lock:
             if self.backend is None:
                 from emola.config.schema import LandmarksConfig
                 from emola.landmarks.registry import build_backend, inference_backend_name
-                from serve.landmarks import SerialBackend
 
                 name = inference_backend_name(self.config.prior, self.config.landmark_backend, self.config.prior_dim)
                 if name:
                     cfg = LandmarksConfig.model_validate(self.landmarks) if self.landmarks else None
-                    self.backend = SerialBackend(build_backend(cfg, name=name))
+                    self.backend = build_backend(cfg, name=name)
         return self.backend

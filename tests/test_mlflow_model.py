@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 import socket
 import subprocess
 import time
@@ -130,8 +131,6 @@ def test_a_cell_never_opens_a_server_path_outside_the_image_root(registry, real_
     model = mlflow.pyfunc.load_model("models:/emola@champion")
     out = model.predict(pd.DataFrame({"image": probes}), params=GREEDY)
     assert "ok" not in set(out.status) and out.description.isna().all(), out
-    import shutil
-
     shutil.rmtree(secret)
     gone = model.predict(pd.DataFrame({"image": probes}), params=GREEDY)
     assert list(gone.status) == list(out.status) and list(gone.reason) == list(out.reason)

@@ -15,8 +15,9 @@ import threading
 import time
 
 import httpx
-import psutil
 import pytest
+
+from serve.local import replica_processes
 
 pytestmark = pytest.mark.slow
 
@@ -80,24 +81,13 @@ def test_overflow_gets_503_with_retry_after(server, face):
             assert headers.get("retry-after") == "1" and body["error"]["code"] == "overloaded"
 
 
-def _replica_processes() -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            if any("ServeReplica:emola:EmolaModel" in part for part in proc.info["cmdline"] or []):
-                found.append(proc)
-        except psutil.Error:
-            continue
-    return found
-
-
 def test_a_killed_replica_loses_no_request_and_comes_back(server, face):
-    assert len(_replica_processes()) == 2
+    assert len(replica_processes()) == 2
     killed: list[int] = []
 
     def kill_one():
         time.sleep(2.0)
-        victim = _replica_processes()[0]
+        victim = replica_processes()[0]
         killed.append(victim.pid)
         os.kill(victim.pid, signal.SIGKILL)
 
@@ -108,9 +98,9 @@ def test_a_killed_replica_loses_no_request_and_comes_back(server, face):
     assert all(h.get("retry-after") for s, h, _ in answers if s == 503)
     assert sum(s == 200 for s, _, _ in answers) > 10
     deadline = time.time() + 90                    # Serve starts a new replica; the server keeps serving
-    while time.time() < deadline and len([p for p in _replica_processes() if p.pid not in killed]) < 2:
+    while time.time() < deadline and len([p for p in replica_processes() if p.pid not in killed]) < 2:
         time.sleep(1)
-    assert len([p for p in _replica_processes() if p.pid not in killed]) == 2
+    assert len([p for p in replica_processes() if p.pid not in killed]) == 2
     # Still serving: a client that honours Retry-After (the new replica may still be loading) gets its answer.
     with server.client() as client:
         deadline = time.time() + 60
@@ -125,9 +115,9 @@ def test_a_killed_replica_loses_no_request_and_comes_back(server, face):
 
 def _wait_for_replicas(count: int, exclude: set[int], seconds: float = 120) -> None:
     deadline = time.time() + seconds
-    while time.time() < deadline and len([p for p in _replica_processes() if p.pid not in exclude]) < count:
+    while time.time() < deadline and len([p for p in replica_processes() if p.pid not in exclude]) < count:
         time.sleep(1)
-    assert len([p for p in _replica_processes() if p.pid not in exclude]) == count
+    assert len([p for p in replica_processes() if p.pid not in exclude]) == count
 
 
 def _ready(server, face: bytes) -> None:
@@ -149,7 +139,7 @@ def _poisoned(server, face: bytes) -> tuple[set[int], list[dict]]:
     messages = [{"role": "user", "content": [
         {"type": "text", "text": f"{POISON}: what emotion is this face?"},
         {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64," + base64.b64encode(face).decode()}}]}]
-    return {p.pid for p in _replica_processes()}, messages
+    return {p.pid for p in replica_processes()}, messages
 
 
 def test_a_request_that_kills_its_replica_is_not_repeated_onto_the_next(server, face):
@@ -161,7 +151,7 @@ def test_a_request_that_kills_its_replica_is_not_repeated_onto_the_next(server, 
         assert response.status_code == 500 and response.json()["error"]["code"] == "replica_crashed", response.text
         assert "likely cause" in response.json()["error"]["message"] and time.time() - started < 30
         time.sleep(2)
-        alive = {p.pid for p in _replica_processes()}
+        alive = {p.pid for p in replica_processes()}
         assert len(before - alive) == 1, (before, alive)   # one replica died, not two or three
         _wait_for_replicas(2, before - alive)
         _ready(server, face)
@@ -179,4 +169,4 @@ def test_a_replica_dying_mid_stream_ends_the_stream_without_exception_text(serve
     assert error["code"] == "stream_failed" and "incident" in error["message"], error
     assert "Error" not in error["message"] and "Traceback" not in error["message"] and "pid" not in error["message"]
     time.sleep(2)
-    _wait_for_replicas(2, before - {p.pid for p in _replica_processes()})
+    _wait_for_replicas(2, before - {p.pid for p in replica_processes()})

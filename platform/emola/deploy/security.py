@@ -61,29 +61,29 @@ def _workload(doc: dict) -> str:
         (doc.get("metadata") or {}).get("name", "?")
 
 
-def pod_specs(doc: dict) -> Iterator[tuple[str, dict, dict]]:
-    """``(where, pod template metadata, pod spec)`` of every pod a manifest creates."""
+def pod_specs(doc: dict) -> Iterator[tuple[str, dict]]:
+    """``(where, pod spec)`` of every pod a manifest creates."""
     kind, spec = doc.get("kind"), doc.get("spec") or {}
     if kind in ("Deployment", "StatefulSet", "DaemonSet", "Job"):
         template = spec.get("template") or {}
-        yield "spec.template", template.get("metadata") or {}, template.get("spec") or {}
+        yield "spec.template", template.get("spec") or {}
     elif kind == "Pod":
-        yield "spec", doc.get("metadata") or {}, spec
+        yield "spec", spec
     elif kind in ("RayCluster", "RayJob", "RayService"):
         cluster = {"RayCluster": spec, "RayJob": spec.get("rayClusterSpec"),
                    "RayService": spec.get("rayClusterConfig")}[kind] or {}
         prefix = {"RayCluster": "spec", "RayJob": "spec.rayClusterSpec", "RayService": "spec.rayClusterConfig"}[kind]
         head = (cluster.get("headGroupSpec") or {}).get("template") or {}
-        yield f"{prefix}.headGroupSpec.template", head.get("metadata") or {}, head.get("spec") or {}
+        yield f"{prefix}.headGroupSpec.template", head.get("spec") or {}
         for i, group in enumerate(cluster.get("workerGroupSpecs") or []):
             template = group.get("template") or {}
-            yield f"{prefix}.workerGroupSpecs[{i}].template", template.get("metadata") or {}, template.get("spec") or {}
+            yield f"{prefix}.workerGroupSpecs[{i}].template", template.get("spec") or {}
         if kind == "RayJob":
             submitter = spec.get("submitterPodTemplate")
             if submitter is None:
-                yield "spec.submitterPodTemplate", {}, {}   # missing: KubeRay's default pod has no security context
+                yield "spec.submitterPodTemplate", {}   # missing: KubeRay's default pod has no security context
             else:
-                yield "spec.submitterPodTemplate", submitter.get("metadata") or {}, submitter.get("spec") or {}
+                yield "spec.submitterPodTemplate", submitter.get("spec") or {}
 
 
 def _manifest_problems(doc: dict) -> Iterator[tuple[str, str]]:
@@ -96,7 +96,7 @@ def _manifest_problems(doc: dict) -> Iterator[tuple[str, str]]:
         yield "job-deadline", "spec.activeDeadlineSeconds is not set"
     workload = _workload(doc)
     allowed = ALLOWED_SECRETS.get(workload)
-    for where, _meta, pod in pod_specs(doc):
+    for where, pod in pod_specs(doc):
         yield from _pod_problems(where, pod, workload, allowed)
     if kind == "Deployment" and workload == "mlflow":
         containers = ((doc.get("spec") or {}).get("template") or {}).get("spec", {}).get("containers") or []
@@ -148,8 +148,6 @@ def _container_problems(at: str, container: dict, workload: str, allowed: set[st
             secret_vars.add(item.get("name"))
             if allowed is not None and ref.get("name") not in allowed:
                 yield "secrets", f"{at}.env[{item.get('name')}]: Secret {ref.get('name')} is not one {workload} needs"
-        elif allowed is None:
-            pass
     for source in container.get("envFrom") or []:
         secret = (source.get("secretRef") or {}).get("name")
         if secret and (allowed is None or secret not in allowed):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,10 @@ class Dlib68Backend(LandmarkBackend):
     at twice the size (dlib's detector misses faces under about 80 px otherwise).
     Prior vector: 136 values, :func:`~emola.landmarks.backend.normalize_points` (the same
     as the ``annotation`` backend's 68-point layout).
+
+    dlib's detector and shape predictor are not thread-safe: two threads calling them at once
+    crash the process (SIGSEGV; Serve runs a deployment's plain methods in threads). One
+    backend is used by one thread at a time; throughput comes from more processes.
     """
 
     name = "dlib-68"
@@ -44,18 +49,21 @@ class Dlib68Backend(LandmarkBackend):
         self._detector = dlib.get_frontal_face_detector()
         self._predictor = dlib.shape_predictor(str(predictor_path()))
         self._rectangle = dlib.rectangle
+        self._lock = threading.Lock()
         self.upsample_below = upsample_below
         self.min_score = min_score
 
     def detect(self, image: np.ndarray) -> list[tuple[tuple[float, float, float, float], float]]:
         """Face boxes and detector scores of one RGB image."""
         upsample = 1 if min(image.shape[:2]) < self.upsample_below else 0
-        rects, scores, _ = self._detector.run(np.ascontiguousarray(image), upsample, self.min_score)
+        with self._lock:
+            rects, scores, _ = self._detector.run(np.ascontiguousarray(image), upsample, self.min_score)
         return [((r.left(), r.top(), r.right(), r.bottom()), float(s)) for r, s in zip(rects, scores)]
 
     def points(self, image: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:
-        shape = self._predictor(np.ascontiguousarray(image), self._rectangle(*(int(round(v)) for v in box)))
-        return np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float32)
+        with self._lock:
+            shape = self._predictor(np.ascontiguousarray(image), self._rectangle(*(int(round(v)) for v in box)))
+            return np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float32)
 
     def face_prior(self, face):
         return normalize_points(face.points)   # position- and size-invariant: the same for the face in any crop

@@ -5,5 +5,5 @@ from emola.video.decode import (CONTAINERS, FPS_RANGE, VIDEO_SUFFIXES, Frame, Vi
 from emola.video.encode import write_video
 from emola.video.tracking import FaceTracker, iou
 
-__all__ = ["CONTAINERS", "FPS_RANGE", "VIDEO_SUFFIXES", "container_format", "FaceTracker", "Frame", "VideoInfo", "VideoLimits", "VideoProblem", "iou",
-           "looks_like_video", "probe", "sample_frames", "upright", "write_video"]
+__all__ = ["CONTAINERS", "FPS_RANGE", "VIDEO_SUFFIXES", "FaceTracker", "Frame", "VideoInfo", "VideoLimits", "VideoProblem",
+           "container_format", "iou", "looks_like_video", "probe", "sample_frames", "upright", "write_video"]

@@ -49,7 +49,7 @@ FPS_RANGE = (0.1, 60.0)
 
 
 class VideoProblem(ValueError):
-    """A video that cannot be used; ``code``: missing, empty, not_video, corrupt or too_large."""
+    """A video that cannot be used; ``code``: missing, empty, not_video, corrupt, too_large or cancelled."""
 
     def __init__(self, message: str, code: str = "corrupt"):
         super().__init__(message)
@@ -202,11 +202,9 @@ def probe(source: Path | bytes, limits: VideoLimits = VideoLimits()) -> VideoInf
         if first is None:
             raise VideoProblem(f"{name}: no frame could be decoded (truncated or empty stream)", "corrupt")
         _check_frame(first, limits, name, 0)
-        info = _info(container, stream, name, _rotation(first))
+        return _info(container, stream, name, _rotation(first))   # rotation changes no checked size
     finally:
         container.close()
-    _check(info, limits, name)
-    return info
 
 
 def _decode_reason(err, limits: VideoLimits) -> str:

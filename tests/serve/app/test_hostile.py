@@ -11,19 +11,15 @@ import numpy as np
 import psutil
 import pytest
 
+from serve.local import replica_processes
 from tests.serve.hostile_media import encoded, hostile_videos, mutations
 
 pytestmark = pytest.mark.slow
 
 
 def _model_replica() -> psutil.Process:
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            if any("ServeReplica:emola:EmolaModel" in part for part in proc.info["cmdline"] or []):
-                return proc
-        except psutil.Error:
-            continue
-    raise AssertionError("no model replica process")
+    (replica,) = replica_processes("EmolaModel")
+    return replica
 
 
 def _still_serving(client, synth_test_images) -> None:
@@ -184,14 +180,7 @@ def test_concurrent_photos_through_the_detector_do_not_crash_the_face_deployment
     photos = [real_photos[name].read_bytes() for name in ("grace_hopper", "astronaut", "t1")]
 
     def face_pids() -> set[int]:
-        found = set()
-        for proc in psutil.process_iter(["cmdline"]):
-            try:
-                if any("ServeReplica:emola:LandmarkDetector" in part for part in proc.info["cmdline"] or []):
-                    found.add(proc.pid)
-            except psutil.Error:
-                continue
-        return found
+        return {p.pid for p in replica_processes("LandmarkDetector")}
 
     before = face_pids()
     with server.client(timeout=120) as client:
