@@ -1,6 +1,6 @@
 """GPU benchmarks at the ``emola-7b`` shape: the inference engine and the training step.
 
-    python benchmarks/gpu.py [--part inference|training|all] [--dry-run] [--out FILE]
+    python benchmarks/gpu.py [--part inference|training|all] [--gate-only] [--dry-run] [--out FILE]
 
 The model is the project's own (``build_random`` of ``llava_1_5_7b_config``: CLIP
 ViT-L/14-336, Vicuna-7B, the prior projector, LoRA r=128 on all seven decoder linears),
@@ -8,8 +8,9 @@ with random weights built directly on the GPU in bf16: nothing is downloaded. Ev
 runs through the code the platform runs: :class:`emola.engine.InferenceEngine` and
 :class:`emola.train.step.TrainStep` (without Ray, as a Ray Train worker calls it).
 
-Inference: ms per token of one request (prompt of ~620 tokens: 40 text, 576 image, 1
-prior, the question), tokens/s with 8, 32 and 64 requests in flight (a closed loop: a
+Inference, with the ``emola-7b`` profile's ``inference`` settings: ms per token of one request
+(prompt of ~620 tokens: 40 text, 576 image, 1 prior, the question), tokens/s and time to first
+token with 1, 8, 32 and (where the slots hold them) 64 requests in flight (a closed loop: a
 finished request is replaced at once; prompts and answer lengths mixed as in FABA-Bench:
 half emotion-like answers of 48-128 tokens, half AU-like of 200-384), and the evaluate
 stage's answers/s (128 requests through ``generate``, with the published sampling). Each
@@ -25,12 +26,21 @@ Training: the micro-batch step (micro batch 16; emotion-length samples of 697 to
 AU-length 917, and a mix) with each lever on and off: sparse logits, fused AdamW,
 ``torch.compile`` of the decoder layers, activation checkpointing (all, selective,
 every other layer, none), DeepSpeed ZeRO-2 and ZeRO-3 against the plain loop, packing.
-MFU counts useful work over the dense bf16 peak of 989 TFLOP/s: per token 4 x N_LM (the
-frozen base needs only input gradients) + 12 x layers x L x hidden (attention), plus
-2 x N_vision per image token; recomputation does not count.
+MFU counts useful work over the dense bf16 peak of 989 TFLOP/s (:func:`useful_flops`: the frozen
+linears' forward and input gradients, LoRA's forward and both gradients, causal attention, the LM
+head on the answer tokens only, the vision tower's forward); recomputation does not count.
+``recipe`` is the step as training runs it: the ``emola-7b`` profile's ``train`` section as it is
+(DeepSpeed ZeRO-2, its checkpointing and levers), through :class:`emola.train.step.TrainStep`, the
+function Ray Train's workers call.
 
-``--dry-run`` runs the same code on a shrunken model on the CPU (the test suite does).
-Results: a table on the terminal, everything in ``benchmarks/results/gpu.json``.
+Before any timing, the correctness gate (``gpu_gate``): the kernels' checks at the production
+shapes and every engine teacher-forced against transformers' float32 forward; a failure exits 1
+and the run's file holds the gate's numbers only. ``--gate-only``: the gate alone.
+
+``--dry-run`` runs the same code on a shrunken model on the CPU (the test suite does) and writes
+``build/benchmarks/gpu-dry-run.json``. A GPU run writes one raw file in
+``benchmarks/results/gpu/runs/`` (date, commit, card, versions, the gate, every number);
+``benchmarks/gpu_summary.py`` builds the summary the README quotes.
 """
 
 from __future__ import annotations
@@ -50,6 +60,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from gpu_gate import Gate, GateFailed, kernel_checks, merge_random_lora  # noqa: E402
 
 PEAK_FLOPS = 989e12        # dense bf16, H100/H200 SXM
 EOS, PAD, BOS = 2, 0, 1
@@ -63,10 +74,14 @@ def shape(dry_run: bool) -> dict:
     from emola.model.builder import llava_1_5_7b_config
 
     if not dry_run:
-        return {"llava": llava_1_5_7b_config(), "prior_dim": 212, "text": 40, "question": (8, 24),
+        from emola.config import load_config
+
+        profile = load_config(ROOT / "params.yaml", {"profile": "emola-7b"}).inference
+        return {"context": profile.max_context, "max_batch": profile.max_batch, "inference": profile,
+                "llava": llava_1_5_7b_config(), "prior_dim": 212, "text": 40, "question": (8, 24),
                 "emotion_answer": (48, 128), "au_answer": (200, 384), "train_answer": {"emotion": 80, "au": 300},
-                "device": "cuda", "dtype": torch.bfloat16, "micro_batch": 16, "requests": 128, "steps": (2, 3),
-                "context": 1152, "concurrency": (8, 32, 64)}
+                "gate_answer": (8, 40), "device": "cuda", "dtype": torch.bfloat16, "micro_batch": 16, "requests": 128,
+                "steps": (2, 3), "profile": "emola-7b", "concurrency": (1, 8, 32, 64)}
     vision = CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
                               image_size=32, patch_size=8, projection_dim=64)
     text = LlamaConfig(vocab_size=1024, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
@@ -74,8 +89,13 @@ def shape(dry_run: bool) -> dict:
     llava = LlavaConfig(vision_config=vision, text_config=text, image_token_index=1000, image_seq_length=16,
                         vision_feature_layer=-2, vision_feature_select_strategy="default")
     return {"llava": llava, "prior_dim": 136, "text": 12, "question": (4, 10), "emotion_answer": (8, 24),
-            "au_answer": (24, 48), "train_answer": {"emotion": 20, "au": 60}, "device": "cpu", "dtype": torch.float32,
-            "micro_batch": 4, "requests": 24, "steps": (1, 2), "context": 160, "concurrency": (2, 8)}
+            "au_answer": (24, 48), "train_answer": {"emotion": 20, "au": 60}, "gate_answer": (3, 10), "device": "cpu",
+            "dtype": torch.float32, "micro_batch": 4, "requests": 24, "steps": (1, 2), "profile": None,
+            "context": 160, "max_batch": 8, "concurrency": (1, 2, 8)}
+
+
+def cfg_lora_r(dry_run: bool) -> int:
+    return lora_config(dry_run).r
 
 
 def lora_config(dry_run: bool):
@@ -142,17 +162,27 @@ def closed_loop(engine, requests, concurrency: int) -> dict:
     ``tokens_per_s`` is the steady state: tokens generated between the first replacement
     (the first ``concurrency`` requests all started) and the last submission, while
     ``concurrency`` requests were in flight; ``overall_tokens_per_s`` includes the ramp and
-    the drain, when fewer are.
+    the drain, when fewer are. ``ttft_ms``: from a request's submission to its first token (its prompt's
+    prefill, and waiting for a step), median and 95th percentile.
     """
     from emola.engine import Listener
 
     done = threading.Semaphore(0)
     finished: list = []
     stamps: list[float] = []
+    ttft: list[float] = []   # seconds from submission to the first token, per request
 
     class Done(Listener):
+        def __init__(self):
+            self.submitted = time.perf_counter()
+            self.first = None
+
         def on_token(self, token_id):
-            stamps.append(time.perf_counter())
+            now = time.perf_counter()
+            stamps.append(now)
+            if self.first is None:
+                self.first = now
+                ttft.append(now - self.submitted)
 
         def on_finish(self, result, error):
             finished.append(error if error is not None else result)
@@ -180,7 +210,9 @@ def closed_loop(engine, requests, concurrency: int) -> dict:
     tokens = sum(len(f.token_ids) for f in finished)
     row = {"concurrency": concurrency, "requests": len(requests), "tokens": tokens, "seconds": round(elapsed, 3),
            "overall_tokens_per_s": round(tokens / elapsed, 1), "prefills": engine.prefills - prefills,
-           "decode_steps": engine.steps - steps}
+           "decode_steps": engine.steps - steps,
+           "ttft_ms": {"p50": round(1e3 * float(np.percentile(ttft, 50)), 2),
+                       "p95": round(1e3 * float(np.percentile(ttft, 95)), 2)}}
     if first_replacement and last_submission and last_submission > first_replacement:
         window = [t for t in stamps if first_replacement <= t <= last_submission]
         row["steady_seconds"] = round(last_submission - first_replacement, 3)
@@ -421,16 +453,19 @@ def warm_up(engine, log) -> dict:
 #: attending over its own length (``varlen``: the Triton kernel) or as the slot decoder's (``packed``: masked
 #: sdpa up to the longest row's length bucket), the same over an FP8 KV cache (``fp8``), and the slot decoder
 #: (prefill apart, prompts padded to 64-token steps, graphs per shape).
-ENGINES = {"varlen": {"packed_prefill": True, "decode_attention": "varlen", "prefill_bucket": None},
-           "fp8": {"packed_prefill": True, "decode_attention": "varlen", "prefill_bucket": None,
-                   "kv_cache_dtype": "float8_e4m3fn"},
-           "packed": {"packed_prefill": True, "decode_attention": "sdpa", "prefill_bucket": None},
+#: Each is the ``emola-7b`` profile's ``inference`` section with these changes; the FP8 cache, half the bytes, holds
+#: 64 requests of the profile's context where the model-dtype cache holds 32 beside the weights on an 80 GB card.
+ENGINES = {"varlen": {"packed_prefill": True, "decode_attention": "varlen"},
+           "fp8": {"packed_prefill": True, "decode_attention": "varlen", "kv_cache_dtype": "float8_e4m3fn",
+                   "max_batch": 64},
+           "packed": {"packed_prefill": True, "decode_attention": "sdpa"},
            "slot": {"packed_prefill": False, "decode_attention": "sdpa", "prefill_bucket": 64}}
 #: What a GPU run compares unless told: the emola-7b setting first, its fallback (no kernel), the FP8 cache.
 DEFAULT_ENGINES = ("varlen", "slot", "fp8")
 
 
-def engine_run(model, s: dict, cfg, name: str, log, dry_run: bool, overlap_ab: bool = True) -> dict:
+def engine_run(model, s: dict, cfg, name: str, log, dry_run: bool, overlap_ab: bool = True, gate=None,
+               gate_only: bool = False) -> dict:
     """One engine on ``model``: graphs, where a step's time goes, batch 1, the closed loops, the evaluate stage
     (each again without overlapped steps, under ``without_overlap``, when ``overlap_ab``)."""
     from emola.engine import PUBLISHED_GENERATION, GenerationRequest, InferenceEngine
@@ -451,8 +486,14 @@ def engine_run(model, s: dict, cfg, name: str, log, dry_run: bool, overlap_ab: b
     result["graphs"] = warm_up(engine, log)
     result["warm_up_s"] = round(time.perf_counter() - started, 2)
     log(f"[{name}] merge {result['load_merge_s']} s, graphs {result['graphs']} captured in {result['warm_up_s']} s")
+    if gate is not None:   # before any of this engine's timings; a failure ends the run with no timings written
+        gate.check(engine, name)
+    if gate_only:
+        del engine
+        clear()
+        return result
     span = min(s["context"], 768)
-    sizes = [1, 8, 32, 64] if not dry_run else [1, 8]
+    sizes = [n for n in ([1, 8, 32, 64] if not dry_run else [1, 8]) if n <= cfg.max_batch]
     profile = {"span": span, "decode_ms": decode_profile(engine, sizes, span),
                "prefill_ms": {n: prefill_ms(engine, s, n) for n in (1, 8)}}
     if engine.packed:
@@ -490,12 +531,15 @@ def engine_run(model, s: dict, cfg, name: str, log, dry_run: bool, overlap_ab: b
     engine.start()
     for overlap, into in modes:
         into["concurrent"] = []
-    for c in s["concurrency"]:   # not overlapped: at the target's load only (the run stays within minutes)
-        for overlap, into in modes if c == s["concurrency"][1] else modes[:1]:
+    loads = [c for c in s["concurrency"] if c <= cfg.max_batch]   # what the engine's slots hold in flight
+    target = max(c for c in loads if c <= 32)
+    for c in loads:   # not overlapped: at the target's load only (the run stays within minutes)
+        for overlap, into in modes if c == target else modes[:1]:
             engine.overlap = overlap
             row = closed_loop(engine, request_mix(s, 4 * c, seed=c, engine_cls=GenerationRequest), c)
             log(f"[{name}] {c:3d} requests in flight{'' if overlap else ', not overlapped'}: "
                 f"{row['tokens_per_s']:8.0f} tokens/s steady ({row['overall_tokens_per_s']:.0f} with ramp and drain; "
+                f"time to first token {row['ttft_ms']['p50']} ms median, {row['ttft_ms']['p95']} p95; "
                 f"{row['requests']} requests, {row['tokens']} tokens, {row['seconds']} s, {row['prefills']} prefills, "
                 f"{row['decode_steps']} steps)")
             into["concurrent"].append(row)
@@ -531,9 +575,10 @@ def engine_run(model, s: dict, cfg, name: str, log, dry_run: bool, overlap_ab: b
 
 
 def inference(dry_run: bool, log, baseline: bool = True, engines: tuple[str, ...] = tuple(ENGINES),
-              partial=None, overlap_ab: str = "first") -> dict:
-    """Every engine of ``engines`` on one model, side by side (``partial(result)`` after each); the first
-    (``overlap_ab`` "first") or every one ("all") also without overlapped steps."""
+              overlap_ab: str = "first", gate_only: bool = False) -> dict:
+    """Every engine of ``engines`` on one model, side by side, each through the correctness gate before its
+    timings (``gpu_gate``; ``gate_only``: no timings); the first (``overlap_ab`` "first") or every one ("all")
+    also without overlapped steps. Raises :class:`gpu_gate.GateFailed` when the gate fails."""
     from emola.config.schema import InferenceConfig
     from emola.engine import InferenceEngine
 
@@ -541,21 +586,37 @@ def inference(dry_run: bool, log, baseline: bool = True, engines: tuple[str, ...
     result: dict = {"engines": {}}
     model = build(s, dry_run)
     tokens = 16 if dry_run else 32
-    if baseline:
+    if baseline and not gate_only:
         result["hf_generate_unmerged_ms_per_token"] = round(hf_generate_ms_per_token(model, s, tokens), 3)
         log(f"old path (transformers generate, LoRA unmerged), batch 1: "
             f"{result['hf_generate_unmerged_ms_per_token']:.1f} ms/token")
-    cfg = InferenceConfig(device=s["device"], merge_lora=True, max_batch=max(s["concurrency"]),
-                          max_context=s["context"], max_prefill_tokens=8192, length_bucket=128 if not dry_run else 32,
-                          cuda_graphs=True, overlap_steps=True, decode_attention="sdpa", packed_prefill=False,
-                          kv_cache_dtype="auto", prefill_bucket=None)
-    if dry_run:   # the merge alone: the same engine without merging
+    if dry_run:
+        cfg = InferenceConfig(device=s["device"], merge_lora=True, max_batch=s["max_batch"], max_context=s["context"],
+                              max_prefill_tokens=8192, length_bucket=32, cuda_graphs=True, overlap_steps=True,
+                              decode_attention="sdpa", packed_prefill=False, kv_cache_dtype="auto",
+                              kernel_fallback=False, prefill_bucket=None)
+    else:
+        cfg = s["inference"].model_copy(update={"device": "cuda", "kernel_fallback": False})
+    if dry_run and not gate_only:   # the merge alone: the same engine without merging
         unmerged = InferenceEngine(build(s, dry_run), cfg.model_copy(update={"merge_lora": False}), eos_token_id=EOS,
                                    pad_token_id=PAD)
         result["engine_unmerged_ms_per_token"] = round(engine_ms_per_token(unmerged, s, tokens), 3)
         log(f"engine with LoRA unmerged, batch 1: {result['engine_unmerged_ms_per_token']:.2f} ms/token")
         del unmerged
-    if any(ENGINES[name].get("decode_attention") == "varlen" for name in engines):
+    model = merge_random_lora(model)
+    checks = kernel_checks(s, s["context"], log)
+    gate = Gate(model, s, lambda rng: prompt_ids(s, rng), log)
+    gate.report["kernel_checks"] = checks
+    result["gate"] = gate.report
+    if any(not row["passed"] for row in checks):
+        raise GateFailed("a kernel failed its check at the production shape", gate.report)
+    if s["device"] == "cuda":   # CUDA-graph replay against eager: the first engine without graphs
+        eager = InferenceEngine(model, cfg.model_copy(update={**ENGINES[engines[0]], "cuda_graphs": False}),
+                                eos_token_id=EOS, pad_token_id=PAD)
+        gate.check(eager, f"{engines[0]} (no CUDA graphs)")
+        del eager
+        clear()
+    if not gate_only and any(ENGINES[name].get("decode_attention") == "varlen" for name in engines):
         rows = min(32, max(s["concurrency"]))
         try:
             result["row_attention"] = row_attention_profile(s, rows, log)
@@ -566,20 +627,23 @@ def inference(dry_run: bool, log, baseline: bool = True, engines: tuple[str, ...
                 raise
     for name in engines:
         update = dict(ENGINES[name])
-        if dry_run and update["prefill_bucket"]:
+        if dry_run and update.get("prefill_bucket"):
             update["prefill_bucket"] = 16
+        if dry_run:
+            update.pop("max_batch", None)
         try:
             result["engines"][name] = engine_run(model, s, cfg.model_copy(update=update), name, log, dry_run,
-                                                 overlap_ab=overlap_ab == "all" or name == engines[0])
+                                                 overlap_ab=overlap_ab == "all" or name == engines[0], gate=gate,
+                                                 gate_only=gate_only)
+        except GateFailed:
+            raise
         except Exception as err:  # noqa: BLE001 - the other engines still run; the error is in the file
             result["engines"][name] = {"error": f"{type(err).__name__}: {err}", "trace": traceback.format_exc()[-4000:]}
             log(f"[{name}] FAILED: {type(err).__name__}: {err}")
             if dry_run:
                 raise
             clear()
-        if partial is not None:
-            partial(result)
-    rows = [(name, r) for name, r in result["engines"].items() if "error" not in r]
+    rows = [(name, r) for name, r in result["engines"].items() if "sample_tokens" in r]
     if len(rows) > 1:   # the same greedy answers from each engine (bf16 rounding may flip a near tie)
         first = rows[0][1]["sample_tokens"]
         for name, r in rows[1:]:
@@ -633,16 +697,32 @@ def train_batch(s: dict, kind: str, packing: bool, seed: int):
     return collate(batch, PAD, 2048 if packing else None)
 
 
-def useful_flops(s: dict, batch) -> float:
-    """The MFU numerator of one micro batch (module docstring)."""
-    text = s["llava"].text_config
-    vision = s["llava"].vision_config
-    hidden, layers = text.hidden_size, text.num_hidden_layers
-    n_lm = layers * (4 * hidden * hidden + 3 * hidden * text.intermediate_size) + 2 * text.vocab_size * hidden
-    n_vision = vision.num_hidden_layers * (4 * vision.hidden_size ** 2 + 2 * vision.hidden_size * vision.intermediate_size)
-    lengths = batch["sample_lengths"]
-    flops = sum(n * (4 * n_lm + 12 * layers * n * hidden) for n in lengths)
-    return flops + len(lengths) * image_tokens(s) * 2 * n_vision
+def useful_flops(s: dict, lengths: list[int], answer_tokens: int, lora_r: int) -> float:
+    """The MFU numerator of one micro batch: the work a LoRA step must do, nothing recomputed or wasted.
+
+    Per token of every sample, the frozen decoder's linears forward and their input gradients (no weight
+    gradients): 4 x N_linear; the LoRA adapters forward, input and weight gradients: 6 x r x (d_in + d_out)
+    per adapted linear. Causal attention per layer and sample of n tokens: QK^T and PV over the n(n+1)/2
+    visible pairs, forward and input gradients (twice the forward): 3 x 2 x 2 x n(n+1)/2 x hidden. The LM
+    head forward and input gradient on the answer tokens only (the others carry no loss): 4 x vocab x hidden
+    each. The frozen vision tower (up to the layer LLaVA reads) and projector forward, per image: 2 x N_vision
+    per patch token and its attention, 2 x 2 x tokens^2 x width per layer."""
+    text, vision = s["llava"].text_config, s["llava"].vision_config
+    hidden, layers, inner = text.hidden_size, text.num_hidden_layers, text.intermediate_size
+    head_dim = hidden // text.num_attention_heads
+    kv = text.num_key_value_heads * head_dim
+    shapes = [(hidden, hidden), (hidden, kv), (hidden, kv), (hidden, hidden),   # q, k, v, o
+              (hidden, inner), (hidden, inner), (inner, hidden)]                 # gate, up, down
+    n_linear = layers * sum(a * b for a, b in shapes)
+    lora = layers * sum(6 * lora_r * (a + b) for a, b in shapes)
+    width, tokens = vision.hidden_size, image_tokens(s)
+    feature = s["llava"].vision_feature_layer   # the layer LLaVA reads (-2: the ones after it are not needed)
+    used = feature + 1 if feature >= 0 else vision.num_hidden_layers + feature + 1
+    n_vision = used * (4 * width ** 2 + 2 * width * vision.intermediate_size)
+    n_projector = width * hidden + hidden * hidden
+    per_image = 2 * (n_vision + n_projector) * tokens + used * 4 * tokens ** 2 * width
+    flops = sum(n * (4 * n_linear + lora) + layers * 6 * n * (n + 1) * hidden for n in lengths)
+    return flops + answer_tokens * 4 * text.vocab_size * hidden + len(lengths) * per_image
 
 
 def train_config(s: dict, dry_run: bool, overrides: dict):
@@ -681,13 +761,18 @@ def run_variant(s: dict, dry_run: bool, name: str, overrides: dict, engine: str,
     sync()
     per_step = (time.perf_counter() - started) / timed
     tokens = float(np.mean([int(b["num_tokens"]) for b in batches]))
-    flops = float(np.mean([useful_flops(s, {"sample_lengths": _sample_lengths(b)}) for b in batches]))
+    from emola.model.processing import IGNORE_INDEX
+
+    flops = float(np.mean([useful_flops(s, _sample_lengths(b), int((b["labels"] != IGNORE_INDEX).sum()),
+                                        cfg_lora_r(dry_run)) for b in batches]))
     row = {"variant": name, "engine": engine, "samples": kind, **{k: v for k, v in overrides.items()},
-           "s_per_step": round(per_step, 3), "tokens_per_s": round(tokens / per_step), "mfu": round(flops / per_step / PEAK_FLOPS, 4),
+           "s_per_step": round(per_step, 3), "tokens_per_s": round(tokens / per_step),
+           "useful_tflop_per_step": round(flops / 1e12, 6), "mfu": round(flops / per_step / PEAK_FLOPS, 4),
            "first_steps_s": round(first, 1), "loss": round(metrics.loss, 4),
            "rows_x_width": list(batches[0]["input_ids"].shape)}
     if torch.cuda.is_available():
         row["peak_memory_gib"] = round(max(peaks) / 2**30, 1)
+        row["fits_80gb_card"] = max(peaks) <= H100_BYTES
         row["held_at_start_gib"] = round(held, 1)   # left by earlier variants: counted in the peak
     if step.memory is not None:
         m = step.memory
@@ -737,6 +822,8 @@ def training(dry_run: bool, log, budget_s: float, only: set[str] | None = None) 
     # On the CPU (dry run) compiling costs tens of seconds per graph: one compiled variant shows the path works.
     fast = {"sparse_logits": True, "fused_adam": True, "compile": not dry_run, "packing": False}
     plan = [
+        # The production path first: the emola-7b train section as it is, through the DeepSpeed engine.
+        ("recipe", "recipe: the emola-7b train section, DeepSpeed ZeRO-2", {}, "deepspeed", "mixed"),
         ("published", "published step: eager, every layer recomputed, full logits", published, "plain", "emotion"),
         ("sparse", "+ sparse logits", {**published, "sparse_logits": True}, "plain", "emotion"),
         ("fused", "+ fused AdamW", {**published, "sparse_logits": True, "fused_adam": True}, "plain", "emotion"),
@@ -797,10 +884,56 @@ def training(dry_run: bool, log, budget_s: float, only: set[str] | None = None) 
 
 
 # ----------------------------------------------------------------------------- main
+def versions() -> dict:
+    """The versions a GPU number depends on (None: not installed)."""
+    import importlib.metadata
+
+    out = {"python": sysplatform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda}
+    for package in ("transformers", "peft", "deepspeed", "triton", "ray"):
+        try:
+            out[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            out[package] = None
+    return out
+
+
+def card() -> dict:
+    if not torch.cuda.is_available():
+        return {"name": "cpu"}
+    props = torch.cuda.get_device_properties(0)
+    return {"name": props.name, "capability": f"{props.major}.{props.minor}",
+            "memory_gib": round(props.total_memory / 2**30, 1), "count": torch.cuda.device_count()}
+
+
+def commit() -> str:
+    """The commit measured: ``EMOLA_COMMIT`` (a copy of the tree without git), else git's HEAD (``+dirty`` with
+    uncommitted changes), else unknown."""
+    import os
+    import subprocess
+
+    if os.environ.get("EMOLA_COMMIT"):
+        return os.environ["EMOLA_COMMIT"]
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True).stdout.strip()
+        return head.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+#: Raw results of GPU runs, one file each, written only by this script (the summary reads them).
+RUNS = ROOT / "benchmarks/results/gpu/runs"
+#: Where a dry run writes unless told (never among the GPU runs).
+DRY_RUN_OUT = ROOT / "build/benchmarks/gpu-dry-run.json"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--part", choices=["inference", "training", "all"], default="all")
     parser.add_argument("--dry-run", action="store_true", help="the same code on a shrunken model, on the CPU")
+    parser.add_argument("--gate-only", action="store_true",
+                        help="the correctness gate only: kernel checks and every engine against the reference")
     parser.add_argument("--training-budget-s", type=float, default=260.0,
                         help="start no new training variant after this many seconds")
     parser.add_argument("--variants", help="comma-separated training variant ids to run (default: all)")
@@ -809,7 +942,10 @@ def main() -> None:
                                           f"(default: {','.join(DEFAULT_ENGINES)}; --dry-run: all)")
     parser.add_argument("--overlap-ab", choices=["first", "all"], default="first",
                         help="which engines also run without overlapped steps (default: the first)")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks/results/gpu.json"))
+    parser.add_argument("--out", help=f"the run's JSON (default: a new file in --runs-dir; "
+                                      f"--dry-run: {DRY_RUN_OUT.relative_to(ROOT)})")
+    parser.add_argument("--runs-dir", default=str(RUNS),
+                        help=f"the folder of raw runs a GPU run adds its file to (default: {RUNS.relative_to(ROOT)})")
     args = parser.parse_args()
     if not args.dry_run and not torch.cuda.is_available():
         raise SystemExit("no CUDA device: run with --dry-run for the CPU version")
@@ -820,43 +956,55 @@ def main() -> None:
         lines.append(line)
         print(line, flush=True)
 
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() and not args.dry_run else "cpu"
-    import transformers
-
-    out = {"device": device, "dry_run": args.dry_run, "torch": torch.__version__,
-           "transformers": transformers.__version__, "python": sysplatform.python_version(),
-           "date": time.strftime("%Y-%m-%d")}
-    log(f"# {device}, torch {torch.__version__}, transformers {transformers.__version__}"
-        + (" (dry run: shrunken model)" if args.dry_run else ""))
-    path = Path(args.out)
+    info = card()
+    stamp = time.strftime("%Y-%m-%dT%H%M%SZ", time.gmtime())
+    out = {"schema": "emola-gpu-run/1", "written_by": "benchmarks/gpu.py", "date": stamp, "commit": commit(),
+           "card": info, "dry_run": args.dry_run, "versions": versions(),
+           "command": " ".join(["python", "benchmarks/gpu.py", *sys.argv[1:]])}
+    log(f"# {info['name']}, torch {torch.__version__}, transformers {out['versions']['transformers']}"
+        + (" (dry run: shrunken model)" if args.dry_run else "") + f", commit {out['commit'][:12]}")
+    if args.out:
+        path = Path(args.out)
+    elif args.dry_run:
+        path = DRY_RUN_OUT
+    else:
+        slug = "".join(c if c.isalnum() else "-" for c in info["name"]).strip("-").lower()
+        path = Path(args.runs_dir) / f"{stamp}-{slug}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
 
     def save() -> None:
         path.write_text(json.dumps(out, indent=2) + "\n")
 
-    if args.part in ("inference", "all"):
-        try:
+    try:
+        if args.part in ("inference", "all"):
             engines = (tuple(args.engines.split(",")) if args.engines
                        else tuple(ENGINES) if args.dry_run else DEFAULT_ENGINES)
-
-            def partial(result: dict) -> None:
-                out["inference"] = result
-                save()
-
-            out["inference"] = inference(args.dry_run, log, baseline=not args.no_baseline, engines=engines,
-                                         partial=partial, overlap_ab=args.overlap_ab)
-        except Exception as err:  # noqa: BLE001 - the training part still runs; the error is in the file
-            out["inference"] = {"error": f"{type(err).__name__}: {err}", "trace": traceback.format_exc()[-4000:]}
-            log(f"inference FAILED: {type(err).__name__}: {err}")
-            if args.dry_run:
+            try:
+                out["inference"] = inference(args.dry_run, log, baseline=not args.no_baseline, engines=engines,
+                                             overlap_ab=args.overlap_ab, gate_only=args.gate_only)
+            except GateFailed:
                 raise
+            except Exception as err:  # noqa: BLE001 - the training part still runs; the error is in the file
+                out["inference"] = {"error": f"{type(err).__name__}: {err}", "trace": traceback.format_exc()[-4000:]}
+                log(f"inference FAILED: {type(err).__name__}: {err}")
+                if args.dry_run:
+                    raise
+            out["gate"] = out["inference"].pop("gate", None) if isinstance(out.get("inference"), dict) else None
+            if out["gate"] is not None:
+                out["gate"]["passed"] = True
+        if args.part in ("training", "all") and not args.gate_only:
+            only = set(args.variants.split(",")) if args.variants else None
+            out["training"] = training(args.dry_run, log, args.training_budget_s, only)
+            if args.dry_run and out["training"]["failures"]:
+                raise SystemExit(f"training variants failed: {out['training']['failures']}")
+    except GateFailed as failed:
+        # No timing of this run is kept: the file holds the gate's findings only.
+        out.pop("inference", None)
+        out["gate"] = {**failed.report, "passed": False, "error": str(failed)}
         save()
-    if args.part in ("training", "all"):
-        only = set(args.variants.split(",")) if args.variants else None
-        out["training"] = training(args.dry_run, log, args.training_budget_s, only)
-        save()
-        if args.dry_run and out["training"]["failures"]:
-            raise SystemExit(f"training variants failed: {out['training']['failures']}")
+        log(f"GATE FAILED: {failed}; no timings written; the gate's numbers are in {path}")
+        raise SystemExit(1) from None
+    save()
     log(f"wrote {path}")
 
 

@@ -82,7 +82,8 @@ class EmolaModel:
         return {**self.resolved.describe(), "profile": self.config.profile, "base": self.config.base,
                 "vision": self.config.vision, "prior": self.config.prior, "landmark_backend": self.config.landmark_backend,
                 "template": self.config.template, "tasks": self.config.tasks, "engine": self.engine.load,
-                "readout": self.config.readout is not None, "videos": dict(self.videos)}
+                "readout": self.config.readout is not None, "videos": dict(self.videos),
+                "kernel_fallback": self.engine.fallback}
 
     def _request(self, item: dict) -> GenerationRequest:
         """An engine request from ``question``, ``image`` (:attr:`serve.inputs.DecodedImage.wire`), ``prior`` and

@@ -41,7 +41,7 @@ def test_emola_7b_holds_the_published_settings(params):
     assert (t.lr, t.projector_lr, t.precision) == (1e-4, 2e-5, "bf16")
     assert (t.epochs, t.micro_batch * t.num_workers, t.warmup_ratio, t.weight_decay, t.seed) == (1, 64, 0.03, 0.0, 1)
     assert t.max_length == 2048 and t.separate_models
-    # Measured on one H200 (benchmarks/results/gpu.json): not the published ZeRO-3 and full recomputation, which
+    # Measured on one H200 (benchmarks/results/gpu/before-gate-2026-11-27.json): not the published ZeRO-3 and full recomputation, which
     # change speed and memory, not the optimization.
     assert (t.zero_stage, t.checkpointing, t.compile) == (2, "auto", True)
     assert cfg.evaluate.generation.temperature == 0.01 and cfg.evaluate.generation.top_p == 0.5

@@ -55,7 +55,7 @@ def test_more_queries_than_keys_give_zeros_not_nan():
 
 def test_kernels_are_checked_before_use():
     assert kernel_problem("reference", torch.device("cpu"), torch.float32, 4, 4, 32) is None
-    assert "CUDA only" in kernel_problem("flash", torch.device("cpu"), torch.float32, 4, 4, 32)
+    assert "CUDA only" in str(kernel_problem("flash", torch.device("cpu"), torch.float32, 4, 4, 32))
 
 
 # ------------------------------------------------------------------ decode rows
@@ -79,31 +79,69 @@ def test_decode_reference_reads_each_row_up_to_its_own_length():
 
 TRITON_CHECK = """
 import torch
-from emola.engine.decode_kernel import INTERPRETER_TILES, decode_attention, decode_attention_reference, splits_for
+from emola.engine.decode_kernel import (INTERPRETER_TILES, MAX_SPLITS, TILES, check_splits, decode_attention,
+                                        decode_attention_reference, splits_for)
 torch.manual_seed(0)
+# (heads, kv heads, rows, context, cache dtype): grouped heads, a row alone, an FP8 cache (widened as it is loaded),
+# and the emola-7b head size over a 2,048-position cache, whose rows the engine splits 1 to 16 ways.
 cases = ((4, 4, 3, 200, torch.float32), (4, 2, 2, 130, torch.float32), (2, 2, 1, 64, torch.float32),
-         (4, 2, 3, 300, torch.float8_e4m3fn))                # an FP8 cache: widened as it is loaded
+         (4, 2, 3, 300, torch.float8_e4m3fn), (2, 1, 3, 2048, torch.float32))
+blocks = sorted({(block, dot) for block, _, _, dot in TILES})   # every tile size the autotuner may choose
 for heads, kv, rows, context, cache in cases:
-    fused = torch.randn(rows, heads + 2 * kv, 16)
+    d = 128 if context == 2048 else 16
+    fused = torch.randn(rows, heads + 2 * kv, d)
     q = fused[:, :heads]                                     # a strided view, as the decoder passes it
-    k, v = torch.randn(rows + 1, kv, context, 16).to(cache), torch.randn(rows + 1, kv, context, 16).to(cache)
+    k, v = torch.randn(rows + 1, kv, context, d).to(cache), torch.randn(rows + 1, kv, context, d).to(cache)
     lengths = torch.randint(1, context + 1, (rows,), dtype=torch.int32)
     lengths[0] = context
     want = decode_attention_reference(q, k, v, lengths, 0.25)
-    for tile in INTERPRETER_TILES:   # on the CUDA cores and on the tensor cores
-        error = (decode_attention(q, k, v, lengths, 0.25, tile=tile) - want).abs().max()
-        assert error < 1e-5, (heads, kv, rows, context, tile, float(error))
-    print("splits", splits_for(rows, heads, context), "error", float(error))
+    runs = [(tile, None) for tile in INTERPRETER_TILES]     # on the CUDA cores and on the tensor cores
+    if context == 2048:
+        assert list(check_splits(context)) == list(range(1, MAX_SPLITS + 1))
+        runs += [(INTERPRETER_TILES[0], splits) for splits in check_splits(context)]
+        runs += [((block, 4, 1, dot), splits) for block, dot in blocks for splits in (1, MAX_SPLITS)]
+    for tile, splits in runs:
+        error = (decode_attention(q, k, v, lengths, 0.25, tile=tile, splits=splits) - want).abs().max()
+        assert error < 1e-5, (heads, kv, rows, context, tile, splits, float(error))
+    print("case", len(runs), "runs, splits", splits_for(rows, heads, context), "error", float(error))
 """
 
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed (CPU wheels of PyTorch)")
 def test_the_triton_decode_kernel_matches_the_reference_in_the_interpreter():
-    """The kernel's own code (splits, the online softmax, grouped heads), run by Triton's interpreter on CPU."""
+    """The kernel's own code (splits, the online softmax, grouped heads), run by Triton's interpreter on CPU: at
+    the production head size, every split count and every tile size the autotuner chooses from."""
     env = {**os.environ, "TRITON_INTERPRET": "1"}
-    run = subprocess.run([sys.executable, "-c", TRITON_CHECK], capture_output=True, text=True, env=env, timeout=300)
+    run = subprocess.run([sys.executable, "-c", TRITON_CHECK], capture_output=True, text=True, env=env, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert run.stdout.count("splits") == 4
+    assert run.stdout.count("case") == 5
+
+
+GATE_CHECK = """
+import torch
+from emola.engine import decode_kernel
+cpu = torch.device("cpu")
+assert decode_kernel.decode_kernel_problem(cpu, torch.float32, 2, 1, 128, context=2048) is None
+print("passes")
+kernel = decode_kernel.decode_attention
+def off_at_three(*args, splits=None, **kwargs):   # a wrong scale at one split count only
+    out = kernel(*args, splits=splits, **kwargs)
+    return out * 1.02 if splits == 3 else out
+decode_kernel.decode_attention = off_at_three
+problem = decode_kernel.decode_kernel_problem(cpu, torch.float32, 2, 1, 128, context=2048)
+assert problem is not None and problem.wrong and "at 3 split(s)" in str(problem), problem
+print("caught:", problem)
+"""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed (CPU wheels of PyTorch)")
+def test_the_engines_decode_kernel_check_covers_every_split_count_and_catches_one_that_is_off():
+    """The start-up check itself (what the engine runs on CUDA), in the interpreter: it passes the kernel at the
+    production head size and context, and fails it when one split count is 2% off."""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    run = subprocess.run([sys.executable, "-c", GATE_CHECK], capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "passes" in run.stdout and "caught: the Triton decode kernel disagrees" in run.stdout
 
 
 ROPE_CHECK = """

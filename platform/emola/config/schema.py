@@ -282,6 +282,11 @@ class InferenceConfig(Section):
     kv_cache_dtype: Literal["auto", "float8_e4m3fn"] = Field(
         description="the KV cache's dtype: auto, the model's; float8_e4m3fn halves the bytes each decode step reads "
                     "(needs decode_attention varlen; lossy: keys and values rounded to 3 mantissa bits)")
+    kernel_fallback: bool = Field(
+        description="on CUDA a fast kernel (Triton decode attention, RoPE, the prompts' variable-length attention) "
+                    "is checked against its PyTorch reference when the engine starts; false: a failed check stops "
+                    "the engine with the reason (a replica is not ready); true: it runs the slower PyTorch path "
+                    "instead and says so")
     prefill_bucket: int | None = Field(
         ge=1, description="pad prompts to a multiple of this many tokens (and a group of prompts to a row bucket) so "
                           "that on CUDA each prefill shape, vision tower included, is captured once as a CUDA graph; "

@@ -22,6 +22,8 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
+from emola.engine.checks import KernelProblem, relative_error, tolerance
+
 
 def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q: torch.Tensor, cu_k: torch.Tensor,
                         used_k: torch.Tensor, scale: float) -> torch.Tensor:
@@ -72,17 +74,18 @@ KERNELS = {"flash": flash_attention, "efficient": efficient_attention}
 
 
 def kernel_problem(kernel: str, device: torch.device, dtype: torch.dtype, heads: int, kv_heads: int,
-                   head_dim: int) -> str | None:
+                   head_dim: int) -> KernelProblem | None:
     """Why ``kernel`` cannot serve here (None: it can): it must run on ``device`` and agree with
-    :func:`reference_attention` on a mix of a decode row, a prompt, an empty sequence and a chunk."""
+    :func:`reference_attention` within :func:`~emola.engine.checks.tolerance` of ``dtype`` on a mix of a decode
+    row, a prompt, an empty sequence and a chunk."""
     if kernel == "reference":
         return None
     if device.type != "cuda":
-        return f"the {kernel} kernel runs on CUDA only"
+        return KernelProblem(f"the {kernel} kernel runs on CUDA only")
     if dtype not in (torch.float16, torch.bfloat16):
-        return f"the {kernel} kernel needs float16 or bfloat16 weights, not {dtype}"
+        return KernelProblem(f"the {kernel} kernel needs float16 or bfloat16 weights, not {dtype}")
     if kernel == "efficient" and kv_heads != heads:
-        return "the efficient kernel needs as many key heads as query heads"
+        return KernelProblem("the efficient kernel needs as many key heads as query heads")
     try:
         context = 128
         generator = torch.Generator(device="cpu").manual_seed(0)
@@ -97,9 +100,10 @@ def kernel_problem(kernel: str, device: torch.device, dtype: torch.dtype, heads:
         cu_k = torch.arange(0, context * (len(used) + 1), context, dtype=torch.int32, device=device)
         got = KERNELS[kernel](q, k, v, cu_q, cu_k, used_k, scale, max(q_counts), context)
         want = reference_attention(q.float(), k.float(), v.float(), cu_q, cu_k, used_k, scale)
-        error = float((got.float() - want).abs().max())
-        if not error <= 0.05:
-            return f"the {kernel} kernel disagrees with the reference (max error {error:.3g})"
+        error = relative_error(got, want)
+        if not error <= tolerance(dtype):
+            return KernelProblem(f"the {kernel} kernel disagrees with the reference (relative error {error:.3g} > "
+                                 f"{tolerance(dtype):g})", wrong=True)
     except Exception as err:  # noqa: BLE001 - any failure means: use another kernel
-        return f"the {kernel} kernel failed: {type(err).__name__}: {err}"[:500]
+        return KernelProblem(f"the {kernel} kernel failed: {type(err).__name__}: {err}"[:500])
     return None

@@ -32,6 +32,8 @@ import os
 
 import torch
 
+from emola.engine.checks import KernelProblem, relative_error, tolerance, triton_runs_on
+
 #: Programs per step to aim for: splits are added until rows x heads x splits reaches this.
 TARGET_PROGRAMS = 2048
 MAX_SPLITS = 16
@@ -177,19 +179,23 @@ def splits_for(rows: int, heads: int, context: int) -> int:
 
 
 def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, lengths: torch.Tensor,
-                     scale: float, tile: tuple[int, int, int, bool] | None = None) -> torch.Tensor:
+                     scale: float, tile: tuple[int, int, int, bool] | None = None,
+                     splits: int | None = None) -> torch.Tensor:
     """One query per row over its own cache positions.
 
     ``q`` ``(rows, heads, d)`` (last dimension contiguous); ``k_cache``, ``v_cache`` one layer
     ``(>= rows, kv_heads, context, d)``, contiguous, in ``q``'s dtype or FP8; ``lengths`` ``(rows,)`` int32, each at least 1:
     row ``b`` attends over positions ``0 .. lengths[b]-1`` of cache row ``b``. Returns
     ``(rows, heads * d)`` in ``q``'s dtype. ``tile``: the tile to run, one of :data:`TILES` (default: the
-    autotuner's choice on CUDA, the first of :data:`INTERPRETER_TILES` under the interpreter).
+    autotuner's choice on CUDA, the first of :data:`INTERPRETER_TILES` under the interpreter). ``splits``: programs
+    per row, 1 .. :data:`MAX_SPLITS` (default :func:`splits_for`; the checks run every count).
     """
     part, tuned, combine = _kernels()
     rows, heads, d = q.shape
     _, kv_heads, context, _ = k_cache.shape
-    splits = splits_for(rows, heads, context)
+    splits = splits or splits_for(rows, heads, context)
+    if not 1 <= splits <= MAX_SPLITS:
+        raise ValueError(f"splits {splits}: 1 to {MAX_SPLITS}")
     parts = torch.empty(rows * heads * splits, d, dtype=torch.float32, device=q.device)
     lse = torch.empty(rows * heads * splits, dtype=torch.float32, device=q.device)
     args = (q, k_cache, v_cache, lengths, parts, lse, q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1),
@@ -219,29 +225,46 @@ def decode_attention_reference(q: torch.Tensor, k_cache: torch.Tensor, v_cache: 
     return torch.einsum("bhk,bhkd->bhd", weights, values).to(q.dtype).reshape(rows, heads * d)
 
 
+def check_splits(context: int) -> range:
+    """Every split count :func:`splits_for` can choose for a cache of ``context`` positions."""
+    return range(1, max(1, min(MAX_SPLITS, -(-context // BLOCK_N))) + 1)
+
+
 def decode_kernel_problem(device: torch.device, dtype: torch.dtype, heads: int, kv_heads: int,
-                          head_dim: int, cache_dtype: torch.dtype | None = None) -> str | None:
-    """Why :func:`decode_attention` cannot serve here (None: it can): Triton must compile it for ``device``
-    and, in every tile the autotuner may choose, it must agree with :func:`decode_attention_reference` on
-    rows of different lengths, over a cache of ``cache_dtype`` (default ``dtype``)."""
-    if device.type != "cuda":
-        return "the Triton decode kernel runs on CUDA only"
+                          head_dim: int, cache_dtype: torch.dtype | None = None,
+                          context: int = 2048) -> KernelProblem | None:
+    """Why :func:`decode_attention` cannot serve here (None: it can).
+
+    Triton must compile it for ``device`` and, in every tile the autotuner may choose (on CUDA; under the
+    interpreter its tiles) and at every split count the engine may choose for ``context``, it must agree with
+    :func:`decode_attention_reference` within :func:`~emola.engine.checks.tolerance` of ``dtype`` on five rows of
+    different lengths (one position, a block boundary either side, the whole context) and on one row alone, over
+    a cache of ``cache_dtype`` (default ``dtype``): the reference reads the same cache, rounded or not.
+    """
+    if not triton_runs_on(device):
+        return KernelProblem("the Triton decode kernel runs on CUDA only")
     try:
         generator = torch.Generator(device="cpu").manual_seed(0)
-        context, rows = 320, 5
+        rows = 5
         fused = torch.randn(rows, heads + 2 * kv_heads, head_dim, generator=generator).to(device, dtype)
         q = fused[:, :heads]                                  # a view, as the decoder passes it
         k = torch.randn(rows + 1, kv_heads, context, head_dim, generator=generator).to(device, cache_dtype or dtype)
         v = torch.randn(rows + 1, kv_heads, context, head_dim, generator=generator).to(device, cache_dtype or dtype)
-        lengths = torch.tensor([1, 37, 64, 65, 320], dtype=torch.int32, device=device)
+        edges = [1, min(context, BLOCK_N - 1), min(context, BLOCK_N), min(context, BLOCK_N + 1), context]
+        lengths = torch.tensor(edges, dtype=torch.int32, device=device)
         scale = head_dim ** -0.5
+        limit = tolerance(dtype)
+        tiles = TILES if device.type == "cuda" else INTERPRETER_TILES
         for n in (rows, 1):
-            want = decode_attention_reference(q[:n], k, v, lengths[-n:] if n == 1 else lengths, scale)
-            for tile in TILES:
-                got = decode_attention(q[:n], k, v, lengths[-n:].contiguous() if n == 1 else lengths, scale, tile=tile)
-                error = float((got.float() - want.float()).abs().max())
-                if not error <= 0.05:
-                    return f"the Triton decode kernel disagrees with the reference in tile {tile} (max error {error:.3g})"
+            used = lengths if n == rows else lengths[-1:].contiguous()
+            want = decode_attention_reference(q[:n], k, v, used, scale)
+            for splits in check_splits(context):
+                for tile in tiles:
+                    error = relative_error(decode_attention(q[:n], k, v, used, scale, tile=tile, splits=splits), want)
+                    if not error <= limit:
+                        return KernelProblem(
+                            f"the Triton decode kernel disagrees with the reference in tile {tile} at {splits} "
+                            f"split(s), {n} row(s) (relative error {error:.3g} > {limit:g})", wrong=True)
     except Exception as err:  # noqa: BLE001 - any failure means: attend another way
-        return f"the Triton decode kernel failed: {type(err).__name__}: {err}"[:500]
+        return KernelProblem(f"the Triton decode kernel failed: {type(err).__name__}: {err}"[:500])
     return None

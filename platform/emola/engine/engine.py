@@ -34,7 +34,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -42,6 +42,7 @@ import torch
 
 from emola.config.schema import PUBLISHED_GENERATION, GenerationConfig, InferenceConfig
 from emola.engine.attention import kernel_problem
+from emola.engine.checks import KernelCheckFailed, KernelProblem
 from emola.engine.decode_kernel import CACHE_DTYPES, decode_kernel_problem
 from emola.engine.decoder import SlotDecoder, attention_shape, prefill_rows, round_up
 from emola.engine.graphs import ShapeGraphs
@@ -56,7 +57,7 @@ log = logging.getLogger(__name__)
 DEFAULT_INFERENCE = InferenceConfig(device="auto", merge_lora=True, max_batch=8, max_context=2048,
                                     max_prefill_tokens=8192, length_bucket=128, cuda_graphs=True, overlap_steps=True,
                                     decode_attention="matmul", packed_prefill=False, kv_cache_dtype="auto",
-                                    prefill_bucket=None)
+                                    kernel_fallback=False, prefill_bucket=None)
 
 
 class PromptTooLong(ValueError):
@@ -74,7 +75,9 @@ class GenerationRequest:
     ``prompt_ids``: the full prompt with the ``<image>`` and ``<prior>`` placeholders
     expanded (:meth:`~emola.model.processing.EmolaProcessor.prompt_ids`); ``pixel_values``
     ``(3, S, S)`` and ``prior`` ``(prior_dim,)`` when the model uses them.
-    ``stop_at_eos`` False generates exactly ``max_new_tokens`` (benchmarks).
+    ``stop_at_eos`` False generates exactly ``max_new_tokens`` (benchmarks). ``forced_ids``: teacher forcing,
+    answer token ``i`` is ``forced_ids[i]`` whatever the model prefers (the model still computes its logits:
+    scoring a given answer, and the GPU gate that compares them with a reference).
     """
 
     prompt_ids: list[int]
@@ -85,6 +88,7 @@ class GenerationRequest:
     top_p: float = 1.0
     seed: int = 0
     stop_at_eos: bool = True
+    forced_ids: list[int] | None = None
 
 
 @dataclass(frozen=True)
@@ -192,18 +196,24 @@ class InferenceEngine:
         self._stopping = False
         self.steps = 0
         self.prefills = 0
+        #: Called on the scheduler's thread with each step's rows, as ``(request, index of the answer token being
+        #: chosen)``, and their logits ``(rows, vocab)`` before the tokens are chosen; the logits are valid only
+        #: during the call (a CUDA graph's output). For checks and analyses; None: nothing is called.
+        self.logits_probe: Callable[[list[tuple[GenerationRequest, int]], torch.Tensor], None] | None = None
 
     def _decoder(self, llava, cfg: InferenceConfig) -> SlotDecoder | PackedDecoder:
         """The packed decoder for ``packed_prefill``, else the slot decoder.
 
         On CUDA the packed decoder needs a variable-length kernel for the prompts (FlashAttention-2,
         else the CUTLASS one) and, for ``varlen`` rows, the Triton decode kernel, each checked against
-        its reference here (over an FP8 cache for ``kv_cache_dtype`` float8_e4m3fn); on CPU it runs the
-        references. Without a prompt kernel the engine prefills apart (the slot decoder, ``sdpa`` for
-        ``varlen``); without the decode kernel the rows attend as the slot decoder's (``sdpa``). Either
-        way the cache keeps the model's dtype. On CUDA both decoders rotate q and k and write the cache
-        with one Triton kernel per layer (:mod:`~emola.engine.rope_kernel`) once it passes its check, else
-        with PyTorch operations. ``self.fallback`` says what was given up and why.
+        its reference here at this engine's shapes, every split count included (over an FP8 cache for
+        ``kv_cache_dtype`` float8_e4m3fn); on CPU it runs the references. On CUDA both decoders rotate q and
+        k and write the cache with one Triton kernel per layer (:mod:`~emola.engine.rope_kernel`), checked
+        the same way. A failed check raises :class:`~emola.engine.checks.KernelCheckFailed` with the reason,
+        unless ``kernel_fallback``: then without a prompt kernel the engine prefills apart (the slot decoder,
+        ``sdpa`` for ``varlen``), without the decode kernel the rows attend as the slot decoder's (``sdpa``,
+        the cache in the model's dtype), without the RoPE kernel PyTorch rotates, and ``self.fallback`` says
+        what was given up and why. A kernel that ran and disagreed is never passed over in silence.
         """
         language_model, head = llava.model.language_model, llava.lm_head
         self.fallback: str | None = None
@@ -218,25 +228,25 @@ class InferenceEngine:
                     if problem is None:
                         kernel = candidate
                         break
+                    if problem.wrong:
+                        self._give_up(problem, "the prompts try the next kernel")
                     problems.append(problem)
             cache_dtype = CACHE_DTYPES.get(cfg.kv_cache_dtype)
             if kernel != "reference" or self.device.type != "cuda":
                 rows = "varlen" if cfg.decode_attention == "varlen" else "padded"
                 if rows == "varlen" and self.device.type == "cuda":
-                    problem = decode_kernel_problem(self.device, dtype, *shape, cache_dtype=cache_dtype)
+                    problem = decode_kernel_problem(self.device, dtype, *shape, cache_dtype=cache_dtype,
+                                                    context=self.context)
                     if problem is not None:
-                        rows, self.fallback = "padded", f"{problem}; decode rows attend with sdpa"
-                        if cache_dtype is not None:
-                            cache_dtype, self.fallback = None, f"{self.fallback} over a {dtype} cache"
-                        log.warning("decode_attention varlen: %s", self.fallback)
+                        self._give_up(problem, "decode rows attend with sdpa"
+                                      + (f" over a {dtype} cache" if cache_dtype is not None else ""))
+                        rows, cache_dtype = "padded", None
                 return PackedDecoder(language_model, head, slots=cfg.max_batch, context=self.context, rows=rows,
                                      row_attention=attention, length_bucket=cfg.length_bucket,
                                      cuda_graphs=cfg.cuda_graphs, kernel=kernel, cache_dtype=cache_dtype,
                                      rope_kernel=self._rope_kernel(dtype, shape, cache_dtype))
-            self.fallback = "; ".join(problems) + "; prompts prefilled apart (slot decoder)"
-            if cfg.kv_cache_dtype != "auto":
-                self.fallback += f", its cache in {dtype}"
-            log.warning("packed_prefill: %s", self.fallback)
+            self._give_up(KernelProblem("; ".join(map(str, problems))), "prompts prefilled apart (slot decoder)"
+                          + (f", its cache in {dtype}" if cfg.kv_cache_dtype != "auto" else ""))
         return SlotDecoder(language_model, head, slots=cfg.max_batch, context=self.context,
                            length_bucket=cfg.length_bucket, cuda_graphs=cfg.cuda_graphs, attention=attention,
                            prefill_bucket=cfg.prefill_bucket, rope_kernel=self._rope_kernel(dtype, shape))
@@ -244,15 +254,23 @@ class InferenceEngine:
     def _rope_kernel(self, dtype: torch.dtype, shape: tuple[int, int, int], cache_dtype: torch.dtype | None = None
                      ) -> bool:
         """Whether the decoders rotate and write the cache with the Triton kernel: on CUDA, once it passes its
-        check (a failure joins ``self.fallback``)."""
+        check (a failure: :meth:`_give_up`)."""
         if self.device.type != "cuda":
             return False
-        problem = rope_kernel_problem(self.device, dtype, *shape, cache_dtype=cache_dtype)
+        problem = rope_kernel_problem(self.device, dtype, *shape, cache_dtype=cache_dtype, context=self.context)
         if problem is not None:
-            message = f"{problem}; RoPE and cache writes in PyTorch"
-            self.fallback = f"{self.fallback}; {message}" if self.fallback else message
-            log.warning("%s", message)
+            self._give_up(problem, "RoPE and cache writes in PyTorch")
         return problem is None
+
+    def _give_up(self, problem: KernelProblem, instead: str) -> None:
+        """A kernel failed its check: stop with the reason, or (``kernel_fallback``) record what runs instead."""
+        message = f"{problem}; {instead}"
+        if not self.cfg.kernel_fallback:
+            raise KernelCheckFailed(f"{problem}. The engine does not start on a kernel that failed its check; set "
+                                    f"inference.kernel_fallback: true to run on the slower path instead ({instead}), "
+                                    "or choose settings that do not need this kernel")
+        self.fallback = f"{self.fallback}; {message}" if self.fallback else message
+        log.warning("kernel fallback: %s", message)
 
     @classmethod
     def from_checkpoint(cls, path, cfg: InferenceConfig = DEFAULT_INFERENCE) -> "InferenceEngine":
@@ -325,6 +343,10 @@ class InferenceEngine:
                 f"{needed} exceeds the model's context of {self.context} tokens")
         if request.max_new_tokens < 1:
             raise ValueError("max_new_tokens must be at least 1")
+        if request.forced_ids is not None:
+            vocab = self.model.base_llava.config.text_config.vocab_size
+            if not all(isinstance(t, int) and 0 <= t < vocab for t in request.forced_ids):
+                raise ValueError(f"forced_ids: token ids from 0 to {vocab - 1}")
         if not request.prompt_ids:
             raise ValueError("empty prompt")
         # Media are merged by these host counts (the engine does not read counts back from the device).
@@ -665,6 +687,8 @@ class InferenceEngine:
     def _choose(self, rows: list[_Running], logits: torch.Tensor) -> torch.Tensor:
         """Each row's next token ``(len(rows),)``, on the device (its temperature, top-p and seed; the noise of
         its ``launched``-th token)."""
+        if self.logits_probe is not None:
+            self.logits_probe([(r.request, r.launched) for r in rows], logits[:len(rows)])
         if all(r.request.temperature <= 0 for r in rows):   # all greedy: one kernel
             chosen = logits.argmax(-1)
         else:
@@ -673,6 +697,11 @@ class InferenceEngine:
                                  self._to_device([r.request.seed for r in rows], torch.long),
                                  self._to_device([r.launched for r in rows], torch.long),
                                  branchless=self.overlap and self.device.type == "cuda")   # else it waits anyway
+        forced = [(i, r.request.forced_ids[r.launched]) for i, r in enumerate(rows)
+                  if r.request.forced_ids is not None and r.launched < len(r.request.forced_ids)]
+        if forced:
+            where, tokens = zip(*forced)
+            chosen = chosen.index_put((self._to_device(where, torch.long),), self._to_device(tokens, chosen.dtype))
         for r in rows:
             r.launched += 1
         return chosen

@@ -21,6 +21,8 @@ import functools
 
 import torch
 
+from emola.engine.checks import KernelProblem, relative_error, tolerance, triton_runs_on
+
 
 @functools.cache
 def _kernel():
@@ -118,19 +120,20 @@ def rope_store_reference(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
 
 
 def rope_kernel_problem(device: torch.device, dtype: torch.dtype, heads: int, kv_heads: int, head_dim: int,
-                        cache_dtype: torch.dtype | None = None) -> str | None:
-    """Why :func:`rope_store` cannot serve here (None: it can): Triton must compile it for ``device`` and its
-    q, k and cache entries must agree with :func:`rope_store_reference`'s."""
-    if device.type != "cuda":
-        return "the Triton RoPE kernel runs on CUDA only"
+                        cache_dtype: torch.dtype | None = None, context: int = 2048) -> KernelProblem | None:
+    """Why :func:`rope_store` cannot serve here (None: it can): Triton must compile it for ``device``, its q and k
+    must agree with :func:`rope_store_reference`'s within :func:`~emola.engine.checks.tolerance` of ``dtype`` (at
+    positions up to ``context``), and it must write exactly its own k and v, at each token's row and position."""
+    if not triton_runs_on(device):
+        return KernelProblem("the Triton RoPE kernel runs on CUDA only")
     try:
         generator = torch.Generator(device="cpu").manual_seed(0)
-        n, context = 6, 40
+        n = 6
         qkv = torch.randn(n, (heads + 2 * kv_heads) * head_dim, generator=generator).to(device, dtype)
         angles = torch.rand(context, head_dim // 2, generator=generator) * 6.3
         cos = torch.cat([angles.cos()] * 2, dim=-1).to(device, dtype)
         sin = torch.cat([angles.sin()] * 2, dim=-1).to(device, dtype)
-        positions = torch.tensor([0, 3, 39, 7, 7, 12], device=device)
+        positions = torch.tensor([0, 3, context - 1, 7, 7, 12], device=device)
         rows = torch.tensor([0, 1, 2, 3, 4, 0], device=device)
         caches = [torch.zeros(5, kv_heads, context, head_dim, dtype=cache_dtype or dtype, device=device)
                   for _ in range(2)]
@@ -138,14 +141,15 @@ def rope_kernel_problem(device: torch.device, dtype: torch.dtype, heads: int, kv
         want_q, want_k, _ = rope_store_reference(qkv, cos, sin, positions, rows, *[torch.zeros_like(c) for c in caches],
                                                  heads, kv_heads)
         # q and k: the rotation, up to the reference's extra roundings
-        error = max(float((a.float() - b.float()).abs().max() / b.float().abs().max())
-                    for a, b in ((q, want_q), (k, want_k)))
-        if not error <= 0.02:
-            return f"the Triton RoPE kernel's rotation disagrees with the reference (relative error {error:.3g})"
+        error = max(relative_error(q, want_q), relative_error(k, want_k))
+        limit = 2 * tolerance(dtype)
+        if not error <= limit:
+            return KernelProblem(f"the Triton RoPE kernel's rotation disagrees with the reference (relative error "
+                                 f"{error:.3g} > {limit:g})", wrong=True)
         # the cache: exactly the kernel's own k and v, in the cache's dtype, at each token's row and position
         for cache, value in zip(caches, (k, v)):
             if not torch.equal(cache.view(torch.uint8)[rows, :, positions], value.to(cache.dtype).view(torch.uint8)):
-                return "the Triton RoPE kernel wrote the cache wrongly"
+                return KernelProblem("the Triton RoPE kernel wrote the cache wrongly", wrong=True)
     except Exception as err:  # noqa: BLE001 - any failure means: rotate and store another way
-        return f"the Triton RoPE kernel failed: {type(err).__name__}: {err}"[:500]
+        return KernelProblem(f"the Triton RoPE kernel failed: {type(err).__name__}: {err}"[:500])
     return None
