@@ -510,10 +510,17 @@ def engine_run(model, s: dict, cfg, name: str, log, dry_run: bool, overlap_ab: b
         f"vision included): {profile['prefill_ms']}" + (f"; mixed step ms: {profile['mixed_ms']}" if engine.packed
                                                         else "")
         + f"; RoPE and cache writes, ms per step (kernel in use: {result['rope_kernel']}): {profile['rope_store_ms']}")
+    from emola.engine.gate import TopTokens
+
     sample = request_mix(s, 4, seed=99, engine_cls=GenerationRequest)
     for r in sample:
         r.max_new_tokens = 12
-    result["sample_tokens"] = [g.token_ids for g in engine.generate(sample)]   # greedy: compared across engines
+    engine.logits_probe = top = TopTokens(5)
+    try:   # greedy, with each position's five best tokens: compared across engines (vLLM's rule)
+        result["sample_tokens"] = [g.token_ids for g in engine.generate(sample)]
+    finally:
+        engine.logits_probe = None
+    result["sample_top"] = [top.of(r) for r in sample]
     # Each measurement with the engine's steps overlapped (the setting) and read one at a time, back to back:
     # the second set under "without_overlap".
     modes = [(True, result)] + ([(False, result.setdefault("without_overlap", {}))] if overlap_ab else [])
@@ -644,16 +651,20 @@ def inference(dry_run: bool, log, baseline: bool = True, engines: tuple[str, ...
                 raise
             clear()
     rows = [(name, r) for name, r in result["engines"].items() if "sample_tokens" in r]
-    if len(rows) > 1:   # the same greedy answers from each engine (bf16 rounding may flip a near tie)
-        first = rows[0][1]["sample_tokens"]
+    if len(rows) > 1:   # greedy answers of each engine against the first's (bf16 rounding may flip a near tie)
+        from emola.engine.gate import greedy_close
+
+        first = rows[0][1]
         for name, r in rows[1:]:
-            same = [a == b for a, b in zip(first, r["sample_tokens"])]
-            leading = [next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), len(a))
-                       for a, b in zip(first, r["sample_tokens"])]
-            result[f"same_tokens_{rows[0][0]}_{name}"] = {"identical_answers": sum(same), "of": len(same),
-                                                          "agreeing_prefix": leading}
-            log(f"greedy answers of {rows[0][0]} and {name}: {sum(same)} of {len(same)} identical "
-                f"(tokens agreeing before the first difference: {leading})")
+            same = [a == b for a, b in zip(first["sample_tokens"], r["sample_tokens"])]
+            compared = [greedy_close(a, a_top, b, b_top) for a, a_top, b, b_top in zip(
+                first["sample_tokens"], first["sample_top"], r["sample_tokens"], r["sample_top"])]
+            result[f"same_tokens_{rows[0][0]}_{name}"] = {
+                "identical_answers": sum(same), "of": len(same), "agreeing_prefix": [n for _, n in compared],
+                "close_by_top5": sum(ok for ok, _ in compared)}
+            log(f"greedy answers of {rows[0][0]} and {name}: {sum(same)} of {len(same)} identical, "
+                f"{sum(ok for ok, _ in compared)} close (where they part, each token in the other's top 5; tokens "
+                f"before: {[n for _, n in compared]})")
     if rows:
         log("engine          | ms/token, 1 | " + " | ".join(f"tok/s @{c}" for c in s["concurrency"])
             + " | evaluate answers/s")
@@ -783,6 +794,8 @@ def run_variant(s: dict, dry_run: bool, name: str, overrides: dict, engine: str,
     log(f"{name:58s} {row['s_per_step']:7.3f} s/step {row['tokens_per_s']:8d} tokens/s  MFU {100 * row['mfu']:5.1f}%"
         + (f"  peak {row['peak_memory_gib']:6.1f} GiB" if "peak_memory_gib" in row else "")
         + f"  (first {warm} steps {row['first_steps_s']} s)")
+    if getattr(step, "engine", None) is not None and hasattr(step.engine, "destroy"):
+        step.engine.destroy()   # DeepSpeed's engine keeps its buffers past del: later variants' peaks would count them
     del step, model, batches
     clear()
     return row

@@ -57,6 +57,8 @@ def test_the_gpu_benchmark_runs_on_a_shrunken_model(tmp_path):
     # The engines answer alike (float32 on CPU: token for token).
     for other in ("packed", "slot"):   # (fp8 rounds the cache: compared on the GPU, not asserted)
         assert inference[f"same_tokens_varlen_{other}"]["identical_answers"] == 4
+    for other in ("packed", "slot", "fp8"):   # where two answers part, each token is in the other's top 5
+        assert inference[f"same_tokens_varlen_{other}"]["close_by_top5"] == 4
     training = result["training"]
     assert not training["failures"], training["failures"]
     ids = [row["id"] for row in training["variants"]]

@@ -98,3 +98,31 @@ def test_the_gate_fails_a_decode_path_that_is_wrong_at_one_batch_width(merged, t
     # Ten requests through eight slots: steps 8, 4, 2 and 1 rows wide as answers end.
     mixed = teacher_forced(engine, _fresh(requests[:10]), references[:10], "varlen, all", SAME_DTYPE.floor)
     assert not mixed.passed and mixed.max_logprob_diff > 10 * SAME_DTYPE.floor, mixed.line()
+
+
+def test_greedy_answers_are_close_when_identical_or_parting_between_each_others_top_tokens():
+    from emola.engine.gate import greedy_close
+
+    top = [[5, 6, 7]] * 4
+    assert greedy_close([5, 5, 5], top, [5, 5, 5], top) == (True, 3)
+    assert greedy_close([5, 6, 9], top, [5, 7, 1], top) == (True, 1)     # 6 and 7: each in the other's best
+    assert greedy_close([5, 9], top, [5, 7], top) == (False, 1)          # 9 is not among the other's best
+
+
+def test_the_top_tokens_probe_keeps_each_answer_positions_best_ids(merged, tiny_params, forced):
+    from emola.engine.gate import TopTokens
+
+    requests, references = forced
+    engine = _engine(merged, tiny_params, **MODES["varlen"])
+    engine.logits_probe = top = TopTokens(3)
+    chosen = [g.token_ids for g in engine.generate(_fresh(requests[:3]))]
+    engine.logits_probe = None
+    assert [len(top.of(r)) for r in requests[:3]] == [0, 0, 0]   # copies were run, not these objects
+    fresh = _fresh(requests[:3])
+    engine.logits_probe = top = TopTokens(3)
+    engine.generate(fresh)
+    for request, reference in zip(fresh, references):
+        best = top.of(request)
+        assert len(best) == len(reference)
+        assert [b[0] for b in best] == reference.argmax(-1).tolist()   # float32: the reference's own best
+    assert chosen

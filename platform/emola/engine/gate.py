@@ -258,3 +258,35 @@ def check_engine(engine: InferenceEngine, requests: Sequence[GenerationRequest],
     finally:
         engine.overlap = overlap
     return checks
+
+
+class TopTokens:
+    """A logits probe that keeps each answer position's ``k`` best token ids (free-running comparisons)."""
+
+    def __init__(self, k: int = 5):
+        self.k = k
+        self.pending: list[tuple[list[tuple[int, int]], torch.Tensor]] = []
+
+    def __call__(self, rows: list[tuple[GenerationRequest, int]], logits: torch.Tensor) -> None:
+        self.pending.append(([(id(request), index) for request, index in rows], logits.topk(self.k, dim=-1).indices))
+
+    def of(self, request: GenerationRequest) -> list[list[int]]:
+        """The request's top ids per answer position, in order."""
+        found: dict[int, list[int]] = {}
+        for rows, top in self.pending:
+            ids = top.tolist()
+            for (owner, index), best in zip(rows, ids):
+                if owner == id(request):
+                    found[index] = best
+        return [found[i] for i in sorted(found)]
+
+
+def greedy_close(a: Sequence[int], a_top: Sequence[Sequence[int]], b: Sequence[int],
+                 b_top: Sequence[Sequence[int]]) -> tuple[bool, int]:
+    """Two greedy answers agree as vLLM's tests require of two implementations: token for token, or, at the first
+    position where they part, each one's token among the other's best (after which they continue from different
+    text and are not compared). Returns (close, the number of tokens before they part)."""
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return (x in b_top[i] and y in a_top[i]), i
+    return True, min(len(a), len(b))
