@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create or refresh .venv at the repository root with the platform and its tools.
 #   EMOLA_EXTRAS   extras to install (default: cpu,dev). GPU images use gpu,dev.
+#   EMOLA_UNPINNED 1: the newest versions pyproject's ranges allow instead of constraints.txt's.
 #   EMOLA_TORCH    torch requirement installed first (default: torch==2.13.0, the CPU
 #                  build on these machines); everything else is then constrained to it,
 #                  so no other package can swap in a CUDA build.
@@ -15,7 +16,9 @@ pip=(.venv/bin/python -m pip --disable-pip-version-check -q)
 constraints="$(mktemp)"; trap 'rm -f "$constraints"' EXIT
 echo "$torch_req" > "$constraints"
 "${pip[@]}" install "$torch_req" 2> >(grep -v "^WARNING: Location" >&2)
-"${pip[@]}" install -c "$constraints" -e ".[${extras}]" 2> >(grep -v "^WARNING: Location" >&2)
+# constraints.txt: the versions the tests ran on (EMOLA_UNPINNED=1: the newest the ranges allow).
+pins=(); [ "${EMOLA_UNPINNED:-0}" = 1 ] || pins=(-c constraints.txt)
+"${pip[@]}" install -c "$constraints" "${pins[@]}" -e ".[${extras}]" 2> >(grep -v "^WARNING: Location" >&2)
 # The demo page test drives headless Chromium: Debian's package (Playwright never downloads one).
 if [ "${EMOLA_SKIP_BROWSER:-0}" != 1 ] && ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
     sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"

@@ -31,7 +31,7 @@ AU_NAMES: dict[int, str] = {
     25: "Lips Part", 26: "Jaw Drop", 27: "Mouth Stretch", 43: "Eyes Closed",
 }
 
-#: AU label space of each benchmark (field notes, REGE section).
+#: AU label space of each benchmark (as FABA-Bench's REGE scores them).
 AU_LISTS: dict[str, tuple[int, ...]] = {
     "FABA": (1, 2, 4, 5, 6, 7, 9, 10, 12, 14, 15, 16, 17, 20, 23, 24, 25, 26, 27, 43),
     "DISFA": (1, 2, 4, 6, 9, 12, 25, 26),

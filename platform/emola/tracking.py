@@ -19,9 +19,13 @@ def tracking_uri(repo_root: Path | str = ".") -> str:
 
 
 def configure(repo_root: Path | str = ".") -> str:
-    """Point mlflow at the tracking URI; return it."""
+    """Point mlflow at the tracking URI; return it. MLflow's own INFO lines (database set-up, a new
+    experiment, input-example checks) stay off the terminal; warnings still show."""
+    import logging
+
     import mlflow
 
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
     uri = tracking_uri(repo_root)
     mlflow.set_tracking_uri(uri)
     return uri

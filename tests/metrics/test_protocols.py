@@ -63,3 +63,17 @@ def test_rege_cli_reports_bad_lines_by_number_and_scores_the_rest(tmp_path, caps
     assert "line 3: missing reference, label" in out.err
     assert "line 4: bad label 'bored'" in out.err
     assert "line 5: not a JSON object" in out.err
+
+
+def test_rege_cli_scores_one_task_of_a_file_that_holds_both(tmp_path, capsys):
+    """The evaluate stage's reports/predictions.jsonl has emotion and AU lines: each task scores its own."""
+    path = tmp_path / "predictions.jsonl"
+    emotion = {"task": "emotion", "prediction": "The person looks happy.", "reference": "A happy face.",
+               "label": "happiness"}
+    au = {"task": "au", "prediction": "AU12 is active.", "reference": "AU12 and AU6.", "label": "6, 12"}
+    path.write_text("\n".join(json.dumps(x) for x in (emotion, au, emotion)) + "\n")
+    assert main(["rege", "--task", "emotion", "--input", str(path)]) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out)["n"] == 2 and out.err == ""
+    assert main(["rege", "--task", "au", "--input", str(path)]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 1

@@ -1,4 +1,4 @@
-"""The published REGE parsers, rule by rule (field notes section 1)."""
+"""The published REGE parsers, rule by rule."""
 
 import pytest
 

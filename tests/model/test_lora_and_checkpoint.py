@@ -49,7 +49,7 @@ def test_emola_7b_trainable_share_on_the_meta_device(repo_root):
     assert trainable == lora + projector + prior
     share = trainable / total
     print(f"emola-7b: {trainable / 1e6:.1f}M trainable of {total / 1e9:.3f}B parameters = {100 * share:.2f}%")
-    # The field notes quote "about 10%"; LoRA r=128 on every LLM linear plus both projectors
+    # The paper quotes "about 10%"; LoRA r=128 on every LLM linear plus both projectors
     # of LLaVA-1.5-7B comes to 4.8% by count (see the issue note).
     assert 0.045 < share < 0.052
 

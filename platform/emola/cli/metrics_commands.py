@@ -8,7 +8,8 @@ import sys
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    cmd = commands.add_parser("rege", help="REGE (S_re + S_ge) of predictions: JSON lines with prediction, reference, label")
+    cmd = commands.add_parser("rege", help="REGE (S_re + S_ge) of predictions: JSON lines with prediction, reference, "
+                                           "label (lines whose task field names another task are left out)")
     cmd.add_argument("--task", choices=["emotion", "au"], required=True)
     cmd.add_argument("--dataset", choices=["FABA", "DISFA", "BP4D", "GFT", "EmotioNet"], default="FABA")
     cmd.add_argument("--input", required=True, metavar="PRED.jsonl")
@@ -21,10 +22,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     proto.set_defaults(handler=_protocol)
 
 
-def read_records(path: str, check) -> tuple[list[dict], list[str]]:
+def read_records(path: str, check, skip=None) -> tuple[list[dict], list[str]]:
     """The JSON-object lines of ``path`` that ``check`` accepts, and one message per bad line.
 
     ``check(record)`` raises ``ValueError`` with the reason; messages carry the line number.
+    ``skip(record)`` true: the line is left out without a message (another task's, say).
     ``OSError`` propagates (the file itself is unreadable).
     """
     good, problems = [], []
@@ -40,6 +42,8 @@ def read_records(path: str, check) -> tuple[list[dict], list[str]]:
             if not isinstance(record, dict):
                 problems.append(f"{path}: line {lineno}: not a JSON object")
                 continue
+            if skip is not None and skip(record):
+                continue
             try:
                 check(record)
             except ValueError as err:
@@ -50,7 +54,8 @@ def read_records(path: str, check) -> tuple[list[dict], list[str]]:
 
 
 def read_predictions(path: str, task: str) -> tuple[list[dict], list[str]]:
-    """Lines with prediction, reference and a label of ``task``; one message per bad line."""
+    """Lines with prediction, reference and a label of ``task``; one message per bad line. Lines whose ``task``
+    field names another task (the evaluate stage's ``reports/predictions.jsonl`` holds both) are left out."""
     from emola.labels import parse_emotion_label
     from emola.metrics.rege import au_targets
 
@@ -68,7 +73,7 @@ def read_predictions(path: str, task: str) -> tuple[list[dict], list[str]]:
         except ValueError as err:  # LabelError is a ValueError
             raise ValueError(f"bad label {record['label']!r} ({err})") from None
 
-    return read_records(path, check)
+    return read_records(path, check, skip=lambda record: record.get("task", task) != task)
 
 
 def _rege(args: argparse.Namespace) -> int:

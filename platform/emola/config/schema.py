@@ -236,7 +236,10 @@ class GenerationConfig(Section):
                                                    "only on it, its prompt and these settings)")
 
 
-#: Published EmoLA decoding: temperature 0.01, top_p 0.5 (the answer stops at </s>).
+#: Published EmoLA sampling: temperature 0.01, top_p 0.5 (the answer stops at </s>). The published scripts allow
+#: 2,048 new tokens, which needs the model's whole 4,096-token context; 512 here (AU answers average about 300
+#: tokens) fits the engine's 2,048 beside the 576 image tokens (docs/reproducing-emola.md, "Evaluate exactly as
+#: published", sets 2,048).
 PUBLISHED_GENERATION = GenerationConfig(temperature=0.01, top_p=0.5, max_new_tokens=512, seed=0)
 
 

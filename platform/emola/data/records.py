@@ -1,4 +1,4 @@
-"""Typed records of the published FABA-Instruct files (field notes section 1).
+"""Typed records of the published FABA-Instruct files (docs/reproducing-emola.md).
 
 Train record::
 

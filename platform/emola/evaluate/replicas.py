@@ -141,7 +141,7 @@ def predict_variants(variants: Sequence[Variant], cfg: EmolaConfig, rows: Sequen
     one pass over an actor pool of ``evaluate.replicas`` model replicas."""
     import ray
 
-    from emola.runtime import init_ray
+    from emola.runtime import init_ray, map_on_actors
 
     predictions: dict[str, list[dict]] = {v.name: [] for v in variants}
     batches = generation_batches(variants, cfg, rows)
@@ -150,11 +150,11 @@ def predict_variants(variants: Sequence[Variant], cfg: EmolaConfig, rows: Sequen
     init_ray()
     e = cfg.evaluate
     ds = ray.data.from_items(batches, override_num_blocks=len(batches))
-    ds = ds.map_batches(PredictActor, fn_constructor_kwargs={"generation": e.generation.model_dump(),
-                                                             "inference": cfg.inference.model_dump(),
-                                                             "threads": 4 if cfg.train.use_gpu else 1},
-                        compute=ray.data.ActorPoolStrategy(size=min(e.replicas, len(batches))), batch_size=1,
-                        num_gpus=1 if cfg.train.use_gpu else 0, num_cpus=1 if cfg.train.use_gpu else 0.75)
+    ds = map_on_actors(ds, PredictActor, fn_constructor_kwargs={"generation": e.generation.model_dump(),
+                                                                "inference": cfg.inference.model_dump(),
+                                                                "threads": 4 if cfg.train.use_gpu else 1},
+                       compute=ray.data.ActorPoolStrategy(size=min(e.replicas, len(batches))), batch_size=1,
+                       num_gpus=1 if cfg.train.use_gpu else 0, num_cpus=1 if cfg.train.use_gpu else 0.75)
     out = ds.to_pandas()
     for name, record in zip(out["variant"], out["record"]):
         predictions[name].append(json.loads(record))

@@ -162,13 +162,13 @@ def _write_report(root: Path, summary: dict, rejects: list[dict]) -> None:
 def _run_on_ray(todo: list[ImageTask], cfg: LandmarksConfig, annotation_points: int, max_pixels: int) -> pa.Table:
     import ray
 
-    from emola.runtime import init_ray
+    from emola.runtime import init_ray, map_on_actors
 
     init_ray()
     items = [{"image_sha256": t.image_sha256, "image": t.image, "landmark": t.landmark or ""} for t in todo]
     ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // cfg.batch_size, 64)))
-    ds = ds.map_batches(
-        LandmarkActor,
+    ds = map_on_actors(
+        ds, LandmarkActor,
         fn_constructor_kwargs={"cfg": cfg.model_dump(), "annotation_points": annotation_points, "max_pixels": max_pixels},
         compute=ray.data.ActorPoolStrategy(size=cfg.actors),
         batch_size=cfg.batch_size,

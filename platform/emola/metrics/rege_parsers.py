@@ -1,6 +1,6 @@
 """The published FABA-Bench text parsers: description -> emotion class, description -> AUs.
 
-Rule by rule as in the published EmoLA evaluation (field notes section 1). The one
+Rule by rule as in the published EmoLA evaluation (its repository's scoring script). The one
 deviation: where the published code crashes on text without sentence punctuation, the
 whole text is taken as the first sentence.
 """

@@ -1,7 +1,7 @@
 """FABA-Instruct-style text for FABA-Synth: questions, emotion and AU descriptions.
 
 Emotion descriptions (~50 words) open with one sentence that names the class with a
-word of its REGE vocabulary (field notes: the first sentence decides the class) and
+word of its REGE vocabulary (REGE's parser reads the class from the first sentence) and
 holds none of REGE's negation substrings, so the published parser recovers the label
 from the reference text. AU descriptions (~150-200 words) name each active AU as
 ``AU12 (Lip Corner Puller)`` and say what it does; regions without an active AU are

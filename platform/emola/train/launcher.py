@@ -11,7 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import shutil
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -235,20 +237,56 @@ def tracking_run(cfg: EmolaConfig, tasks: list[str], name: str, plan: _Plan, bac
         return uri, run.info.run_id
 
 
-def fit(cfg: EmolaConfig, name: str, storage: Path, plan: _Plan, init_dir: Path, uri: str, run_id: str):
-    """Step 5: the Ray Train run (Ray Data stream, DeepSpeed workers; resumes from its last checkpoint)."""
+class _Relay:
+    """Prints the lines appended to a file while a block runs (a thread polling it twice a second), and the rest
+    at the end: the training progress a local run's workers write (their own output stays in Ray's logs)."""
+
+    def __init__(self, path: Path, log):
+        self.path, self.log = path, log
+        self.offset = path.stat().st_size if path.is_file() else 0   # a resumed run: only what is new
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._follow, name="progress-relay", daemon=True)
+
+    def __enter__(self) -> "_Relay":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.done.set()
+        self.thread.join(timeout=5)
+        self._emit()
+
+    def _follow(self) -> None:
+        while not self.done.wait(0.5):
+            self._emit()
+
+    def _emit(self) -> None:
+        if not self.path.is_file():
+            return
+        with self.path.open("rb") as f:
+            f.seek(self.offset)
+            chunk = f.read()
+        complete = chunk[:chunk.rfind(b"\n") + 1]   # a line being written waits for its end
+        self.offset += len(complete)
+        for line in complete.decode("utf-8", "replace").splitlines():
+            self.log(line)
+
+
+def fit(cfg: EmolaConfig, name: str, storage: Path, plan: _Plan, init_dir: Path, uri: str, run_id: str, log=print):
+    """Step 5: the Ray Train run (Ray Data stream, DeepSpeed workers; resumes from its last checkpoint). A local
+    run relays the workers' progress lines (``progress.log``) through ``log``; on a cluster Ray forwards them."""
     import ray
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from emola.runtime import init_ray
-    from emola.train.recipe import train_loop_per_worker
+    from emola.runtime import init_ray, is_local
+    from emola.train.recipe import PROGRESS_LOG, train_loop_per_worker
 
     t = cfg.train
     init_ray()
     cpus = ray.cluster_resources().get("CPU", 1)
     # Train workers leave a share of every CPU to the data pipeline: actors holding all
-    # CPUs starve Ray Data's tasks (field notes, 2-core deadlock).
+    # CPUs starve Ray Data's tasks (a deadlock on 2 cores).
     worker_cpus = 1.0 if t.use_gpu else max(0.25, min(1.0, (cpus - 0.5) / t.num_workers))
     # One dataset for every epoch of the run (emola.train.examples.training_stream). It holds
     # the examples, not their tensors: each worker preprocesses its own micro batches as it
@@ -258,7 +296,7 @@ def fit(cfg: EmolaConfig, name: str, storage: Path, plan: _Plan, init_dir: Path,
         train_loop_per_worker,
         train_loop_config={"params": cfg.model_dump(), "init_dir": str(init_dir), "total_steps": plan.total_steps,
                            "steps_per_epoch": plan.steps_per_epoch,
-                           "mlflow_run_id": run_id, "tracking_uri": uri,
+                           "mlflow_run_id": run_id, "tracking_uri": uri, "relay_progress": is_local(),
                            "threads_per_worker": max(1, int(worker_cpus)) if not t.use_gpu else 4},
         datasets={"train": dataset},
         scaling_config=ray.train.ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
@@ -272,7 +310,10 @@ def fit(cfg: EmolaConfig, name: str, storage: Path, plan: _Plan, init_dir: Path,
         ),
         torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
     )
-    return trainer.fit()
+    if not is_local():
+        return trainer.fit()
+    with _Relay(storage / name / PROGRESS_LOG, log):
+        return trainer.fit()
 
 
 def export(result, name: str, output: Path, total: int, tasks: list[str], uri: str, run_id: str) -> dict:
@@ -313,6 +354,8 @@ def train_one(cfg: EmolaConfig, tasks: list[str], output: Path, *, repo_root: Pa
 
     started = time.perf_counter()
     t = cfg.train
+    if not t.use_gpu:   # DeepSpeed (imported on the way) otherwise warns that it found no GPU
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     data = load_examples(cfg, tasks, log)
     name = run_name_for(cfg, tasks, hashlib.sha256(data.manifest.read_bytes()).hexdigest())
     storage = Path(t.storage_path).resolve()
@@ -324,7 +367,7 @@ def train_one(cfg: EmolaConfig, tasks: list[str], output: Path, *, repo_root: Pa
         f"batch {t.micro_batch} x accumulation {t.grad_accum}, {plan.total_steps} steps, ZeRO-{t.zero_stage}, "
         f"{t.precision}; MLflow {uri} run {run_id}")
     log(f"train: a line every {t.log_every} steps here; every step in {storage / name / STEPS_LOG} and MLflow")
-    result = fit(cfg, name, storage, plan, init_dir, uri, run_id)
+    result = fit(cfg, name, storage, plan, init_dir, uri, run_id, log)
     state = export(result, name, output, plan.total_steps, tasks, uri, run_id)
     log_model(output, data, tasks, run_id, state)
     seconds = time.perf_counter() - started

@@ -23,6 +23,7 @@ TRAIN_STATE = "train_state.json"
 DS_TAG = "deepspeed"
 EXPORT_DIR = "model"
 STEPS_LOG = "steps.log"         # every step's line, in the run folder beside the initial model
+PROGRESS_LOG = "progress.log"   # the terminal's lines (every log_every-th step, resume, end), beside it
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -111,10 +112,15 @@ class TrainingRecipe:
             self.mlflow = mlflow
 
     def _log(self, line: str) -> None:
-        # Not print(): Ray Train patches it into a logger that echoes every line a second time.
+        """A terminal line (rank 0): in ``progress.log``, which a local driver relays (``relay_progress``), and
+        otherwise on the worker's stdout, which Ray forwards to the job's driver."""
         if getattr(self, "rank", 0) == 0:
-            sys.stdout.write(line + "\n")
-            sys.stdout.flush()
+            if not self.raw.get("relay_progress"):
+                # Not print(): Ray Train patches it into a logger that echoes every line a second time.
+                sys.stdout.write(line + "\n")
+                sys.stdout.flush()
+            with (Path(self.raw["init_dir"]).parent / PROGRESS_LOG).open("a") as log:
+                log.write(line + "\n")
             self._log_to_file(line)
 
     def _log_to_file(self, line: str) -> None:
