@@ -7,23 +7,17 @@ import copy
 
 import numpy as np
 import pytest
-import torch
 
 from emola.engine import InferenceEngine
 from emola.engine.gate import SAME_DTYPE, calibrate, float32_reference, reference_logprobs, teacher_forced
-from tests.conftest import build_tiny
-from tests.engine.test_engine import MODES, QUESTIONS, _greedy, _media
+from tests.engine.test_engine import MODES, QUESTIONS, _greedy, _media, lora_model  # noqa: F401 - a fixture
 
 
 @pytest.fixture(scope="module")
-def merged(tiny_params, tiny_corpus):
-    """A tiny EmoLA, LoRA weights moved off their start and merged; its processor."""
-    model, processor, _ = build_tiny(tiny_params, tiny_corpus)
-    torch.manual_seed(3)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(0.05 * torch.randn_like(p))
+def merged(lora_model):
+    """test_engine's tiny EmoLA (LoRA weights moved off their start), merged; its processor."""
+    model, processor = lora_model
+    model = copy.deepcopy(model)
     model.llava = model.llava.merge_and_unload()
     return model.eval(), processor
 

