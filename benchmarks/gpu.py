@@ -81,7 +81,7 @@ def shape(dry_run: bool) -> dict:
                 "llava": llava_1_5_7b_config(), "prior_dim": 212, "text": 40, "question": (8, 24),
                 "emotion_answer": (48, 128), "au_answer": (200, 384), "train_answer": {"emotion": 80, "au": 300},
                 "gate_answer": (8, 40), "device": "cuda", "dtype": torch.bfloat16, "micro_batch": 16, "requests": 128,
-                "steps": (2, 3), "profile": "emola-7b", "concurrency": (1, 8, 32, 64)}
+                "steps": (2, 3), "concurrency": (1, 8, 32, 64)}
     vision = CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
                               image_size=32, patch_size=8, projection_dim=64)
     text = LlamaConfig(vocab_size=1024, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
@@ -90,12 +90,8 @@ def shape(dry_run: bool) -> dict:
                         vision_feature_layer=-2, vision_feature_select_strategy="default")
     return {"llava": llava, "prior_dim": 136, "text": 12, "question": (4, 10), "emotion_answer": (8, 24),
             "au_answer": (24, 48), "train_answer": {"emotion": 20, "au": 60}, "gate_answer": (3, 10), "device": "cpu",
-            "dtype": torch.float32, "micro_batch": 4, "requests": 24, "steps": (1, 2), "profile": None,
+            "dtype": torch.float32, "micro_batch": 4, "requests": 24, "steps": (1, 2),
             "context": 160, "max_batch": 8, "concurrency": (1, 2, 8)}
-
-
-def cfg_lora_r(dry_run: bool) -> int:
-    return lora_config(dry_run).r
 
 
 def lora_config(dry_run: bool):
@@ -775,7 +771,7 @@ def run_variant(s: dict, dry_run: bool, name: str, overrides: dict, engine: str,
     from emola.model.processing import IGNORE_INDEX
 
     flops = float(np.mean([useful_flops(s, _sample_lengths(b), int((b["labels"] != IGNORE_INDEX).sum()),
-                                        cfg_lora_r(dry_run)) for b in batches]))
+                                        lora_config(dry_run).r) for b in batches]))
     row = {"variant": name, "engine": engine, "samples": kind, **{k: v for k, v in overrides.items()},
            "s_per_step": round(per_step, 3), "tokens_per_s": round(tokens / per_step),
            "useful_tflop_per_step": round(flops / 1e12, 6), "mfu": round(flops / per_step / PEAK_FLOPS, 4),
@@ -794,7 +790,7 @@ def run_variant(s: dict, dry_run: bool, name: str, overrides: dict, engine: str,
     log(f"{name:58s} {row['s_per_step']:7.3f} s/step {row['tokens_per_s']:8d} tokens/s  MFU {100 * row['mfu']:5.1f}%"
         + (f"  peak {row['peak_memory_gib']:6.1f} GiB" if "peak_memory_gib" in row else "")
         + f"  (first {warm} steps {row['first_steps_s']} s)")
-    if getattr(step, "engine", None) is not None and hasattr(step.engine, "destroy"):
+    if step.engine is not None and hasattr(step.engine, "destroy"):
         step.engine.destroy()   # DeepSpeed's engine keeps its buffers past del: later variants' peaks would count them
     del step, model, batches
     clear()

@@ -48,7 +48,7 @@ def init_ray(num_cpus: int | None = None) -> None:
         return
     # A local instance binds to loopback only (it picks eth0 otherwise).
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    if os.environ.get("RAY_ADDRESS"):
+    if not is_local():
         ray.init(log_to_driver=True)
     else:
         _quiet_token_notice()

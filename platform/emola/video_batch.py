@@ -254,16 +254,16 @@ def _write_reports(folder: Path, reports: Path, metrics_file: Path, results: lis
             write_rows_csv(r.rows, staging / table_name(r.video, folder))
             first = first or r
         atomic_write_lines(staging / "files.jsonl", (json.dumps(r.report()) for r in results))
+        # The metrics file is committed with the code: only what the same inputs reproduce goes there; the run's
+        # timings stay here.
+        atomic_write_lines(staging / "timings.json", [json.dumps({k: metrics[k] for k in TIMINGS if k in metrics},
+                                                                 indent=2)])
         if first is not None:
             plot_timeline([_row_of(row) for row in first.rows], staging / "timeline.png")
         replace_dir(staging, reports)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     metrics_file.parent.mkdir(parents=True, exist_ok=True)
-    # The metrics file is committed with the code: only what the same inputs reproduce (the run's timings are in
-    # the reports folder's timings.json).
-    timed = {k: metrics[k] for k in TIMINGS if k in metrics}
-    atomic_write_lines(reports / "timings.json", [json.dumps(timed, indent=2)])
     kept = {k: v for k, v in metrics.items() if k not in TIMINGS}
     atomic_write_lines(metrics_file, [json.dumps({**kept, "smoothing": smoothing}, indent=2)])
 

@@ -6,15 +6,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))   # the benchmark's gate helpers: one code for both
 
+import gpu  # noqa: E402
 import gpu_gate  # noqa: E402
 
-PAD, EOS, BOS = 0, 2, 1
+PAD, EOS = gpu.PAD, gpu.EOS
 PRIOR_DIM = 212
 
 
@@ -48,16 +48,12 @@ def build(layers: int = 4, device: str = "cuda", dtype=torch.bfloat16, merged: b
 
 
 def shape(llava, device: str = "cuda", dtype=torch.bfloat16) -> dict:
-    """What ``gpu_gate.gate_requests`` reads of a benchmark shape."""
-    return {"llava": llava, "prior_dim": PRIOR_DIM, "gate_answer": (6, 24), "device": device, "dtype": dtype}
+    """What ``benchmarks/gpu.py``'s prompts and batches and ``gpu_gate.gate_requests`` read of a benchmark shape."""
+    return {"llava": llava, "prior_dim": PRIOR_DIM, "gate_answer": (6, 24), "device": device, "dtype": dtype,
+            "text": 40, "question": (8, 40), "micro_batch": 4, "emotion_answer": (48, 128), "au_answer": (200, 384),
+            "train_answer": {"emotion": 80, "au": 300}}
 
 
-def make_prompt(llava):
-    tokens = (llava.vision_config.image_size // llava.vision_config.patch_size) ** 2
-
-    def prompt(rng: np.random.Generator) -> list[int]:
-        words = lambda n: rng.integers(3, llava.image_token_index - 1, n).tolist()  # noqa: E731
-        return ([BOS] + words(39) + [llava.image_token_index] * tokens + [llava.image_token_index + 2]
-                + words(int(rng.integers(8, 40))))
-
-    return prompt
+def make_prompt(s: dict):
+    """Prompts as the GPU benchmark builds them (text, the image tokens, the prior token, a question)."""
+    return lambda rng: gpu.prompt_ids(s, rng)

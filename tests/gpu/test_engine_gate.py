@@ -31,8 +31,8 @@ def inference(**changes):
 @pytest.fixture(scope="module")
 def gate():
     model = models.build()
-    llava = model.base_llava.config
-    return model, models.gpu_gate.Gate(model, models.shape(llava), models.make_prompt(llava), print, requests=64)
+    s = models.shape(model.base_llava.config)
+    return model, models.gpu_gate.Gate(model, s, models.make_prompt(s), print, requests=64)
 
 
 def engine(model, **changes):

@@ -12,14 +12,11 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 
 
 def test_the_deepspeed_zero2_step_follows_the_plain_step():
-    import gpu   # benchmarks/gpu.py: its synthetic batches and training settings
-
     from emola.train.step import TrainStep, init_single_process_group
 
+    gpu = models.gpu   # benchmarks/gpu.py: its synthetic batches and training settings
     init_single_process_group("nccl")
-    llava = models.config(layers=4)
-    shape = {"llava": llava, "prior_dim": models.PRIOR_DIM, "text": 40, "micro_batch": 4,
-             "emotion_answer": (48, 128), "au_answer": (200, 384), "train_answer": {"emotion": 80, "au": 300}}
+    shape = models.shape(models.config(layers=4))
     batches = [gpu.train_batch(shape, "mixed", False, seed) for seed in range(2)]
     losses = {}
     for engine in ("plain", "deepspeed"):

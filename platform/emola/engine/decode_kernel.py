@@ -171,11 +171,16 @@ def tuned_tiles() -> dict[str, str]:
     return chosen
 
 
+def most_splits(context: int) -> int:
+    """The most programs that share one row's keys over a cache of ``context`` positions: ``MAX_SPLITS``, and no more
+    than the context's ``BLOCK_N``-key blocks."""
+    return max(1, min(MAX_SPLITS, -(-context // BLOCK_N)))
+
+
 def splits_for(rows: int, heads: int, context: int) -> int:
-    """How many programs share one row's keys: enough programs in all, never more than ``MAX_SPLITS``
-    or than ``BLOCK_N``-key blocks in the context."""
+    """How many programs share one row's keys: enough programs in all, never more than :func:`most_splits`."""
     wanted = -(-TARGET_PROGRAMS // max(1, rows * heads))
-    return max(1, min(MAX_SPLITS, wanted, -(-context // BLOCK_N)))
+    return max(1, min(wanted, most_splits(context)))
 
 
 def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, lengths: torch.Tensor,
@@ -227,7 +232,7 @@ def decode_attention_reference(q: torch.Tensor, k_cache: torch.Tensor, v_cache: 
 
 def check_splits(context: int) -> range:
     """Every split count :func:`splits_for` can choose for a cache of ``context`` positions."""
-    return range(1, max(1, min(MAX_SPLITS, -(-context // BLOCK_N))) + 1)
+    return range(1, most_splits(context) + 1)
 
 
 def decode_kernel_problem(device: torch.device, dtype: torch.dtype, heads: int, kv_heads: int,

@@ -266,19 +266,18 @@ class TopTokens:
     def __init__(self, k: int = 5):
         self.k = k
         self.pending: list[tuple[list[tuple[int, int]], torch.Tensor]] = []
+        self._found: dict[tuple[int, int], list[int]] | None = None   # (request id, position) -> ids, once read
 
     def __call__(self, rows: list[tuple[GenerationRequest, int]], logits: torch.Tensor) -> None:
         self.pending.append(([(id(request), index) for request, index in rows], logits.topk(self.k, dim=-1).indices))
 
     def of(self, request: GenerationRequest) -> list[list[int]]:
-        """The request's top ids per answer position, in order."""
-        found: dict[int, list[int]] = {}
-        for rows, top in self.pending:
-            ids = top.tolist()
-            for (owner, index), best in zip(rows, ids):
-                if owner == id(request):
-                    found[index] = best
-        return [found[i] for i in sorted(found)]
+        """The request's top ids per answer position, in order (the steps' ids are read back from the device once,
+        at the first call)."""
+        if self._found is None:
+            self._found = {key: best for rows, top in self.pending for key, best in zip(rows, top.tolist())}
+        return [best for (owner, _), best in sorted(self._found.items(), key=lambda item: item[0][1])
+                if owner == id(request)]
 
 
 def greedy_close(a: Sequence[int], a_top: Sequence[Sequence[int]], b: Sequence[int],
